@@ -1,0 +1,1 @@
+"""Benchmarks: the bare engine (the reference), and later the server against it."""

@@ -1,0 +1,168 @@
+"""The ``resserve`` command: export, optimize, describe, bench.
+
+torch is imported only inside the commands that need it (export), so the serving install,
+which has no torch, can still run every other command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from resserve.errors import ResserveError
+
+app = typer.Typer(help="Serve ResNet-family image classifiers fast.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: the bare engine and the server.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+console = Console()
+log = logging.getLogger("resserve")
+
+
+@app.callback()
+def main(
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Set up logging for every command."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    # The exporter's optimizer passes log every step at INFO.
+    for noisy in ("onnxscript", "onnx_ir", "torch"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(exc: ResserveError) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(code=1)
+
+
+def _parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter("batch sizes must be positive integers")
+    return sizes
+
+
+@app.command()
+def export(
+    arch: Annotated[str, typer.Argument(help="resnet18 ... wide_resnet101_2")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write")],
+    weights: Annotated[
+        str | None, typer.Option(help=".pth/.safetensors file or torchvision:<Enum>.<MEMBER>")
+    ] = None,
+    random_weights: Annotated[bool, typer.Option(help="seeded random init (tests, throughput)")] = False,
+    seed: Annotated[int, typer.Option(help="seed for random weights and parity inputs")] = 0,
+    fallback_random: Annotated[
+        bool, typer.Option(help="if --weights cannot be obtained, use seeded random weights and say so")
+    ] = False,
+    num_classes: Annotated[int | None, typer.Option(help="head size; default: from the weights")] = None,
+    labels: Annotated[Path | None, typer.Option(help="label file, one per line")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17)")] = 18,
+) -> None:
+    """Export a ResNet to ONNX with every BatchNorm folded, checked against torch."""
+    from resserve.export.to_onnx import export_onnx
+    from resserve.labels import load_labels
+    from resserve.models.weights import load_model
+
+    try:
+        try:
+            loaded = load_model(arch, weights, random_weights=random_weights, seed=seed, num_classes=num_classes)
+        except ResserveError as exc:
+            if not (fallback_random and weights):
+                raise
+            log.warning("cannot use weights %s: %s", weights, exc)
+            loaded = load_model(arch, random_weights=True, seed=seed, num_classes=num_classes)
+        label_list = list(load_labels(labels)) if labels else None
+        report = export_onnx(loaded, output, opset=opset, seed=seed, labels=label_list)
+    except ResserveError as exc:
+        raise _fail(exc) from exc
+    worst = max(r.relative_max_diff for r in report.parity)
+    console.print(
+        f"wrote {output}: {arch}, {report.folds} BatchNorms folded, weights: {loaded.source.description}; "
+        f"parity (max|diff|/max|logit|) worst {worst:.2e}"
+    )
+
+
+@app.command()
+def optimize(
+    src: Annotated[Path, typer.Argument(help="ONNX file resserve did not export")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folded ONNX file to write")],
+    check_parity: Annotated[bool, typer.Option(help="compare outputs with the source graph")] = True,
+) -> None:
+    """Fold BatchNorm and per-channel affine ops into convolutions of a third-party ONNX graph."""
+    from resserve.export.onnx_fold import optimize_onnx
+
+    try:
+        stats = optimize_onnx(src, output, check_parity=check_parity)
+    except ResserveError as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"wrote {output}: folded {stats.batchnorm} BatchNormalization, {stats.affine} Mul/Add/Sub/Div, "
+        f"removed {stats.transposes} Transpose"
+    )
+
+
+@app.command()
+def describe(model: Annotated[Path, typer.Argument(help="an ONNX file")]) -> None:
+    """Print what an ONNX file says about itself (arch, weights, preprocessing, labels)."""
+    from resserve.export.metadata import read_metadata
+
+    if not model.is_file():
+        raise _fail(ResserveError(f"{model} does not exist"))
+    meta = read_metadata(model)
+    doc = meta.model_dump(mode="json", exclude={"labels"})
+    doc["labels"] = f"{len(meta.labels)} labels" if meta.labels else None
+    console.print_json(json.dumps(doc))
+
+
+@bench_app.command("engine")
+def bench_engine_cmd(
+    model: Annotated[Path, typer.Argument(help="an ONNX file")],
+    batch_sizes: Annotated[str, typer.Option(help="comma-separated")] = "1,8,32",
+    rounds: Annotated[int, typer.Option(help="interleaved timed rounds; the median is reported")] = 5,
+    round_seconds: Annotated[float, typer.Option(help="seconds per batch size per round")] = 1.0,
+    provider: Annotated[str, typer.Option(help="auto, cpu, cuda or tensorrt")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="intra-op threads; default: all cores")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
+) -> None:
+    """Bare-engine images/s and latency per batch size: the server's reference."""
+    from resserve.bench.engine import bench_engine, write_json
+    from resserve.engines.onnxruntime import OnnxRuntimeEngine
+
+    sizes = _parse_batch_sizes(batch_sizes)
+    try:
+        engine = OnnxRuntimeEngine(model, provider, intra_op_threads=threads)
+        engine.load()
+        results = bench_engine(engine, sizes, rounds=rounds, round_s=round_seconds)
+    except ResserveError as exc:
+        raise _fail(exc) from exc
+    info = engine.describe()
+    table = Table(title=f"{model.name} on onnxruntime/{info['provider']}, {info['intra_op_threads']} threads")
+    for column in ("batch", "img/s (median)", "min..max", "p50 ms", "p90 ms", "p99 ms", "calls"):
+        table.add_column(column, justify="right")
+    for r in results:
+        lat = r.latency_ms
+        table.add_row(
+            str(r.batch_size), f"{r.images_per_s:.1f}", f"{r.images_per_s_min:.0f}..{r.images_per_s_max:.0f}",
+            f"{lat['p50_ms']:.1f}", f"{lat['p90_ms']:.1f}", f"{lat['p99_ms']:.1f}", str(r.calls),
+        )
+    console.print(table)
+    if json_out:
+        write_json(json_out, engine, results, {"rounds": rounds, "round_s": round_seconds, "batch_sizes": sizes})
+        console.print(f"wrote {json_out}")
+
+
+if __name__ == "__main__":
+    app()

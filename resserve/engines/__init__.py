@@ -1,0 +1,23 @@
+"""Engines behind one interface; :func:`create_engine` builds one by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from resserve.engines.base import Engine, TensorSpec
+from resserve.errors import EngineUnavailableError
+
+ENGINES = ("onnxruntime",)
+
+
+def create_engine(kind: str, path: Path, **options: Any) -> Engine:
+    """An unloaded engine of ``kind`` over the artifact at ``path``."""
+    if kind == "onnxruntime":
+        from resserve.engines.onnxruntime import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(path, **options)
+    raise EngineUnavailableError(f"unknown engine {kind!r}; available: {', '.join(ENGINES)}")
+
+
+__all__ = ["ENGINES", "Engine", "TensorSpec", "create_engine"]

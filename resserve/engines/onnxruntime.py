@@ -1,0 +1,206 @@
+"""ONNX Runtime engine: the CPU provider everywhere, CUDA and TensorRT providers where present.
+
+Provider names users write are short (``cpu``, ``cuda``, ``tensorrt``); ``auto`` takes the best
+one installed, in the order TensorRT > CUDA > CPU, and logs why. A provider asked for by name
+that is absent is an error that says how to get it, never a silent CPU fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from resserve.engines.base import Engine, TensorSpec, check_batch_rows
+from resserve.errors import EngineError, EngineUnavailableError
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+}
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects cgroup/affinity limits, unlike cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_provider(requested: str) -> str:
+    """Short provider name to use: the requested one if installed, the best one for ``auto``."""
+    installed = set(ort.get_available_providers())
+    if requested == "auto":
+        for name in AUTO_ORDER:
+            if PROVIDERS[name] in installed:
+                skipped = [n for n in AUTO_ORDER[: AUTO_ORDER.index(name)]]
+                why = f" ({', '.join(skipped)} not installed)" if skipped else ""
+                log.info("onnxruntime provider auto -> %s%s", name, why)
+                return name
+    if requested not in PROVIDERS:
+        raise EngineUnavailableError(
+            f"unknown onnxruntime provider {requested!r}; choose auto, {', '.join(PROVIDERS)}"
+        )
+    if PROVIDERS[requested] not in installed:
+        hint = (
+            "install onnxruntime-gpu instead of onnxruntime (pip install 'resserve[gpu]') on a machine "
+            "with an NVIDIA GPU, CUDA 12 and cuDNN 9"
+            if requested in ("cuda", "tensorrt")
+            else "reinstall onnxruntime"
+        )
+        if requested == "tensorrt":
+            hint += ", plus the TensorRT libraries (pip install tensorrt)"
+        raise EngineUnavailableError(
+            f"onnxruntime provider {PROVIDERS[requested]} is not available here "
+            f"(installed: {', '.join(sorted(installed))}); {hint}, or use provider 'cpu'"
+        )
+    return requested
+
+
+class OnnxRuntimeEngine(Engine):
+    """One ``InferenceSession`` over an ONNX file.
+
+    Example::
+
+        engine = OnnxRuntimeEngine(Path("resnet50.onnx"), provider="cpu", intra_op_threads=2)
+        engine.load()
+        logits = engine.infer(np.zeros((8, 3, 224, 224), np.float32))
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: Path,
+        provider: str = "auto",
+        *,
+        intra_op_threads: int | None = None,
+        allow_spinning: bool = True,
+        device_id: int = 0,
+        fp16: bool = False,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.requested_provider = provider
+        self.intra_op_threads = intra_op_threads or available_cores()
+        self.allow_spinning = allow_spinning
+        self.device_id = device_id
+        self.fp16 = fp16
+        self.cache_dir = cache_dir or self.path.parent / "ort_cache"
+        self.provider: str | None = None
+        self._session: ort.InferenceSession | None = None
+
+    def _provider_chain(self, provider: str) -> list[tuple[str, dict[str, Any]]]:
+        chain: list[tuple[str, dict[str, Any]]] = []
+        if provider == "tensorrt":
+            trt_cache = self.cache_dir / "tensorrt"
+            trt_cache.mkdir(parents=True, exist_ok=True)
+            chain.append((PROVIDERS["tensorrt"], {
+                "device_id": self.device_id,
+                "trt_fp16_enable": self.fp16,
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(trt_cache),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(trt_cache),
+            }))
+        if provider in ("tensorrt", "cuda"):
+            # CUDA behind TensorRT runs the nodes TensorRT rejects.
+            chain.append((PROVIDERS["cuda"], {"device_id": self.device_id}))
+        chain.append((PROVIDERS["cpu"], {}))
+        return chain
+
+    def load(self) -> None:
+        if not self.path.is_file():
+            raise EngineError(f"ONNX file {self.path} does not exist; run `resserve build` or `resserve export`")
+        provider = resolve_provider(self.requested_provider)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Spinning threads win a little latency but steal the cores preprocessing needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
+        chain = self._provider_chain(provider)
+        try:
+            session = ort.InferenceSession(
+                str(self.path),
+                sess_options=options,
+                providers=[name for name, _ in chain],
+                provider_options=[opts for _, opts in chain],
+            )
+        except Exception as exc:
+            raise EngineError(f"onnxruntime could not load {self.path}: {exc}") from exc
+        active = session.get_providers()
+        if PROVIDERS[provider] not in active:
+            # The provider is installed but failed to initialise (no GPU, missing CUDA libraries).
+            message = f"onnxruntime provider {PROVIDERS[provider]} failed to initialise; active: {active}"
+            if self.requested_provider != "auto":
+                raise EngineUnavailableError(message + "; see onnxruntime's log above for the cause")
+            log.warning("%s; falling back to CPUExecutionProvider", message)
+            provider = "cpu"
+        self.provider = provider
+        self._session = session
+        log.info("loaded %s with %s (%d intra-op threads)", self.path.name, active[0], self.intra_op_threads)
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        if self._session is None:
+            raise EngineError("engine is not loaded; call load() first")
+        return self._session
+
+    @staticmethod
+    def _spec(arg: Any) -> TensorSpec:
+        shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+        dtype = _ORT_DTYPES.get(arg.type)
+        if dtype is None:
+            raise EngineError(f"unsupported tensor type {arg.type} for {arg.name}")
+        return TensorSpec(arg.name, shape, np.dtype(dtype))
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise EngineError(f"expected one image input, the model has {len(inputs)}")
+        return self._spec(inputs[0])
+
+    @property
+    def output_spec(self) -> TensorSpec:
+        return self._spec(self.session.get_outputs()[0])
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        spec = self.input_spec
+        if batch.dtype != spec.dtype:
+            batch = batch.astype(spec.dtype)
+        try:
+            (out,) = self.session.run([self.output_spec.name], {spec.name: batch})
+        except Exception as exc:
+            raise EngineError(f"onnxruntime failed on a batch of {batch.shape}: {exc}") from exc
+        return check_batch_rows(batch, out, self.name)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(
+            path=str(self.path),
+            provider=self.provider,
+            active_providers=self.session.get_providers() if self._session else [],
+            intra_op_threads=self.intra_op_threads,
+        )
+        return info
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,340 @@
+"""Where model weights come from: a local file, a torchvision weights name, or a seeded random init.
+
+Every path ends in a model in eval mode plus a :class:`WeightsSource` saying what was loaded,
+which the exporter records in the ONNX metadata so a served model always says whether its
+predictions mean anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from resserve.contract import PreprocessContract, imagenet_contract
+from resserve.errors import WeightsError
+from resserve.models.resnet import ARCHS, ResNet, build_resnet
+from resserve.synthetic import synthetic_batch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS_BASE_URL = "https://download.pytorch.org/models"
+
+
+@dataclass(frozen=True)
+class TorchvisionWeights:
+    """One official torchvision weights file and the preprocessing it was trained with."""
+
+    arch: str
+    name: str
+    file_name: str
+    resize_size: int
+    crop_size: int = 224
+
+    @property
+    def url(self) -> str:
+        """Official location, or ``$RESSERVE_WEIGHTS_BASE_URL`` (an internal mirror) when set."""
+        base = os.environ.get("RESSERVE_WEIGHTS_BASE_URL", DEFAULT_WEIGHTS_BASE_URL)
+        return f"{base.rstrip('/')}/{self.file_name}"
+
+    @property
+    def sha256_prefix(self) -> str:
+        # torch.hub convention: the file name ends in the first hex digits of its sha256.
+        return self.file_name.rsplit("-", 1)[1].split(".")[0]
+
+    @property
+    def contract(self) -> PreprocessContract:
+        return imagenet_contract(resize_size=self.resize_size, crop_size=self.crop_size)
+
+
+def _tv(arch: str, v1: str, v2: str | None = None, v1_resize: int = 256) -> dict[str, TorchvisionWeights]:
+    table = {"IMAGENET1K_V1": TorchvisionWeights(arch, "IMAGENET1K_V1", f"{arch}-{v1}.pth", v1_resize)}
+    if v2:
+        table["IMAGENET1K_V2"] = TorchvisionWeights(arch, "IMAGENET1K_V2", f"{arch}-{v2}.pth", 232)
+    return table
+
+
+# From torchvision.models.resnet (file names carry the sha256 prefix; V2 recipes resize to 232).
+TORCHVISION_WEIGHTS: dict[str, dict[str, TorchvisionWeights]] = {
+    "resnet18": _tv("resnet18", "f37072fd"),
+    "resnet34": _tv("resnet34", "b627a593"),
+    "resnet50": _tv("resnet50", "0676ba61", "11ad3fa6"),
+    "resnet101": _tv("resnet101", "63fe2227", "cd907fc2"),
+    "resnet152": _tv("resnet152", "394f9c45", "f82ba261"),
+    "resnext50_32x4d": _tv("resnext50_32x4d", "7cdf4587", "1a0047aa"),
+    "resnext101_32x8d": _tv("resnext101_32x8d", "8ba56ff5", "110c445d"),
+    "resnext101_64x4d": _tv("resnext101_64x4d", "173b62eb", v1_resize=232),
+    "wide_resnet50_2": _tv("wide_resnet50_2", "95faca4d", "9ba9bcbe"),
+    "wide_resnet101_2": _tv("wide_resnet101_2", "32ee1156", "d733dc28"),
+}
+# torchvision's enum class names, e.g. ResNeXt50_32X4D_Weights, mapped to architectures.
+_ENUM_NAMES = {
+    "ResNet18_Weights": "resnet18",
+    "ResNet34_Weights": "resnet34",
+    "ResNet50_Weights": "resnet50",
+    "ResNet101_Weights": "resnet101",
+    "ResNet152_Weights": "resnet152",
+    "ResNeXt50_32X4D_Weights": "resnext50_32x4d",
+    "ResNeXt101_32X8D_Weights": "resnext101_32x8d",
+    "ResNeXt101_64X4D_Weights": "resnext101_64x4d",
+    "Wide_ResNet50_2_Weights": "wide_resnet50_2",
+    "Wide_ResNet101_2_Weights": "wide_resnet101_2",
+}
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """What the model's weights are, for metadata, logs and responses."""
+
+    kind: Literal["file", "torchvision", "random"]
+    description: str
+    sha256: str | None = None
+    seed: int | None = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind == "random"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for export, with its provenance and preprocessing contract."""
+
+    arch: str
+    model: ResNet
+    source: WeightsSource
+    contract: PreprocessContract
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.fc.out_features
+
+
+def cache_dir() -> Path:
+    """``$RESSERVE_CACHE_DIR`` or ``~/.cache/resserve``: where downloaded weights are kept."""
+    return Path(os.environ.get("RESSERVE_CACHE_DIR", Path.home() / ".cache" / "resserve"))
+
+
+def parse_torchvision_name(spec: str) -> TorchvisionWeights:
+    """``torchvision:ResNet50_Weights.IMAGENET1K_V2`` (or ``DEFAULT``) to its file entry."""
+    name = spec.removeprefix("torchvision:")
+    enum_name, _, member = name.partition(".")
+    arch = _ENUM_NAMES.get(enum_name)
+    if arch is None:
+        raise WeightsError(f"unknown torchvision weights enum {enum_name!r}; known: {', '.join(_ENUM_NAMES)}")
+    table = TORCHVISION_WEIGHTS[arch]
+    if member == "DEFAULT":
+        member = max(table)  # the newest recipe, as torchvision's DEFAULT
+    if member not in table:
+        raise WeightsError(f"{enum_name} has no member {member!r}; known: {', '.join(table)}, DEFAULT")
+    return table[member]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_torchvision_weights(weights: TorchvisionWeights, directory: Path | None = None) -> Path:
+    """The verified local file for ``weights``, downloading it into the cache when absent.
+
+    A file already in torch hub's cache is reused. Offline, the error names the file and where
+    to put it.
+    """
+    directory = directory or cache_dir() / "weights"
+    target = directory / weights.file_name
+    hub_copy = Path(torch.hub.get_dir()) / "checkpoints" / weights.file_name
+    for candidate in (target, hub_copy):
+        if candidate.is_file():
+            _verify_prefix(candidate, weights)
+            return candidate
+    directory.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s to %s", weights.url, target)
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".part", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+        try:
+            with urllib.request.urlopen(weights.url, timeout=30) as response:  # noqa: S310 (fixed https URL)
+                shutil.copyfileobj(response, tmp)
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            tmp.close()
+            tmp_path.unlink(missing_ok=True)
+            raise WeightsError(
+                f"could not download {weights.url} ({exc}). Offline? Place the file "
+                f"{weights.file_name} (sha256 starting {weights.sha256_prefix}) at {target}, "
+                f"or pass --weights /path/to/{weights.file_name}"
+            ) from exc
+    try:
+        _verify_prefix(tmp_path, weights)
+    except WeightsError:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    tmp_path.replace(target)
+    return target
+
+
+def _verify_prefix(path: Path, weights: TorchvisionWeights) -> None:
+    digest = sha256_file(path)
+    if not digest.startswith(weights.sha256_prefix):
+        raise WeightsError(
+            f"{path} has sha256 {digest[:16]}..., expected a prefix of {weights.sha256_prefix}: "
+            "the file is damaged or not the official one; delete it and fetch again"
+        )
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.pth``/``.pt`` (never unpickling code) or ``.safetensors``."""
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors come in many types
+        raise WeightsError(
+            f"cannot read {path} as a tensor-only checkpoint ({exc}); resserve never unpickles "
+            "arbitrary objects: save with torch.save(model.state_dict(), ...) or use .safetensors"
+        ) from exc
+    for wrapper in ("state_dict", "model"):  # common training-script wrappers
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that says what does not fit."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            parts.append(f"shape mismatch: {'; '.join(wrong[:3])}")
+        raise WeightsError(f"{origin} does not fit the architecture: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)
+
+
+def randomize(model: ResNet, seed: int, batches: int = 2, batch_size: int = 16, image_size: int = 224) -> None:
+    """Seeded random weights that still give input-dependent, image-sensitive logits.
+
+    BatchNorm affine parameters are drawn away from (1, 0) so folding is really exercised, then
+    running statistics are re-estimated on image-like pictures: with the init values (mean 0,
+    var 1) activations explode or vanish through the depth and every input maps to one class.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.empty_like(m.weight).uniform_(0.5, 1.5, generator=gen))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        for i in range(batches):
+            model(torch.from_numpy(synthetic_batch(batch_size, image_size, seed=seed * 1000 + i)))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.1
+        model.eval()
+        _standardize_head(model, gen, seed, batch_size * batches, image_size)
+
+
+def _standardize_head(model: ResNet, gen: torch.Generator, seed: int, count: int, image_size: int) -> None:
+    """Give the random head standardized features, so logits follow the picture, not a bias.
+
+    Pooled ReLU features share a large positive mean; through a random head that common part
+    picks the same class for every input. Folding the features' mean and spread into the head
+    (as a BatchNorm before it would) leaves only the input-dependent part.
+    """
+    features: list[torch.Tensor] = []
+    hook = model.avgpool.register_forward_hook(lambda _m, _i, out: features.append(torch.flatten(out, 1)))
+    try:
+        model(torch.from_numpy(synthetic_batch(count, image_size, seed=seed * 1000 + 999)))
+    finally:
+        hook.remove()
+    feats = torch.cat(features)
+    mean, std = feats.mean(0), feats.std(0) + 1e-3
+    fc = model.fc
+    weight = torch.randn(fc.weight.shape, generator=gen) * (3.0 / fc.in_features**0.5) / std
+    fc.weight.copy_(weight)
+    fc.bias.copy_(-(weight @ mean))
+
+
+def load_model(
+    arch: str,
+    weights: str | Path | None = None,
+    *,
+    random_weights: bool = False,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> LoadedModel:
+    """Build ``arch`` and fill it from exactly one weights source.
+
+    ``weights`` is a path to ``.pth``/``.safetensors`` or ``torchvision:<Enum>.<MEMBER>``;
+    ``random_weights`` asks for the seeded init instead. ``num_classes`` defaults to the
+    checkpoint's head size (fine-tuned heads), or 1,000.
+    """
+    if arch not in ARCHS:
+        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    if (weights is None) == (not random_weights):
+        raise WeightsError("give exactly one of --weights PATH|torchvision:NAME or --random-weights")
+    torch.manual_seed(seed)
+    if random_weights:
+        model = build_resnet(arch, num_classes or 1000)
+        randomize(model, seed)
+        log.warning(
+            "%s uses seeded RANDOM weights (seed %d): predictions are meaningless; "
+            "for real ones pass --weights torchvision:... or a .pth/.safetensors file",
+            arch,
+            seed,
+        )
+        source = WeightsSource("random", f"random init, seed {seed}, BatchNorm re-estimated", seed=seed)
+        return LoadedModel(arch, model, source, imagenet_contract())
+
+    contract = imagenet_contract()
+    if isinstance(weights, str) and weights.startswith("torchvision:"):
+        entry = parse_torchvision_name(weights)
+        if entry.arch != arch:
+            raise WeightsError(f"{weights} are weights for {entry.arch}, not {arch}")
+        path = fetch_torchvision_weights(entry)
+        contract = entry.contract
+        kind: Literal["file", "torchvision"] = "torchvision"
+        description = f"torchvision:{_enum_of(arch)}.{entry.name}"
+    else:
+        path = Path(weights)  # type: ignore[arg-type]
+        kind, description = "file", str(path)
+    state = read_state_dict(path)
+    head = state.get("fc.weight")
+    model = build_resnet(arch, num_classes or (head.shape[0] if head is not None else 1000))
+    load_state_dict_strict(model, state, f"{path} (loaded as {arch})")
+    model.eval()
+    return LoadedModel(arch, model, WeightsSource(kind, description, sha256=sha256_file(path)), contract)
+
+
+def _enum_of(arch: str) -> str:
+    return next(k for k, v in _ENUM_NAMES.items() if v == arch)
