@@ -110,7 +110,7 @@ def optimize(
         raise _fail(exc) from exc
     console.print(
         f"wrote {output}: folded {stats.batchnorm} BatchNormalization, {stats.affine} Mul/Add/Sub/Div, "
-        f"removed {stats.transposes} Transpose"
+        f"removed {stats.transposes} Transpose and {stats.identities} Identity over constants"
     )
 
 

@@ -40,9 +40,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         folder = Path(str(item.fspath)).relative_to(TESTS).parts[0]
         if folder in FOLDER_MARKERS:
             item.add_marker(FOLDER_MARKERS[folder])
-        if "gpu" in item.keywords and not cuda_ok:
+        if item.get_closest_marker("gpu") and not cuda_ok:
             item.add_marker(pytest.mark.skip(reason=f"gpu test: {cuda_why}"))
-        if "tensorrt" in item.keywords and not trt_ok:
+        if item.get_closest_marker("tensorrt") and not trt_ok:
             item.add_marker(pytest.mark.skip(reason=f"tensorrt test: {trt_why}"))
-        if "slow" in item.keywords and not run_slow:
+        if item.get_closest_marker("slow") and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow test: set RESSERVE_SLOW=1 to run"))

@@ -74,6 +74,9 @@ def export_onnx(
     """Fold, export, check and annotate ``loaded`` as ``output``; raise on any failed check."""
     if opset < 17:
         raise ExportError(f"opset {opset} is too old; resserve exports opset >= 17")
+    label_list = labels or list(default_labels(loaded.num_classes))
+    if len(label_list) != loaded.num_classes:
+        raise ExportError(f"{len(label_list)} labels given for a model with {loaded.num_classes} classes")
     source = loaded.model.eval()
     folded, folds = fold_batchnorms(source)
     size = loaded.contract.crop_wh[1]
@@ -95,9 +98,6 @@ def export_onnx(
         (onnx_out,) = session.run(None, {INPUT_NAME: batch})
         results.append(compare_logits(f"onnxruntime.{key}", reference[key], onnx_out, rtol))
 
-    label_list = labels or list(default_labels(loaded.num_classes))
-    if len(label_list) != loaded.num_classes:
-        raise ExportError(f"{len(label_list)} labels given for a model with {loaded.num_classes} classes")
     metadata = ModelMetadata(
         arch=loaded.arch,
         num_classes=loaded.num_classes,

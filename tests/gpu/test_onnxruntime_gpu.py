@@ -1,0 +1,50 @@
+"""ONNX Runtime's CUDA and TensorRT providers on a real GPU (skipped with a reason elsewhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from resserve.engines.onnxruntime import OnnxRuntimeEngine
+from resserve.export.parity import compare_logits
+from resserve.export.to_onnx import export_onnx
+from resserve.models.weights import load_model
+from resserve.synthetic import synthetic_batch
+
+# TF32 convolutions (the CUDA provider's default on Ampere and newer) keep ~1e-3 relative accuracy.
+CUDA_RTOL = 5e-3
+FP16_RTOL = 2e-2
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("gpu") / "resnet18.onnx"
+    export_onnx(load_model("resnet18", random_weights=True, seed=0), path)
+    return path
+
+
+def cpu_reference(path: Path, batch) -> object:  # type: ignore[no-untyped-def]
+    engine = OnnxRuntimeEngine(path, "cpu")
+    engine.load()
+    return engine.infer(batch)
+
+
+@pytest.mark.gpu
+def test_cuda_provider_matches_cpu(onnx_path: Path) -> None:
+    x = synthetic_batch(8, 224, seed=3)
+    engine = OnnxRuntimeEngine(onnx_path, "cuda")
+    engine.load()
+    assert engine.describe()["active_providers"][0] == "CUDAExecutionProvider"
+    compare_logits("cuda", cpu_reference(onnx_path, x), engine.infer(x), rtol=CUDA_RTOL)
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_provider_fp16_builds_cache_and_matches(onnx_path: Path, tmp_path: Path) -> None:
+    x = synthetic_batch(4, 224, seed=4)
+    engine = OnnxRuntimeEngine(onnx_path, "tensorrt", fp16=True, cache_dir=tmp_path)
+    engine.load()
+    out = engine.infer(x)
+    assert engine.describe()["active_providers"][0] == "TensorrtExecutionProvider"
+    compare_logits("tensorrt-fp16", cpu_reference(onnx_path, x), out, rtol=FP16_RTOL)
+    assert any((tmp_path / "tensorrt").iterdir())  # engine cache written for the next start

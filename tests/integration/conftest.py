@@ -1,0 +1,20 @@
+"""One real export shared by the integration tests (exports take seconds on 2 cores)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from resserve.export.to_onnx import ExportReport, export_onnx
+from resserve.models.weights import LoadedModel, load_model
+
+
+@pytest.fixture(scope="session")
+def resnet18_random() -> LoadedModel:
+    return load_model("resnet18", random_weights=True, seed=0)
+
+
+@pytest.fixture(scope="session")
+def resnet18_onnx(resnet18_random: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> ExportReport:
+    return export_onnx(resnet18_random, tmp_path_factory.mktemp("export") / "resnet18.onnx")
