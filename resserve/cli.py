@@ -127,6 +127,47 @@ def describe(model: Annotated[Path, typer.Argument(help="an ONNX file")]) -> Non
     console.print_json(json.dumps(doc))
 
 
+@app.command()
+def build(
+    model_repo: Annotated[Path, typer.Argument(help="the model repository folder")] = Path("model_repo"),
+    model: Annotated[list[str] | None, typer.Option(help="build only these models")] = None,
+    force: Annotated[bool, typer.Option(help="rebuild even when up to date")] = False,
+) -> None:
+    """Build every model's artifact that is missing or stale (config or source changed)."""
+    from resserve.repository import ModelRepository
+
+    try:
+        repository = ModelRepository(model_repo)
+        names = model or repository.names()
+        for name in names:
+            with console.status(f"[bold]{name}[/]: checking", spinner="dots") as status:
+                repository.build(name, force=force, progress=lambda msg: status.update(msg) or console.print(msg))
+    except ResserveError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command()
+def serve(
+    model_repo: Annotated[Path, typer.Option(help="the model repository folder")] = Path("model_repo"),
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 in containers)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
+    model: Annotated[list[str] | None, typer.Option(help="serve only these models")] = None,
+    shutdown_delay_s: Annotated[float, typer.Option(help="stay up, not ready, this long after SIGTERM")] = 0.0,
+    build_missing: Annotated[bool, typer.Option(help="build missing or stale models at start")] = True,
+) -> None:
+    """Serve the repository's models over HTTP (OIP v2 + /classify + /metrics)."""
+    from resserve.config import ServerSettings
+    from resserve.server.serve import run_server
+
+    try:
+        settings = ServerSettings(model_repo=model_repo, host=host, port=port, models=model or None,
+                                  build_missing=build_missing)
+        run_server(settings, log_level=logging.getLevelName(logging.getLogger().level).lower(),
+                   shutdown_delay_s=shutdown_delay_s)
+    except ResserveError as exc:
+        raise _fail(exc) from exc
+
+
 @bench_app.command("engine")
 def bench_engine_cmd(
     model: Annotated[Path, typer.Argument(help="an ONNX file")],

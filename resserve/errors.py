@@ -29,3 +29,51 @@ class EngineUnavailableError(ResserveError):
 
 class EngineError(ResserveError):
     """An engine failed while loading or running a batch."""
+
+
+class ModelNotFoundError(ResserveError):
+    """No model (or version) of that name is in the repository (HTTP 404)."""
+
+
+class ModelNotReadyError(ResserveError):
+    """The model is loading, draining or unloaded (HTTP 503)."""
+
+
+class QueueFullError(ResserveError):
+    """The batch queue is full: retry after ``retry_after_s`` (HTTP 503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(ResserveError):
+    """The request's deadline passed before it was answered (HTTP 504)."""
+
+
+class UnauthorizedError(ResserveError):
+    """A control endpoint was called without the right bearer token (HTTP 401)."""
+
+
+class ForbiddenError(ResserveError):
+    """A control endpoint is disabled by configuration (HTTP 403)."""
+
+
+class InvalidRequestError(ResserveError):
+    """A request is malformed or has bad parameters (HTTP 422)."""
+
+
+class InvalidImageError(ResserveError):
+    """The image bytes are empty, corrupt, truncated or undecodable (HTTP 400)."""
+
+
+class ImageTooLargeError(ResserveError):
+    """The image has more pixels (or bytes) than the configured limit (HTTP 413)."""
+
+
+class UnsupportedMediaTypeError(ResserveError):
+    """The content type or the sniffed image format is not one resserve decodes (HTTP 415)."""
+
+
+class PayloadTooLargeError(ResserveError):
+    """A request body is larger than the configured limit (HTTP 413)."""

@@ -7,7 +7,6 @@ predictions mean anything.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -23,6 +22,7 @@ from torch import nn
 
 from resserve.contract import PreprocessContract, imagenet_contract
 from resserve.errors import WeightsError
+from resserve.files import sha256_file
 from resserve.models.resnet import ARCHS, ResNet, build_resnet
 from resserve.synthetic import synthetic_batch
 
@@ -138,14 +138,6 @@ def parse_torchvision_name(spec: str) -> TorchvisionWeights:
     if member not in table:
         raise WeightsError(f"{enum_name} has no member {member!r}; known: {', '.join(table)}, DEFAULT")
     return table[member]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_torchvision_weights(weights: TorchvisionWeights, directory: Path | None = None) -> Path:

@@ -18,3 +18,9 @@ def resnet18_random() -> LoadedModel:
 @pytest.fixture(scope="session")
 def resnet18_onnx(resnet18_random: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> ExportReport:
     return export_onnx(resnet18_random, tmp_path_factory.mktemp("export") / "resnet18.onnx")
+
+
+@pytest.fixture(scope="session")
+def model_onnx(resnet18_onnx: ExportReport) -> Path:
+    """The exported ResNet-18 file that server tests use as their models' source."""
+    return resnet18_onnx.path

@@ -1,0 +1,251 @@
+"""The dynamic batcher: groups concurrent requests into engine batches. Knows nothing of HTTP.
+
+One queue per model version, one worker per engine instance, each worker with its own thread so
+the engine never blocks the event loop. A worker takes the oldest request, then gathers more
+until ``max_batch_size`` rows, a preferred batch size, or ``max_queue_delay_ms`` after that
+oldest request arrived. While the engine is busy requests pile up, so under load batches fill
+without waiting. Expired requests are dropped before the engine sees them; a batch whose engine
+call fails fails only its own requests.
+
+Example::
+
+    queue = BatchQueue([engine.infer], max_batch_size=16, max_queue_delay_ms=5, max_queue_size=256)
+    await queue.start()
+    logits = await queue.submit(rows, deadline=time.monotonic() + 1.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from resserve.errors import (
+    DeadlineExceededError,
+    EngineError,
+    ModelNotReadyError,
+    QueueFullError,
+    ResserveError,
+)
+from resserve.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(eq=False)
+class _Pending:
+    rows: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    deadline: float  # time.monotonic()
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class BatchQueue:
+    """Collects requests into batches and runs them on one or more engine instances."""
+
+    def __init__(
+        self,
+        runners: Sequence[Runner],
+        *,
+        max_batch_size: int,
+        max_queue_delay_ms: float,
+        max_queue_size: int,
+        preferred_batch_sizes: Sequence[int] = (),
+        metrics: Metrics | None = None,
+        model: str = "model",
+        version: str = "1",
+    ) -> None:
+        if not runners:
+            raise ValueError("a BatchQueue needs at least one runner")
+        self._runners = list(runners)
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.preferred = frozenset(preferred_batch_sizes)
+        self._metrics = metrics
+        self._labels = (model, version)
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._closed = False
+        self._workers: list[asyncio.Task[None]] = []
+        self._executors: list[ThreadPoolExecutor] = []
+        self._batch_s_ewma = 0.05  # engine seconds per batch, for Retry-After
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not yet in a running batch)."""
+        return len(self._pending)
+
+    async def start(self) -> None:
+        """Start one worker per runner."""
+        for index, runner in enumerate(self._runners):
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{self._labels[0]}-{index}")
+            self._executors.append(executor)
+            self._workers.append(asyncio.create_task(self._work(runner, executor), name=f"batcher-{index}"))
+
+    async def submit(self, rows: np.ndarray, deadline: float) -> np.ndarray:
+        """Queue ``rows`` (a batch of one or more inputs) and wait for their outputs.
+
+        Raises QueueFullError at once when the queue is full, DeadlineExceededError when
+        ``deadline`` (monotonic) passes first, EngineError when the batch's engine call fails.
+        Inputs larger than ``max_batch_size`` are split and their outputs joined.
+        """
+        if rows.shape[0] > self.max_batch_size:
+            chunks = [rows[i : i + self.max_batch_size] for i in range(0, rows.shape[0], self.max_batch_size)]
+            parts = await asyncio.gather(*(self.submit(chunk, deadline) for chunk in chunks))
+            return np.concatenate(parts)
+        if self._closed:
+            raise ModelNotReadyError(f"model {self._labels[0]} is draining or unloaded")
+        if len(self._pending) >= self.max_queue_size:
+            raise QueueFullError(
+                f"model {self._labels[0]}: queue full ({self.max_queue_size} requests waiting)",
+                retry_after_s=self._retry_after_s(),
+            )
+        loop = asyncio.get_running_loop()
+        item = _Pending(rows, loop.create_future(), deadline)
+        self._pending.append(item)
+        self._set_depth()
+        self._arrived.set()
+        try:
+            # asyncio.wait never cancels what it waits on, and a cancellation reaches us at once.
+            await asyncio.wait({item.future}, timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.CancelledError:  # the client went away: a worker will skip it
+            item.future.cancel()
+            raise
+        if not item.future.done():
+            item.future.cancel()
+            raise DeadlineExceededError(
+                f"model {self._labels[0]}: deadline passed after {time.monotonic() - item.enqueued:.3f} s"
+            )
+        return item.future.result()
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Stop accepting, finish everything queued and running, then stop the workers.
+
+        Requests still queued after ``timeout_s`` fail with ModelNotReadyError.
+        """
+        self._closed = True
+        self._arrived.set()
+        if self._workers:
+            _done, still = await asyncio.wait(self._workers, timeout=timeout_s)
+            for task in still:
+                task.cancel()
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_exception(ModelNotReadyError(f"model {self._labels[0]} shut down"))
+        for executor in self._executors:
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._set_depth()
+
+    def _retry_after_s(self) -> int:
+        batches_ahead = math.ceil(len(self._pending) / self.max_batch_size / len(self._runners))
+        return max(1, math.ceil(batches_ahead * self._batch_s_ewma))
+
+    def _set_depth(self) -> None:
+        if self._metrics:
+            self._metrics.queue_depth.labels(*self._labels).set(len(self._pending))
+
+    def _queued_rows(self) -> int:
+        rows = 0
+        for item in self._pending:
+            if rows + item.rows.shape[0] > self.max_batch_size:
+                break
+            rows += item.rows.shape[0]
+        return rows
+
+    async def _collect(self) -> list[_Pending] | None:
+        """The next batch, or None when closed and empty."""
+        while not self._pending:
+            if self._closed:
+                return None
+            self._arrived.clear()
+            await self._arrived.wait()
+        dispatch_at = self._pending[0].enqueued + self.max_queue_delay_s
+        while not self._closed:
+            rows = self._queued_rows()
+            if rows >= self.max_batch_size or rows in self.preferred:
+                break
+            remaining = dispatch_at - time.monotonic()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        batch: list[_Pending] = []
+        rows, now = 0, time.monotonic()
+        while self._pending and rows + self._pending[0].rows.shape[0] <= self.max_batch_size:
+            item = self._pending.popleft()
+            if item.future.done():  # cancelled by its caller (deadline or disconnect)
+                continue
+            if item.deadline <= now:
+                self._expire(item)
+                continue
+            batch.append(item)
+            rows += item.rows.shape[0]
+        self._set_depth()
+        return batch
+
+    def _expire(self, item: _Pending) -> None:
+        item.future.set_exception(DeadlineExceededError(f"model {self._labels[0]}: deadline passed in the queue"))
+        if self._metrics:
+            self._metrics.expired.labels(*self._labels).inc()
+
+    async def _work(self, runner: Runner, executor: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            if batch is None:
+                return
+            if batch:
+                await self._run(loop, runner, executor, batch)
+
+    async def _run(
+        self, loop: asyncio.AbstractEventLoop, runner: Runner, executor: ThreadPoolExecutor, batch: list[_Pending]
+    ) -> None:
+        started = time.monotonic()
+        if self._metrics:
+            for item in batch:
+                self._metrics.queue_wait.labels(*self._labels).observe(started - item.enqueued)
+        try:
+            outputs = await loop.run_in_executor(executor, _run_batch, runner, [i.rows for i in batch])
+        except Exception as exc:  # a failed batch fails only its own requests
+            log.error("engine failed on a batch of %d requests: %s", len(batch), exc, exc_info=True)
+            if self._metrics:
+                self._metrics.engine_failures.labels(*self._labels).inc()
+            error = exc if isinstance(exc, ResserveError) else EngineError(f"engine failed: {exc}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        elapsed = time.monotonic() - started
+        self._batch_s_ewma = 0.8 * self._batch_s_ewma + 0.2 * elapsed
+        if self._metrics:
+            self._metrics.inference.labels(*self._labels).observe(elapsed)
+            self._metrics.batch_size.labels(*self._labels).observe(sum(i.rows.shape[0] for i in batch))
+        offset = 0
+        for item in batch:
+            count = item.rows.shape[0]
+            if not item.future.done():
+                item.future.set_result(outputs[offset : offset + count])
+            offset += count
+
+
+def _run_batch(runner: Runner, parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate, run, and check the engine kept one output row per input row."""
+    batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    outputs = runner(batch)
+    if outputs.shape[0] != batch.shape[0]:
+        raise EngineError(f"engine returned {outputs.shape[0]} rows for a batch of {batch.shape[0]}")
+    return outputs

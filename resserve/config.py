@@ -1,0 +1,124 @@
+"""Configuration as validated pydantic models: the model repository's ``config.yaml`` and the server.
+
+A bad value fails at load with the file and the field named, never later during a request.
+
+Example ``model_repo/resnet50/config.yaml``::
+
+    source: {arch: resnet50, weights: "torchvision:ResNet50_Weights.IMAGENET1K_V2", fallback_random: true}
+    engine: onnxruntime
+    max_batch_size: 16
+    dynamic_batching: {max_queue_delay_ms: 5, preferred_batch_sizes: [8, 16], max_queue_size: 256}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from resserve.contract import PreprocessContract
+from resserve.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Strict):
+    """Where the model comes from: an architecture and weights, or an ONNX file."""
+
+    arch: str | None = Field(None, description="resnet18 ... wide_resnet101_2")
+    weights: str | None = Field(None, description=".pth/.safetensors path or torchvision:<Enum>.<MEMBER>")
+    random_weights: bool = False
+    seed: int = 0
+    fallback_random: bool = Field(
+        False, description="serve seeded random weights (announced) when `weights` cannot be obtained"
+    )
+    num_classes: int | None = Field(None, ge=1)
+    onnx: str | None = Field(None, description="an ONNX file (relative to the model folder), folded at build")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SourceConfig:
+        if (self.arch is None) == (self.onnx is None):
+            raise ValueError("give exactly one of source.arch (with weights) or source.onnx")
+        if self.arch is not None and (self.weights is None) == (not self.random_weights):
+            raise ValueError("with source.arch give exactly one of source.weights or source.random_weights: true")
+        return self
+
+
+class DynamicBatchingConfig(_Strict):
+    """How requests are grouped into engine batches (Triton's dynamic batcher, same names)."""
+
+    max_queue_delay_ms: float = Field(5.0, ge=0, le=10_000)
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    max_queue_size: int = Field(256, ge=1, description="queued requests beyond this are answered 503")
+    default_timeout_ms: float = Field(30_000, gt=0, description="deadline of a request that sets none")
+
+
+class ModelConfig(_Strict):
+    """One model of the repository: ``model_repo/<name>/config.yaml``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    source: SourceConfig
+    engine: Literal["onnxruntime"] = "onnxruntime"
+    precision: Literal["fp32"] = "fp32"
+    device: Literal["auto", "cpu", "cuda", "tensorrt"] = "cpu"
+    intra_op_threads: int | None = Field(None, ge=1, description="default: all cores")
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    dynamic_batching: DynamicBatchingConfig = Field(default_factory=DynamicBatchingConfig)
+    instance_count: int = Field(1, ge=1, le=64)
+    labels: str | None = Field(None, description="label file relative to the model folder; default: from the model")
+    preprocess: PreprocessContract | None = Field(None, description="default: the contract the model records")
+    softmax_in_model: bool = Field(False, description="the model already ends in softmax")
+    fast_jpeg_decode: bool = Field(
+        False, description="decode large JPEGs at reduced DCT scale (faster, slightly different tensor)"
+    )
+    warmup_batch_sizes: list[int] = Field(default_factory=lambda: [1])
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        bad = [b for b in self.dynamic_batching.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred_batch_sizes {bad} must lie in 1..max_batch_size ({self.max_batch_size})")
+        return self
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    """Read and validate a ``config.yaml``; the model name defaults to its folder's name."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw.setdefault("name", path.parent.name)
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
+
+
+class ServerSettings(BaseSettings):
+    """Server-wide settings; every field can be set as ``RESSERVE_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RESSERVE_", extra="forbid")
+
+    model_repo: Path = Path("model_repo")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    models: list[str] | None = Field(None, description="load only these models (default: all)")
+    preprocess_threads: int | None = Field(None, ge=1, description="default: the cores")
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_multipart_files: int = Field(64, ge=1)
+    max_top_k: int = Field(1000, ge=1)
+    control_token: str | None = Field(None, description="bearer token for repository control endpoints")
+    allow_repository_control: bool = Field(False, description="enable load/unload without a token")
+    graceful_shutdown_s: float = Field(30.0, ge=0)
+    build_missing: bool = Field(True, description="build missing or stale artifacts at start")

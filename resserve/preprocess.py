@@ -1,0 +1,282 @@
+"""Image bytes -> model input tensor: decode, orient, convert, resize, crop, normalize.
+
+Pure functions driven by a :class:`~resserve.contract.PreprocessContract`. The serving path has no
+torch, so this is numpy + Pillow only, written to reproduce torchvision's
+``Resize -> CenterCrop -> ToTensor -> Normalize`` on PIL images bit for bit (checked against
+hashes recorded from torchvision 0.28 in ``tests/fixtures/preprocess/reference.json``).
+
+Every failure on untrusted bytes becomes one of three domain errors, which the server maps to
+HTTP statuses: :class:`InvalidImageError` (400), :class:`ImageTooLargeError` (413) and
+:class:`UnsupportedMediaTypeError` (415).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from resserve.contract import PreprocessContract
+from resserve.errors import (
+    ImageTooLargeError,
+    InvalidImageError,
+    ResserveError,
+    UnsupportedMediaTypeError,
+)
+
+SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"}
+# Phones write JPEGs with extra pictures appended (MPO); Pillow names that format "MPO".
+# The JPEG plugin opens those itself (there is no "MPO" opener to ask for).
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+_OPEN_FORMATS = tuple(sorted(SUPPORTED_FORMATS))
+SUPPORTED_MEDIA_TYPES = {
+    "image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/x-png", "image/webp",
+    "image/bmp", "image/x-bmp", "image/x-ms-bmp", "image/gif", "image/tiff",
+}  # fmt: skip
+# Types that say nothing about the content: accepted, the bytes are sniffed by decode_image.
+_SNIFFED_MEDIA_TYPES = {"", "application/octet-stream"}
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that transpose width and height
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Per-server decode limits and speed/accuracy trade-offs."""
+
+    max_pixels: int = 40_000_000
+    # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (never below the resize target). Much faster on
+    # large photos, but no longer bit-identical to torchvision: opt-in.
+    fast_jpeg_draft: bool = False
+
+
+def check_media_type(content_type: str | None) -> None:
+    """Reject declared non-image types early (415) before reading pixels; unknown types are sniffed."""
+    if content_type is None:
+        return
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type in _SNIFFED_MEDIA_TYPES or media_type in SUPPORTED_MEDIA_TYPES:
+        return
+    raise UnsupportedMediaTypeError(
+        f"unsupported media type {media_type!r}; send one of {', '.join(sorted(SUPPORTED_MEDIA_TYPES))}"
+    )
+
+
+# Pillow reports corrupt EXIF, decompression-bomb sizes and the like with warnings.warn. They are
+# handled here (as errors or fallbacks) and must not reach callers. warnings.catch_warnings is not
+# thread-safe before Python 3.14: two overlapping decodes in a thread pool can restore each other's
+# filters and leave them changed for good. So one shared "ignore Pillow's warnings" filter is
+# installed while at least one decode runs, counted under a lock.
+_QUIET_MODULES = r"(PIL|resserve\.preprocess)(\.|$)"
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+
+
+@contextmanager
+def _pillow_warnings_ignored() -> Iterator[None]:
+    global _quiet_depth
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            warnings.filterwarnings("ignore", module=_QUIET_MODULES)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:  # remove exactly that filter (filterwarnings keeps one copy)
+                warnings.filters[:] = [
+                    f for f in warnings.filters if not (f[0] == "ignore" and _is_quiet_module(f[3]))
+                ]
+
+
+def _is_quiet_module(module: object) -> bool:
+    return str(getattr(module, "pattern", "")).startswith(_QUIET_MODULES)
+
+
+def _open(data: bytes) -> Image.Image:
+    """Open (header only) with the supported plugins; name the format of anything else we refuse."""
+    try:
+        return Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image refused before decoding: {exc}") from exc
+    except UnidentifiedImageError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is a bad image
+        raise InvalidImageError(f"cannot read image header: {exc}") from exc
+    # Second look with every plugin, only to give a useful 415 instead of a vague 400.
+    try:
+        with Image.open(io.BytesIO(data)) as other:
+            fmt = other.format
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image refused before decoding: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise InvalidImageError(f"cannot identify image data ({len(data)} bytes)") from exc
+    raise UnsupportedMediaTypeError(
+        f"unsupported image format {fmt!r}; supported: {', '.join(sorted(SUPPORTED_FORMATS))}"
+    )
+
+
+def _orientation(image: Image.Image) -> int:
+    """EXIF orientation (1..8); garbage EXIF means "as stored", never a failed request."""
+    try:
+        value = int(image.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _resize_target(width: int, height: int, contract: PreprocessContract) -> tuple[int, int]:
+    """(W, H) after Resize, as torchvision's ``_compute_resized_output_size`` computes it."""
+    size = contract.resize_size
+    if isinstance(size, tuple):  # only "exact" takes (W, H): the contract refuses it otherwise
+        return size
+    if contract.resize_mode == "exact":  # torchvision Resize((N, N))
+        return size, size
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def _draft(image: Image.Image, contract: PreprocessContract) -> None:
+    """Ask libjpeg for a power-of-2 reduced decode that stays at or above the resize target."""
+    width, height = image.size
+    target_w, target_h = _resize_target(width, height, contract)
+    if contract.resize_mode == "exact" and _orientation(image) in _SWAPS_AXES:
+        target_w, target_h = target_h, target_w  # the target is for the displayed (rotated) image
+    # Pillow picks the largest scale s in 8/4/2/1 with s <= min(W // tw, H // th): never below target.
+    if width >= 2 * target_w and height >= 2 * target_h:
+        image.draft("RGB", (target_w, target_h))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, transparency composited on white."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode.startswith("I;16") or mode == "I":
+        # Pillow's own I;16 -> L clips at 255; scale 0..65535 onto 0..255 with rounding instead.
+        # Mode I (32-bit) is taken to hold 16-bit samples too, as 16-bit PNG/TIFF/PPM do.
+        wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    # L, 1, P, CMYK, YCbCr, F (clipped to 0..255 by Pillow), ...
+    return image.convert("RGB")
+
+
+def decode_image(
+    data: bytes, contract: PreprocessContract, options: DecodeOptions = DecodeOptions()
+) -> Image.Image:
+    """Untrusted bytes -> upright 8-bit RGB image, or a domain error; checks size before pixels."""
+    if not data:
+        raise InvalidImageError("empty body: no image bytes")
+    with _pillow_warnings_ignored():
+        image = _open(data)
+        fmt = _FORMAT_ALIASES.get(image.format or "", image.format or "")
+        if fmt not in SUPPORTED_FORMATS:
+            raise UnsupportedMediaTypeError(f"unsupported image format {image.format!r}")
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise InvalidImageError(f"image has no pixels ({width}x{height})")
+        # The header's size, before any pixel is decoded: a 30000x30000 PNG of a few KB stops here.
+        if width * height > options.max_pixels:
+            raise ImageTooLargeError(
+                f"image is {width}x{height} = {width * height} pixels; the limit is {options.max_pixels}"
+            )
+        try:
+            if options.fast_jpeg_draft and fmt == "JPEG":
+                _draft(image, contract)
+            image.load()  # GIF/WebP/TIFF: the first frame, which Pillow opens at
+            if _orientation(image) != 1:
+                try:
+                    image = ImageOps.exif_transpose(image)
+                except Exception:  # noqa: BLE001 - a broken EXIF block only costs the rotation
+                    pass
+            return _to_rgb(image)
+        except ResserveError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, struct.error, ... all mean corrupt
+            raise InvalidImageError(f"cannot decode {fmt} image: {exc}") from exc
+
+
+def _center_crop(image: Image.Image, crop_wh: tuple[int, int]) -> Image.Image:
+    """torchvision ``center_crop``: pad with 0 where the image is smaller, then crop at the centre."""
+    width, height = image.size
+    crop_w, crop_h = crop_wh
+    if (width, height) == (crop_w, crop_h):
+        return image
+    # torchvision pads floor(d/2) before; the padded axis then crops at offset 0. PIL's crop fills
+    # outside the image with 0, so a negative offset is the same pad-then-crop in one step.
+    # int(round(...)) is Python's round-half-even, as in torchvision.
+    left = -((crop_w - width) // 2) if crop_w > width else int(round((width - crop_w) / 2.0))
+    top = -((crop_h - height) // 2) if crop_h > height else int(round((height - crop_h) / 2.0))
+    return image.crop((left, top, left + crop_w, top + crop_h))
+
+
+def resize_and_crop(image: Image.Image, contract: PreprocessContract) -> Image.Image:
+    """torchvision ``Resize`` then ``CenterCrop`` on a PIL image, same pixels.
+
+    Pillow always antialiases bilinear/bicubic/lanczos when shrinking, as torchvision does on PIL
+    images whatever ``antialias`` says, so ``antialias=False`` gets the antialiased resize too
+    (torchvision's tensor path would differ). The whole image is resized, then cropped:
+    ``Image.resize(box=crop window)`` is faster but not bit-identical on every size.
+    """
+    target = _resize_target(*image.size, contract)
+    if target != image.size:  # torchvision returns the image untouched when sizes match
+        image = image.resize(target, _RESAMPLE[contract.interpolation])
+    return _center_crop(image, contract.crop_wh)
+
+
+def to_tensor(image: Image.Image, contract: PreprocessContract) -> np.ndarray:
+    """RGB image -> normalized float32, (C, H, W) or (H, W, C), C-contiguous.
+
+    The float32 division by 255 and ``(x - mean) / std`` with float32 mean/std are the same IEEE
+    operations as torchvision's ToTensor + Normalize, hence the same bits.
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    pixels = np.asarray(image, dtype=np.uint8)
+    if contract.color_order == "BGR":
+        pixels = pixels[..., ::-1]
+    x = pixels.astype(np.float32)
+    if contract.input_scale == "0-1":
+        x /= np.float32(255.0)
+    x -= np.asarray(contract.mean, dtype=np.float32)
+    x /= np.asarray(contract.std, dtype=np.float32)
+    if contract.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x)
+
+
+def preprocess_timed(
+    data: bytes, contract: PreprocessContract, options: DecodeOptions = DecodeOptions()
+) -> tuple[np.ndarray, float, float]:
+    """:func:`preprocess` plus (decode_seconds, transform_seconds) for the server's stage metrics."""
+    start = time.perf_counter()
+    image = decode_image(data, contract, options)
+    decoded = time.perf_counter()
+    tensor = to_tensor(resize_and_crop(image, contract), contract)
+    return tensor, decoded - start, time.perf_counter() - decoded
+
+
+def preprocess(
+    data: bytes, contract: PreprocessContract, options: DecodeOptions = DecodeOptions()
+) -> np.ndarray:
+    """One image file -> one model input, (C, H, W) or (H, W, C) float32."""
+    return preprocess_timed(data, contract, options)[0]

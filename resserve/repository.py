@@ -1,0 +1,225 @@
+"""The model repository: ``<root>/<name>/config.yaml`` plus built ``<root>/<name>/<version>/`` folders.
+
+A version folder holds ``model.onnx`` and ``build.json``. ``build.json`` records a content hash of
+the config and the source (weights file bytes, torchvision name, or ONNX file bytes), so a build
+runs only when something it depends on changed. Builds write to a temporary folder and rename it
+into place, so a crash never leaves a half-written version that the server would load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from resserve import __version__
+from resserve.config import ModelConfig, load_model_config
+from resserve.contract import PreprocessContract, imagenet_contract
+from resserve.errors import ConfigError, ModelNotFoundError
+from resserve.export.metadata import ModelMetadata, read_metadata
+from resserve.files import sha256_file
+from resserve.labels import default_labels, load_labels
+
+log = logging.getLogger(__name__)
+
+ARTIFACT = "model.onnx"
+BUILD_RECORD = "build.json"
+DEFAULT_VERSION = "1"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One built, loadable version of a model."""
+
+    config: ModelConfig
+    folder: Path
+    version: str
+    metadata: ModelMetadata
+
+    @property
+    def artifact(self) -> Path:
+        return self.folder / ARTIFACT
+
+    @property
+    def contract(self) -> PreprocessContract:
+        """The config's contract, else the one the model records, else torchvision's ImageNet preset."""
+        return self.config.preprocess or self.metadata.preprocess or imagenet_contract()
+
+    def labels(self, num_classes: int) -> list[str]:
+        """The config's label file, else the labels the model records, else ImageNet/class_<i>."""
+        if self.config.labels:
+            labels = list(load_labels(self.folder.parent / self.config.labels))
+        elif self.metadata.labels:
+            labels = list(self.metadata.labels)
+        else:
+            labels = list(default_labels(num_classes))
+        if len(labels) != num_classes:
+            raise ConfigError(f"model {self.config.name}: {len(labels)} labels for {num_classes} classes")
+        return labels
+
+
+class ModelRepository:
+    """Reads model configs and their built versions under one root folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ConfigError(f"model repository {self.root} is not a folder")
+
+    def names(self) -> list[str]:
+        """Every folder with a config.yaml, sorted."""
+        return sorted(p.parent.name for p in self.root.glob("*/config.yaml"))
+
+    def config(self, name: str) -> ModelConfig:
+        path = self.root / name / "config.yaml"
+        if not path.is_file() or not _safe_name(name):
+            raise ModelNotFoundError(f"no model {name!r} in {self.root}")
+        return load_model_config(path)
+
+    def versions(self, name: str) -> list[str]:
+        """Built versions (numeric folder names with an artifact), oldest first."""
+        folder = self.root / name
+        found = [p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and (p / ARTIFACT).is_file()]
+        return sorted(found, key=int)
+
+    def version(self, name: str, version: str | None = None) -> ModelVersion:
+        """A built version (the newest by default)."""
+        config = self.config(name)
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFoundError(f"model {name!r} has no built version; run `resserve build {self.root}`")
+        chosen = version or versions[-1]
+        if chosen not in versions:
+            raise ModelNotFoundError(f"model {name!r} has no version {chosen!r} (built: {', '.join(versions)})")
+        folder = self.root / name / chosen
+        return ModelVersion(config, folder, chosen, read_metadata(folder / ARTIFACT))
+
+    def content_hash(self, config: ModelConfig) -> str:
+        """What a build depends on: the config, the source's bytes or name, the resserve version."""
+        digest = hashlib.sha256()
+        digest.update(config.model_dump_json().encode())
+        digest.update(__version__.encode())
+        source = config.source
+        local = source.onnx or (source.weights if source.weights and not source.weights.startswith("torchvision:")
+                                else None)
+        if local:
+            path = self._source_path(config.name, local)
+            if not path.is_file():
+                raise ConfigError(f"model {config.name}: source file {path} does not exist")
+            digest.update(sha256_file(path).encode())
+        return digest.hexdigest()
+
+    def is_stale(self, name: str) -> bool:
+        """True when the newest version is missing or was built from other inputs."""
+        config = self.config(name)
+        versions = self.versions(name)
+        if not versions:
+            return True
+        record = self.root / name / versions[-1] / BUILD_RECORD
+        try:
+            built = json.loads(record.read_text())
+            built_hash, fell_back = built["content_hash"], built.get("random_fallback", False)
+        except (OSError, ValueError, KeyError, TypeError):
+            return True
+        if fell_back and _weights_obtainable(config):
+            log.info("%s: weights %s are now available; rebuilding the random-weights fallback", name,
+                     config.source.weights)
+            return True
+        return built_hash != self.content_hash(config)
+
+    def build(self, name: str, *, force: bool = False, progress: Progress | None = None) -> Path:
+        """Build the newest version of ``name`` if stale (or ``force``); returns its folder."""
+        config = self.config(name)
+        say = progress or (lambda message: log.info("%s", message))
+        versions = self.versions(name)
+        target = self.root / name / (versions[-1] if versions else DEFAULT_VERSION)
+        if not force and not self.is_stale(name):
+            say(f"{name}: up to date ({target})")
+            return target
+        content_hash = self.content_hash(config)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=self.root / name))
+        try:
+            say(f"{name}: building {config.source.arch or config.source.onnx} -> {target}")
+            fell_back = self._build_artifact(config, staging / ARTIFACT)
+            record = {
+                "content_hash": content_hash,
+                "random_fallback": fell_back,
+                "resserve_version": __version__,
+                "config": config.model_dump(mode="json"),
+            }
+            (staging / BUILD_RECORD).write_text(json.dumps(record, indent=2))
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        say(f"{name}: built {target / ARTIFACT}")
+        return target
+
+    def _source_path(self, name: str, relative: str) -> Path:
+        """A source file named in config.yaml, relative to the model's folder (absolute paths as given)."""
+        return (self.root / name / relative).resolve()
+
+    def _build_artifact(self, config: ModelConfig, output: Path) -> bool:
+        """Write the artifact; True when configured weights were unobtainable and random ones used."""
+        source = config.source
+        if source.onnx:
+            from resserve.export.onnx_fold import optimize_onnx
+
+            optimize_onnx(self._source_path(config.name, source.onnx), output)
+            return False
+        try:
+            from resserve.export.to_onnx import export_onnx
+            from resserve.models.weights import load_model
+        except ImportError as exc:
+            raise ConfigError(
+                f"model {config.name}: building from PyTorch weights needs torch: pip install 'resserve[export]' ({exc})"
+            ) from exc
+        from resserve.errors import WeightsError
+
+        assert source.arch is not None  # the config validator guarantees arch or onnx
+        weights = source.weights
+        if weights and not weights.startswith("torchvision:"):
+            weights = str(self._source_path(config.name, weights))
+        fell_back = False
+        try:
+            loaded = load_model(source.arch, weights, random_weights=source.random_weights, seed=source.seed,
+                                num_classes=source.num_classes)
+        except WeightsError as exc:
+            if not (source.fallback_random and weights):
+                raise
+            log.warning("model %s: cannot use weights %s (%s); serving seeded RANDOM weights", config.name,
+                        weights, exc)
+            loaded = load_model(source.arch, random_weights=True, seed=source.seed, num_classes=source.num_classes)
+            fell_back = True
+        export_onnx(loaded, output, seed=source.seed)
+        return fell_back
+
+
+def _weights_obtainable(config: ModelConfig) -> bool:
+    """Whether the configured torchvision weights file now sits in a local cache."""
+    weights = config.source.weights or ""
+    if not weights.startswith("torchvision:"):
+        return False
+    try:
+        import torch
+
+        from resserve.models.weights import cache_dir, parse_torchvision_name
+    except ImportError:
+        return False
+    entry = parse_torchvision_name(weights)
+    candidates = (cache_dir() / "weights" / entry.file_name,
+                  Path(torch.hub.get_dir()) / "checkpoints" / entry.file_name)
+    return any(p.is_file() for p in candidates)
+
+
+def _safe_name(name: str) -> bool:
+    """Model names are single path components: no traversal out of the repository."""
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")

@@ -1,0 +1,174 @@
+"""Models in memory: engines, their batch queue, labels and contract, swapped without losing requests.
+
+Loading happens off the event loop (engine sessions and warm-up take seconds). A reload builds
+the new version completely, swaps it in, and only then drains the old one: requests already
+queued on the old version finish there, new ones go to the new version, none fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from resserve.batching import BatchQueue
+from resserve.config import ModelConfig, ServerSettings
+from resserve.contract import PreprocessContract
+from resserve.engines import Engine, create_engine
+from resserve.errors import ModelNotFoundError, ModelNotReadyError
+from resserve.export.metadata import ModelMetadata
+from resserve.metrics import Metrics
+from resserve.preprocess import DecodeOptions
+from resserve.repository import ModelRepository, ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    """One model version answering requests."""
+
+    name: str
+    version: str
+    config: ModelConfig
+    metadata: ModelMetadata
+    contract: PreprocessContract
+    labels: list[str]
+    engines: list[Engine]
+    queue: BatchQueue
+    decode_options: DecodeOptions
+    loaded_at: float = field(default_factory=time.time)
+    ready: bool = True
+
+    @property
+    def random_weights(self) -> bool:
+        return self.metadata.random_weights
+
+    def describe(self) -> dict[str, Any]:
+        engine = self.engines[0].describe()
+        return {
+            "name": self.name,
+            "version": self.version,
+            "ready": self.ready,
+            "engine": engine,
+            "instances": len(self.engines),
+            "max_batch_size": self.config.max_batch_size,
+            "arch": self.metadata.arch,
+            "weights": self.metadata.weights_source,
+            "random_weights": self.random_weights,
+            "preprocess": self.contract.model_dump(mode="json"),
+            "classes": len(self.labels),
+        }
+
+
+class ModelManager:
+    """Loads, serves, reloads and unloads the repository's models."""
+
+    def __init__(self, repository: ModelRepository, settings: ServerSettings, metrics: Metrics) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.metrics = metrics
+        self._models: dict[str, ServedModel] = {}
+        self._lock = asyncio.Lock()
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The served model, or ModelNotFoundError / ModelNotReadyError."""
+        served = self._models.get(name)
+        if served is None:
+            if name in self.repository.names():
+                raise ModelNotReadyError(f"model {name!r} is not loaded")
+            raise ModelNotFoundError(f"unknown model {name!r}")
+        if version is not None and version != served.version:
+            raise ModelNotFoundError(f"model {name!r} has no loaded version {version!r} (serving {served.version})")
+        if not served.ready:
+            raise ModelNotReadyError(f"model {name!r} is not ready")
+        return served
+
+    def loaded(self) -> list[ServedModel]:
+        return list(self._models.values())
+
+    def all_ready(self) -> bool:
+        return bool(self._models) and all(m.ready for m in self._models.values())
+
+    async def load(self, name: str, version: str | None = None) -> ServedModel:
+        """Load (or reload) ``name``; the previous version keeps serving until the new one is ready."""
+        async with self._lock:
+            model_version = self.repository.version(name, version)
+            served = await asyncio.to_thread(self._open, model_version)
+            await served.queue.start()
+            old = self._models.get(name)
+            self._models[name] = served
+            self.metrics.model_ready.labels(name, served.version).set(1)
+            log.info("model %s version %s ready (%s)", name, served.version,
+                     "RANDOM weights" if served.random_weights else served.metadata.weights_source)
+        if old is not None:
+            await self._retire(old)
+        return served
+
+    async def unload(self, name: str) -> None:
+        """Stop routing to ``name``, finish its queued requests, release its engines."""
+        async with self._lock:
+            served = self._models.pop(name, None)
+        if served is None:
+            raise ModelNotFoundError(f"model {name!r} is not loaded")
+        await self._retire(served)
+
+    async def close(self) -> None:
+        """Drain and release every model (shutdown)."""
+        async with self._lock:
+            models, self._models = list(self._models.values()), {}
+        await asyncio.gather(*(self._retire(m) for m in models))
+
+    async def _retire(self, served: ServedModel) -> None:
+        served.ready = False
+        current = self._models.get(served.name)
+        if current is None or current.version != served.version:  # a same-version reload stays 1
+            self.metrics.model_ready.labels(served.name, served.version).set(0)
+        await served.queue.close(timeout_s=self.settings.graceful_shutdown_s)
+        for engine in served.engines:
+            engine.close()
+        log.info("model %s version %s released", served.name, served.version)
+
+    def _open(self, model_version: ModelVersion) -> ServedModel:
+        """Create, load and warm every instance (runs in a worker thread)."""
+        config = model_version.config
+        engines = []
+        for _ in range(config.instance_count):
+            engine = create_engine(
+                config.engine,
+                model_version.artifact,
+                provider=config.device,
+                intra_op_threads=config.intra_op_threads,
+                # Spinning intra-op threads would steal the cores preprocessing runs on.
+                allow_spinning=False,
+            )
+            engine.load()
+            warm_s = engine.warmup(tuple(config.warmup_batch_sizes))
+            log.info("model %s: engine warmed up in %.2f s", config.name, warm_s)
+            engines.append(engine)
+        num_classes = engines[0].output_spec.shape[-1]
+        batching = config.dynamic_batching
+        queue = BatchQueue(
+            [e.infer for e in engines],
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_ms=batching.max_queue_delay_ms,
+            max_queue_size=batching.max_queue_size,
+            preferred_batch_sizes=batching.preferred_batch_sizes,
+            metrics=self.metrics,
+            model=config.name,
+            version=model_version.version,
+        )
+        return ServedModel(
+            name=config.name,
+            version=model_version.version,
+            config=config,
+            metadata=model_version.metadata,
+            contract=model_version.contract,
+            labels=model_version.labels(num_classes),
+            engines=engines,
+            queue=queue,
+            decode_options=DecodeOptions(max_pixels=self.settings.max_image_pixels,
+                                         fast_jpeg_draft=config.fast_jpeg_decode),
+        )

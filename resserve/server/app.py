@@ -1,0 +1,81 @@
+"""``create_app()``: the FastAPI application with its lifespan (build, load, warm, drain).
+
+Example::
+
+    app = create_app(ServerSettings(model_repo=Path("model_repo")))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from resserve import __version__
+from resserve.config import ServerSettings
+from resserve.errors import ResserveError
+from resserve.metrics import Metrics
+from resserve.repository import ModelRepository
+from resserve.runtime import ModelManager
+from resserve.server import classify, control, health, oip_routes
+from resserve.server.errors import install_error_handlers
+from resserve.server.inference import InferenceService
+from resserve.server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from resserve.server.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+async def start_models(state: AppState) -> None:
+    """Build what is missing or stale (if allowed), then load and warm every configured model."""
+    repository, settings = state.repository, state.settings
+    names = settings.models or repository.names()
+    if not names:
+        raise ResserveError(f"model repository {repository.root} has no models (no */config.yaml)")
+    for name in names:
+        try:
+            if settings.build_missing and await asyncio.to_thread(repository.is_stale, name):
+                await asyncio.to_thread(repository.build, name)
+            await state.manager.load(name)
+        except ResserveError as exc:
+            # One broken model must not keep the others from serving; readiness stays false.
+            log.error("model %s not loaded: %s", name, exc)
+    state.started = True
+
+
+def create_app(settings: ServerSettings | None = None, metrics: Metrics | None = None) -> FastAPI:
+    """The resserve application; tests pass their own settings and a fresh metrics registry."""
+    settings = settings or ServerSettings()
+    metrics = metrics or Metrics()
+    repository = ModelRepository(settings.model_repo)
+    state = AppState(
+        settings=settings,
+        metrics=metrics,
+        repository=repository,
+        manager=ModelManager(repository, settings, metrics),
+        service=InferenceService(settings, metrics),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await start_models(state)
+        log.info("resserve %s ready: %s", __version__, ", ".join(m.name for m in state.manager.loaded()) or "no models")
+        try:
+            yield
+        finally:
+            state.draining = True
+            await state.manager.close()
+            state.service.close()
+
+    app = FastAPI(title="resserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.resserve = state
+    install_error_handlers(app)
+    for module in (health, classify, oip_routes, control):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

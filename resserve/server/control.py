@@ -1,0 +1,74 @@
+"""Repository control (Triton's model repository extension): index, load, unload.
+
+Off unless a bearer token is configured (``RESSERVE_CONTROL_TOKEN``) or control is explicitly
+allowed without one; the token is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from resserve.errors import ForbiddenError, ModelNotFoundError, UnauthorizedError
+from resserve.server.state import AppState, get_state
+
+router = APIRouter()
+
+
+def authorize(request: Request) -> AppState:
+    """The app state, if this request may use the control endpoints."""
+    state = get_state(request)
+    token = state.settings.control_token
+    if token is None:
+        if not state.settings.allow_repository_control:
+            raise ForbiddenError("repository control is disabled: set RESSERVE_CONTROL_TOKEN to enable it")
+        return state
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise UnauthorizedError("repository control needs 'Authorization: Bearer <token>'")
+    return state
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+@router.post("/v2/repository/index")
+async def index(request: Request) -> Response:
+    """Every model in the repository with its state."""
+    state = authorize(request)
+    loaded = {m.name: m for m in state.manager.loaded()}
+    entries = []
+    for name in state.repository.names():
+        served = loaded.get(name)
+        versions = await asyncio.to_thread(state.repository.versions, name)
+        if served is not None:
+            entries.append({"name": name, "version": served.version, "state": "READY" if served.ready else "UNAVAILABLE"})
+        else:
+            entries.append({"name": name, "version": versions[-1] if versions else "", "state": "UNAVAILABLE",
+                            "reason": "not loaded" if versions else "not built"})
+    return _json(entries)
+
+
+@router.post("/v2/repository/models/{name}/load")
+async def load(request: Request, name: str) -> Response:
+    """Load or reload a model (its newest built version); in-flight requests are not lost."""
+    state = authorize(request)
+    if name not in state.repository.names():
+        raise ModelNotFoundError(f"no model {name!r} in the repository")
+    await state.manager.load(name)
+    return _json({})
+
+
+@router.post("/v2/repository/models/{name}/unload")
+async def unload(request: Request, name: str) -> Response:
+    """Stop serving a model after its queued requests finish."""
+    state = authorize(request)
+    await state.manager.unload(name)
+    return _json({})

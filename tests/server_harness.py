@@ -1,0 +1,100 @@
+"""Helpers to build a model repository and run a real uvicorn server on 127.0.0.1 for tests."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+import yaml
+from PIL import Image
+
+from resserve.config import ServerSettings
+from resserve.metrics import Metrics
+from resserve.server.app import create_app
+from resserve.synthetic import synthetic_image
+
+
+def write_model(repo: Path, name: str, onnx_source: Path, **overrides: Any) -> Path:
+    """A model folder whose source is an existing ONNX file (built by the folding pass: fast)."""
+    folder = repo / name
+    folder.mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = {
+        "source": {"onnx": str(onnx_source)},
+        "max_batch_size": 8,
+        "dynamic_batching": {"max_queue_delay_ms": 2, "max_queue_size": 64},
+        "intra_op_threads": 2,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RunningServer:
+    """A live server: its base URL, settings, metrics registry and app state."""
+
+    def __init__(self, url: str, settings: ServerSettings, metrics: Metrics, app: Any) -> None:
+        self.url = url
+        self.settings = settings
+        self.metrics = metrics
+        self.app = app
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels or {})
+        return 0.0 if value is None else value
+
+
+@contextmanager
+def serve_in_thread(settings: ServerSettings, start_timeout_s: float = 60.0) -> Iterator[RunningServer]:
+    """Run create_app(settings) under uvicorn in a thread; yields once it answers ready."""
+    metrics = Metrics()
+    app = create_app(settings, metrics)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                            log_config=None, timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + start_timeout_s
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("server did not become ready")
+            time.sleep(0.05)
+        yield RunningServer(url, settings, metrics, app)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def encode(image: Image.Image, fmt: str, **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def jpeg(width: int = 320, height: int = 240, seed: int = 0) -> bytes:
+    return encode(synthetic_image(width, height, seed), "JPEG", quality=90)

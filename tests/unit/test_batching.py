@@ -1,0 +1,183 @@
+"""The batch queue with a small in-process engine: grouping, limits, deadlines, failures, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from resserve.batching import BatchQueue
+from resserve.errors import DeadlineExceededError, EngineError, ModelNotReadyError, QueueFullError
+from resserve.metrics import Metrics
+
+
+class RecordingEngine:
+    """Doubles its input; records every batch; can be told to block or fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_on = float("nan")
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        self.gate.wait(5)
+        self.batches.append(batch.copy())
+        if np.any(batch == self.fail_on):
+            raise RuntimeError("injected failure")
+        return batch * 2
+
+
+def rows(*values: float) -> np.ndarray:
+    return np.array([[v] for v in values], dtype=np.float32)
+
+
+def soon(seconds: float = 5.0) -> float:
+    return time.monotonic() + seconds
+
+
+async def make_queue(engine, **overrides) -> BatchQueue:  # type: ignore[no-untyped-def]
+    settings = dict(max_batch_size=4, max_queue_delay_ms=20, max_queue_size=64)
+    settings.update(overrides)
+    queue = BatchQueue([engine] if callable(engine) else engine, **settings)  # type: ignore[arg-type]
+    await queue.start()
+    return queue
+
+
+async def test_concurrent_requests_share_a_batch() -> None:
+    engine = RecordingEngine()
+    queue = await make_queue(engine, max_queue_delay_ms=200)
+    a, b = await asyncio.gather(queue.submit(rows(1), soon()), queue.submit(rows(2), soon()))
+    assert a.tolist() == [[2.0]] and b.tolist() == [[4.0]]
+    assert [batch.shape[0] for batch in engine.batches] == [2]
+    await queue.close()
+
+
+async def test_max_batch_size_is_respected_and_results_fan_back() -> None:
+    engine = RecordingEngine()
+    queue = await make_queue(engine, max_batch_size=4)
+    results = await asyncio.gather(*(queue.submit(rows(i), soon()) for i in range(10)))
+    assert [r.item() for r in results] == [2.0 * i for i in range(10)]
+    assert all(batch.shape[0] <= 4 for batch in engine.batches)
+    assert sum(batch.shape[0] for batch in engine.batches) == 10
+    await queue.close()
+
+
+async def test_preferred_batch_size_dispatches_without_waiting_for_the_delay() -> None:
+    engine = RecordingEngine()
+    # A 60 s delay: if the preferred size did not dispatch at once, the 2 s deadline would fail.
+    queue = await make_queue(engine, max_queue_delay_ms=60_000, preferred_batch_sizes=[2])
+    out = await asyncio.gather(queue.submit(rows(1), soon(2)), queue.submit(rows(2), soon(2)))
+    assert len(out) == 2 and [b.shape[0] for b in engine.batches] == [2]
+    await queue.close()
+
+
+async def test_full_queue_rejects_at_once_with_retry_after() -> None:
+    engine = RecordingEngine()
+    engine.gate.clear()  # the engine blocks: everything else waits in the queue
+    queue = await make_queue(engine, max_batch_size=1, max_queue_size=2, max_queue_delay_ms=0)
+    first = asyncio.create_task(queue.submit(rows(0), soon()))
+    await asyncio.to_thread(engine.entered.wait, 5)
+    waiting = [asyncio.create_task(queue.submit(rows(i), soon())) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFullError) as info:
+        await queue.submit(rows(3), soon())
+    assert info.value.retry_after_s >= 1
+    engine.gate.set()
+    assert [t.item() for t in await asyncio.gather(first, *waiting)] == [0.0, 2.0, 4.0]
+    await queue.close()
+
+
+async def test_expired_requests_never_reach_the_engine() -> None:
+    engine = RecordingEngine()
+    engine.gate.clear()
+    registry = CollectorRegistry()
+    queue = await make_queue(engine, max_batch_size=1, max_queue_delay_ms=0, metrics=Metrics(registry))
+    first = asyncio.create_task(queue.submit(rows(1), soon()))
+    await asyncio.to_thread(engine.entered.wait, 5)
+    with pytest.raises(DeadlineExceededError):
+        await queue.submit(rows(99), time.monotonic() + 0.05)
+    engine.gate.set()
+    assert (await first).item() == 2.0
+    await queue.submit(rows(3), soon())  # the worker has passed the expired one by now
+    seen = [b.item() for b in engine.batches]
+    assert 99.0 not in seen and seen == [1.0, 3.0]
+    await queue.close()
+
+
+async def test_failed_batch_fails_only_its_own_requests() -> None:
+    engine = RecordingEngine()
+    engine.fail_on = 13.0
+    registry = CollectorRegistry()
+    queue = await make_queue(engine, max_batch_size=1, max_queue_delay_ms=0, metrics=Metrics(registry))
+    results = await asyncio.gather(*(queue.submit(rows(v), soon()) for v in (1, 13, 2)), return_exceptions=True)
+    assert results[0].item() == 2.0 and results[2].item() == 4.0  # type: ignore[union-attr]
+    assert isinstance(results[1], EngineError) and "injected failure" in str(results[1])
+    assert registry.get_sample_value("resserve_engine_failures_total", {"model": "model", "version": "1"}) == 1
+    assert (await queue.submit(rows(5), soon())).item() == 10.0  # still serving
+    await queue.close()
+
+
+async def test_engine_that_drops_rows_is_an_engine_error() -> None:
+    queue = await make_queue(lambda batch: batch[:1], max_queue_delay_ms=50)
+    results = await asyncio.gather(queue.submit(rows(1), soon()), queue.submit(rows(2), soon()),
+                                   return_exceptions=True)
+    assert all(isinstance(r, EngineError) and "returned 1 rows for a batch of 2" in str(r) for r in results)
+    await queue.close()
+
+
+async def test_inputs_larger_than_max_batch_are_split() -> None:
+    engine = RecordingEngine()
+    queue = await make_queue(engine, max_batch_size=4)
+    out = await queue.submit(rows(*range(10)), soon())
+    assert out[:, 0].tolist() == [2.0 * i for i in range(10)]
+    assert max(b.shape[0] for b in engine.batches) <= 4
+    await queue.close()
+
+
+async def test_close_finishes_queued_work_then_refuses() -> None:
+    engine = RecordingEngine()
+    queue = await make_queue(engine, max_batch_size=2, max_queue_delay_ms=0)
+    pending = [asyncio.create_task(queue.submit(rows(i), soon())) for i in range(6)]
+    await asyncio.sleep(0)
+    await queue.close(timeout_s=5)
+    assert [r.item() for r in await asyncio.gather(*pending)] == [2.0 * i for i in range(6)]
+    with pytest.raises(ModelNotReadyError):
+        await queue.submit(rows(1), soon())
+
+
+async def test_every_instance_takes_work() -> None:
+    engines = [RecordingEngine(), RecordingEngine()]
+    for e in engines:
+        e.gate.clear()
+    queue = await make_queue(engines, max_batch_size=1, max_queue_delay_ms=0)
+    tasks = [asyncio.create_task(queue.submit(rows(i), soon())) for i in range(4)]
+    await asyncio.to_thread(engines[0].entered.wait, 5)
+    await asyncio.to_thread(engines[1].entered.wait, 5)  # both busy at once: true parallel instances
+    for e in engines:
+        e.gate.set()
+    assert sorted(t.item() for t in await asyncio.gather(*tasks)) == [0.0, 2.0, 4.0, 6.0]
+    await queue.close()
+
+
+async def test_cancelled_request_is_skipped() -> None:
+    engine = RecordingEngine()
+    engine.gate.clear()
+    queue = await make_queue(engine, max_batch_size=1, max_queue_delay_ms=0)
+    first = asyncio.create_task(queue.submit(rows(1), soon()))
+    await asyncio.to_thread(engine.entered.wait, 5)
+    gone = asyncio.create_task(queue.submit(rows(7), soon()))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    await asyncio.sleep(0)  # the cancellation is delivered when the task next runs
+    engine.gate.set()
+    await first
+    await queue.submit(rows(3), soon())
+    assert 7.0 not in [b.item() for b in engine.batches]
+    await queue.close()
