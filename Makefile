@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine:
-#   make serve   install, build the default model repo, and run it
+#   make serve   install, build the default model repo, and serve it on 127.0.0.1:8000
 #   make test    install and run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constra
 MODEL_REPO ?= model_repo
 DEFAULT_MODEL := $(MODEL_REPO)/resnet50/1/model.onnx
 
-.PHONY: install serve test test-slow lint bench clean
+.PHONY: install serve build test test-slow bench clean
 
 $(BIN)/resserve: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,14 +19,16 @@ $(BIN)/resserve: pyproject.toml constraints.txt
 
 install: $(BIN)/resserve
 
-# Official weights when they can be downloaded; seeded random weights (announced) when offline.
-$(DEFAULT_MODEL): | $(BIN)/resserve
-	$(BIN)/resserve export resnet50 --weights torchvision:ResNet50_Weights.IMAGENET1K_V2 \
-		--fallback-random --seed 0 --output $@
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-serve: $(DEFAULT_MODEL)
-	$(BIN)/resserve describe $(DEFAULT_MODEL)
-	$(BIN)/resserve bench engine $(DEFAULT_MODEL) --batch-sizes 1,8,32
+# Builds what is missing or stale (official weights when they can be downloaded; seeded random
+# weights, announced, when offline), then serves every model of the repository.
+serve: install
+	$(BIN)/resserve serve --model-repo $(MODEL_REPO) --host $(HOST) --port $(PORT)
+
+build: install
+	$(BIN)/resserve build $(MODEL_REPO)
 
 test: install
 	$(BIN)/python -m pytest
@@ -34,8 +36,10 @@ test: install
 test-slow: install
 	RESSERVE_SLOW=1 $(BIN)/python -m pytest
 
-bench: $(DEFAULT_MODEL)
-	$(BIN)/resserve bench engine $(DEFAULT_MODEL) --batch-sizes 1,8,32 --json bench-engine.json
+bench: install
+	$(BIN)/resserve build $(MODEL_REPO) --model resnet50
+	$(BIN)/resserve bench engine $(DEFAULT_MODEL) --batch-sizes 1,8,16,32 --json bench-engine.json
+	$(BIN)/resserve bench server $(MODEL_REPO) --model resnet50 --json bench-server.json
 
 clean:
 	rm -rf $(VENV) $(MODEL_REPO)/*/[0-9]*/ .pytest_cache

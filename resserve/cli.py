@@ -36,7 +36,7 @@ def main(
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
     # The exporter's optimizer passes log every step at INFO.
-    for noisy in ("onnxscript", "onnx_ir", "torch"):
+    for noisy in ("onnxscript", "onnx_ir", "torch", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -148,20 +148,30 @@ def build(
 
 @app.command()
 def serve(
-    model_repo: Annotated[Path, typer.Option(help="the model repository folder")] = Path("model_repo"),
-    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 in containers)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
+    model_repo: Annotated[Path | None, typer.Option(help="the model repository [RESSERVE_MODEL_REPO]")] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on; 0.0.0.0 in containers [RESSERVE_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port [RESSERVE_PORT]")] = None,
     model: Annotated[list[str] | None, typer.Option(help="serve only these models")] = None,
     shutdown_delay_s: Annotated[float, typer.Option(help="stay up, not ready, this long after SIGTERM")] = 0.0,
-    build_missing: Annotated[bool, typer.Option(help="build missing or stale models at start")] = True,
+    build_missing: Annotated[bool | None, typer.Option(help="build missing or stale models at start")] = None,
 ) -> None:
-    """Serve the repository's models over HTTP (OIP v2 + /classify + /metrics)."""
+    """Serve the repository's models over HTTP (OIP v2 + /classify + /metrics).
+
+    Every server setting can also come from the environment (RESSERVE_<SETTING>); options win.
+    """
+    from pydantic import ValidationError
+
     from resserve.config import ServerSettings
     from resserve.server.serve import run_server
 
+    given = {"model_repo": model_repo, "host": host, "port": port, "models": model or None,
+             "build_missing": build_missing}
     try:
-        settings = ServerSettings(model_repo=model_repo, host=host, port=port, models=model or None,
-                                  build_missing=build_missing)
+        settings = ServerSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise _fail(ResserveError(f"bad server settings: {problems}")) from exc
+    try:
         run_server(settings, log_level=logging.getLevelName(logging.getLogger().level).lower(),
                    shutdown_delay_s=shutdown_delay_s)
     except ResserveError as exc:
@@ -202,6 +212,50 @@ def bench_engine_cmd(
     console.print(table)
     if json_out:
         write_json(json_out, engine, results, {"rounds": rounds, "round_s": round_seconds, "batch_sizes": sizes})
+        console.print(f"wrote {json_out}")
+
+
+@bench_app.command("server")
+def bench_server_cmd(
+    model_repo: Annotated[Path, typer.Argument(help="the model repository folder")] = Path("model_repo"),
+    model: Annotated[str, typer.Option(help="model to measure")] = "resnet50",
+    concurrency: Annotated[int, typer.Option(help="closed-loop clients")] = 8,
+    duration_s: Annotated[float, typer.Option(help="measured seconds (after warm-up)")] = 20.0,
+    warmup_s: Annotated[float, typer.Option(help="unmeasured seconds first")] = 3.0,
+    image_size: Annotated[str, typer.Option(help="JPEG size WxH")] = "500x375",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
+) -> None:
+    """Bare engine, preprocessing per core and end-to-end JPEG classification, in one run."""
+    from resserve.bench.server import as_dict, run_server_bench
+
+    try:
+        width, height = (int(v) for v in image_size.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"expected WxH, got {image_size!r}") from None
+    try:
+        result = run_server_bench(model_repo, model, concurrency=concurrency, duration_s=duration_s,
+                                  warmup_s=warmup_s, image_size=(width, height))
+    except ResserveError as exc:
+        raise _fail(exc) from exc
+    table = Table(title=f"{model}: {width}x{height} JPEGs, {concurrency} clients, {duration_s:.0f} s")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    lat = result.latency_ms
+    rows = [
+        (f"bare engine img/s (batch {result.engine_batch_size})", f"{result.engine_img_s:.1f}"),
+        ("preprocess img/s (one core)", f"{result.preprocess_img_s_one_core:.1f}"),
+        ("bound 1/(t_engine + t_preprocess)", f"{result.bound_img_s:.1f}"),
+        ("end-to-end img/s", f"{result.e2e_img_s:.1f}"),
+        ("ratio end-to-end / bound", f"{result.ratio:.2f}"),
+        ("latency p50 / p90 / p99 ms", f"{lat.get('p50_ms', 0):.0f} / {lat.get('p90_ms', 0):.0f} / {lat.get('p99_ms', 0):.0f}"),
+        ("responses by status", ", ".join(f"{k}: {v}" for k, v in sorted(result.statuses.items()))),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(as_dict(result), indent=2))
         console.print(f"wrote {json_out}")
 
 

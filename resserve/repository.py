@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 ARTIFACT = "model.onnx"
 BUILD_RECORD = "build.json"
 DEFAULT_VERSION = "1"
+BUILD_FIELDS = {"source", "engine", "precision"}  # the config fields an artifact depends on
 
 Progress = Callable[[str], None]
 
@@ -55,7 +56,11 @@ class ModelVersion:
     def labels(self, num_classes: int) -> list[str]:
         """The config's label file, else the labels the model records, else ImageNet/class_<i>."""
         if self.config.labels:
-            labels = list(load_labels(self.folder.parent / self.config.labels))
+            path = self.folder.parent / self.config.labels
+            try:
+                labels = list(load_labels(path))
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"model {self.config.name}: cannot read label file {path}: {exc}") from exc
         elif self.metadata.labels:
             labels = list(self.metadata.labels)
         else:
@@ -81,7 +86,12 @@ class ModelRepository:
         path = self.root / name / "config.yaml"
         if not path.is_file() or not _safe_name(name):
             raise ModelNotFoundError(f"no model {name!r} in {self.root}")
-        return load_model_config(path)
+        config = load_model_config(path)
+        if config.name != name:
+            # Source paths, the served name and the control index all go by the folder.
+            raise ConfigError(f"{path}: name {config.name!r} must match the model's folder name {name!r} "
+                              "(or be left out)")
+        return config
 
     def versions(self, name: str) -> list[str]:
         """Built versions (numeric folder names with an artifact), oldest first."""
@@ -102,9 +112,13 @@ class ModelRepository:
         return ModelVersion(config, folder, chosen, read_metadata(folder / ARTIFACT))
 
     def content_hash(self, config: ModelConfig) -> str:
-        """What a build depends on: the config, the source's bytes or name, the resserve version."""
+        """What a build depends on: source, engine, precision, the source's bytes, the resserve version.
+
+        Serving-only settings (batching, labels, instances, preprocessing) are read at load time:
+        changing them needs a reload, not a rebuild.
+        """
         digest = hashlib.sha256()
-        digest.update(config.model_dump_json().encode())
+        digest.update(config.model_dump_json(include=BUILD_FIELDS).encode())
         digest.update(__version__.encode())
         source = config.source
         local = source.onnx or (source.weights if source.weights and not source.weights.startswith("torchvision:")

@@ -86,6 +86,17 @@ class ModelManager:
             raise ModelNotReadyError(f"model {name!r} is not ready")
         return served
 
+    def successor(self, served: ServedModel) -> ServedModel | None:
+        """The version now serving in place of a retired ``served``, if it takes the same tensors.
+
+        A request looks its model up before its body has arrived and been preprocessed; one that
+        did so just before a reload finds the old queue closed and is answered by the new version.
+        """
+        current = self._models.get(served.name)
+        if current is None or current is served or not current.ready or not interchangeable(served, current):
+            return None
+        return current
+
     def loaded(self) -> list[ServedModel]:
         return list(self._models.values())
 
@@ -95,7 +106,8 @@ class ModelManager:
     async def load(self, name: str, version: str | None = None) -> ServedModel:
         """Load (or reload) ``name``; the previous version keeps serving until the new one is ready."""
         async with self._lock:
-            model_version = self.repository.version(name, version)
+            # Reading the metadata parses the whole ONNX file: keep it off the event loop.
+            model_version = await asyncio.to_thread(self.repository.version, name, version)
             served = await asyncio.to_thread(self._open, model_version)
             await served.queue.start()
             old = self._models.get(name)
@@ -122,6 +134,7 @@ class ModelManager:
         await asyncio.gather(*(self._retire(m) for m in models))
 
     async def _retire(self, served: ServedModel) -> None:
+        """Drain the model's queue and release its engines."""
         served.ready = False
         current = self._models.get(served.name)
         if current is None or current.version != served.version:  # a same-version reload stays 1
@@ -172,3 +185,15 @@ class ModelManager:
             decode_options=DecodeOptions(max_pixels=self.settings.max_image_pixels,
                                          fast_jpeg_draft=config.fast_jpeg_decode),
         )
+
+
+def interchangeable(a: ServedModel, b: ServedModel) -> bool:
+    """Whether a request prepared for ``a`` can be answered by ``b`` (same tensors in and out)."""
+    return (
+        a.contract == b.contract
+        and len(a.labels) == len(b.labels)
+        and a.engines[0].input_spec == b.engines[0].input_spec
+        and a.engines[0].output_spec == b.engines[0].output_spec
+        and a.config.softmax_in_model == b.config.softmax_in_model
+        and a.metadata.softmax == b.metadata.softmax
+    )

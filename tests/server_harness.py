@@ -62,8 +62,9 @@ class RunningServer:
 
 
 @contextmanager
-def serve_in_thread(settings: ServerSettings, start_timeout_s: float = 60.0) -> Iterator[RunningServer]:
-    """Run create_app(settings) under uvicorn in a thread; yields once it answers ready."""
+def serve_in_thread(settings: ServerSettings, start_timeout_s: float = 60.0,
+                    wait_for: str = "/v2/health/ready") -> Iterator[RunningServer]:
+    """Run create_app(settings) under uvicorn in a thread; yields once ``wait_for`` answers 200."""
     metrics = Metrics()
     app = create_app(settings, metrics)
     port = free_port()
@@ -77,7 +78,7 @@ def serve_in_thread(settings: ServerSettings, start_timeout_s: float = 60.0) -> 
     try:
         while True:
             try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                if httpx.get(f"{url}{wait_for}", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -44,6 +44,7 @@ async def start_models(state: AppState) -> None:
         except ResserveError as exc:
             # One broken model must not keep the others from serving; readiness stays false.
             log.error("model %s not loaded: %s", name, exc)
+            state.failed[name] = str(exc)
     state.started = True
 
 
@@ -52,12 +53,13 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     settings = settings or ServerSettings()
     metrics = metrics or Metrics()
     repository = ModelRepository(settings.model_repo)
+    manager = ModelManager(repository, settings, metrics)
     state = AppState(
         settings=settings,
         metrics=metrics,
         repository=repository,
-        manager=ModelManager(repository, settings, metrics),
-        service=InferenceService(settings, metrics),
+        manager=manager,
+        service=InferenceService(settings, metrics, manager),
     )
 
     @asynccontextmanager

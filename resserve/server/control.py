@@ -63,6 +63,7 @@ async def load(request: Request, name: str) -> Response:
     if name not in state.repository.names():
         raise ModelNotFoundError(f"no model {name!r} in the repository")
     await state.manager.load(name)
+    state.failed.pop(name, None)
     return _json({})
 
 
@@ -71,4 +72,5 @@ async def unload(request: Request, name: str) -> Response:
     """Stop serving a model after its queued requests finish."""
     state = authorize(request)
     await state.manager.unload(name)
+    state.failed.pop(name, None)
     return _json({})

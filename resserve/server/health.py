@@ -24,8 +24,7 @@ async def ready(request: Request) -> Response:
     state = get_state(request)
     if state.ready:
         return Response(status_code=200)
-    why = "draining" if state.draining else "loading"
-    return error_response(503, f"server not ready: {why}")
+    return error_response(503, f"server not ready: {state.not_ready_reason()}")
 
 
 @router.get("/metrics")

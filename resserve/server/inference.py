@@ -14,18 +14,19 @@ import numpy as np
 
 from resserve.config import ServerSettings
 from resserve.engines.onnxruntime import available_cores
-from resserve.errors import InvalidRequestError
+from resserve.errors import InvalidRequestError, ModelNotReadyError
 from resserve.metrics import Metrics
 from resserve.preprocess import preprocess_timed
-from resserve.runtime import ServedModel
+from resserve.runtime import ModelManager, ServedModel
 
 
 class InferenceService:
     """Preprocessing pool plus helpers to run images or tensors through a served model."""
 
-    def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
+    def __init__(self, settings: ServerSettings, metrics: Metrics, manager: ModelManager) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.manager = manager
         self.threads = settings.preprocess_threads or available_cores()
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="preprocess")
 
@@ -49,6 +50,16 @@ class InferenceService:
         self.metrics.preprocess.labels(served.name).observe(transform_s)
         return tensor
 
+    async def submit(self, served: ServedModel, rows: np.ndarray, deadline: float) -> np.ndarray:
+        """Queue rows on ``served``, or on its successor if a reload retired it meanwhile."""
+        try:
+            return await served.queue.submit(rows, deadline)
+        except ModelNotReadyError:
+            successor = self.manager.successor(served)
+            if successor is None:
+                raise
+            return await successor.queue.submit(rows, deadline)
+
     async def infer_images(self, served: ServedModel, images: list[bytes], deadline: float) -> np.ndarray:
         """Raw model outputs for encoded images, one row per image.
 
@@ -56,12 +67,12 @@ class InferenceService:
         requests batch together freely.
         """
         tensors = await asyncio.gather(*(self.preprocess(served, data) for data in images))
-        outputs = await asyncio.gather(*(served.queue.submit(t[np.newaxis], deadline) for t in tensors))
+        outputs = await asyncio.gather(*(self.submit(served, t[np.newaxis], deadline) for t in tensors))
         return np.concatenate(outputs)
 
     async def infer_tensor(self, served: ServedModel, batch: np.ndarray, deadline: float) -> np.ndarray:
         """Raw model outputs for an already preprocessed batch."""
-        return await served.queue.submit(batch, deadline)
+        return await self.submit(served, batch, deadline)
 
     @staticmethod
     def scores(served: ServedModel, outputs: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
@@ -24,10 +24,21 @@ class AppState:
     service: InferenceService
     started: bool = False
     draining: bool = False
+    failed: dict[str, str] = field(default_factory=dict)  # model -> why it did not load
 
     @property
     def ready(self) -> bool:
-        return self.started and not self.draining and self.manager.all_ready()
+        """Every configured model serves (strict, as Triton): a broken model keeps the pod out."""
+        return self.started and not self.draining and not self.failed and self.manager.all_ready()
+
+    def not_ready_reason(self) -> str:
+        if self.draining:
+            return "draining"
+        if not self.started:
+            return "loading"
+        if self.failed:
+            return "; ".join(f"model {name} failed to load: {why}" for name, why in self.failed.items())
+        return "no model is loaded"
 
 
 def get_state(request: Request) -> AppState:

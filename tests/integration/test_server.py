@@ -233,3 +233,15 @@ def test_control_endpoints_are_disabled_without_a_token(server: RunningServer) -
 def test_unknown_route_answers_json(server: RunningServer) -> None:
     response = httpx.get(f"{server.url}/v2/nothing/here")
     assert response.status_code == 404 and "error" in response.json()
+
+
+def test_a_broken_model_keeps_the_server_unready_but_others_serve(model_onnx: Path, tmp_path: Path) -> None:
+    write_model(tmp_path, "good", model_onnx)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    write_model(tmp_path, "broken", garbage)
+    with serve_in_thread(ServerSettings(model_repo=tmp_path), wait_for="/v2/models/good/ready") as running:
+        ready = httpx.get(f"{running.url}/v2/health/ready")
+        assert ready.status_code == 503 and "model broken failed to load" in ready.json()["error"]
+        assert classify(running, jpeg(), model="good").status_code == 200
+        assert classify(running, jpeg(), model="broken").status_code == 503

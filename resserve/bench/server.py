@@ -1,0 +1,183 @@
+"""Server benchmark: bare engine, preprocessing per core and end-to-end HTTP, in one run.
+
+The three are measured one after another on the same machine, so their ratio is meaningful even
+where absolute numbers drift: ``ratio = e2e_img_s / (1 / (t_engine + t_preprocess))``, the
+fraction of the serial pipeline's throughput that the server delivers through HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from resserve.bench.engine import bench_engine, environment
+from resserve.bench.stats import latency_summary_ms
+from resserve.engines.onnxruntime import OnnxRuntimeEngine
+from resserve.preprocess import DecodeOptions, preprocess
+from resserve.repository import ModelRepository, ModelVersion
+from resserve.synthetic import synthetic_image
+
+
+@dataclass
+class ServerBenchResult:
+    """Everything one run measured."""
+
+    model: str
+    image_size: tuple[int, int]
+    concurrency: int
+    engine_batch_size: int
+    engine_img_s: float
+    preprocess_img_s_one_core: float
+    e2e_img_s: float
+    bound_img_s: float
+    ratio: float
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+def make_jpegs(count: int, size: tuple[int, int], quality: int = 90) -> list[bytes]:
+    """Distinct image-like JPEGs of one size (a cycling request body set)."""
+    images = []
+    for seed in range(count):
+        buffer = io.BytesIO()
+        synthetic_image(size[0], size[1], seed).save(buffer, format="JPEG", quality=quality)
+        images.append(buffer.getvalue())
+    return images
+
+
+def preprocess_rate(images: list[bytes], repo_version: ModelVersion, seconds: float = 3.0) -> float:
+    """Images per second through the full decode+preprocess path on one thread (one core)."""
+    options = DecodeOptions(fast_jpeg_draft=repo_version.config.fast_jpeg_decode)
+    for data in images[:4]:
+        preprocess(data, repo_version.contract, options)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        preprocess(images[done % len(images)], repo_version.contract, options)
+        done += 1
+    return done / (time.perf_counter() - start)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def closed_loop(url: str, images: list[bytes], concurrency: int, warmup_s: float,
+                      duration_s: float) -> tuple[float, list[float], Counter[str]]:
+    """``concurrency`` clients each sending the next image as soon as the last answer came."""
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        start = time.perf_counter()
+        measure_from, stop_at = start + warmup_s, start + warmup_s + duration_s
+        counter = 0
+
+        async def worker(index: int) -> None:
+            nonlocal counter
+            while True:
+                now = time.perf_counter()
+                if now >= stop_at:
+                    return
+                data = images[(counter + index) % len(images)]
+                counter += 1
+                t0 = time.perf_counter()
+                response = await client.post(url, content=data, headers={"content-type": "image/jpeg"})
+                t1 = time.perf_counter()
+                if t0 >= measure_from and t1 <= stop_at:
+                    latencies.append(t1 - t0)
+                    statuses[str(response.status_code)] += 1
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    ok = statuses.get("200", 0)
+    return ok / duration_s, latencies, statuses
+
+
+def run_server_bench(
+    model_repo: Path,
+    model: str,
+    *,
+    concurrency: int = 8,
+    duration_s: float = 20.0,
+    warmup_s: float = 3.0,
+    image_size: tuple[int, int] = (500, 375),
+    engine_round_s: float = 1.0,
+) -> ServerBenchResult:
+    """Measure engine, preprocessing and the served model; the server runs as a subprocess."""
+    repository = ModelRepository(model_repo)
+    if repository.is_stale(model):
+        repository.build(model)
+    version = repository.version(model)
+    config = version.config
+    batch = max(config.dynamic_batching.preferred_batch_sizes or [config.max_batch_size])
+    batch = min(batch, config.max_batch_size)
+
+    engine = OnnxRuntimeEngine(version.artifact, config.device, intra_op_threads=config.intra_op_threads)
+    engine.load()
+    engine_img_s = bench_engine(engine, [batch], rounds=3, round_s=engine_round_s)[0].images_per_s
+    engine.close()
+
+    images = make_jpegs(16, image_size)
+    pre_img_s = preprocess_rate(images, version)
+
+    port = _free_port()
+    command = [sys.executable, "-m", "resserve.cli", "--log-level", "warning", "serve", "--model-repo",
+               str(model_repo), "--model", model, "--port", str(port), "--no-build-missing"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited: {process.stderr.read().decode() if process.stderr else ''}")
+            try:
+                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become ready in 120 s")
+            time.sleep(0.2)
+        e2e, latencies, statuses = asyncio.run(
+            closed_loop(f"{base}/v2/models/{model}/classify", images, concurrency, warmup_s, duration_s))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    bound = 1.0 / (1.0 / engine_img_s + 1.0 / pre_img_s)
+    return ServerBenchResult(
+        model=model,
+        image_size=image_size,
+        concurrency=concurrency,
+        engine_batch_size=batch,
+        engine_img_s=engine_img_s,
+        preprocess_img_s_one_core=pre_img_s,
+        e2e_img_s=e2e,
+        bound_img_s=bound,
+        ratio=e2e / bound,
+        latency_ms=latency_summary_ms(latencies) if latencies else {},
+        statuses=dict(statuses),
+        environment=environment(),
+    )
+
+
+def as_dict(result: ServerBenchResult) -> dict[str, Any]:
+    return asdict(result)
+

@@ -1,0 +1,24 @@
+"""The shipped model repository is valid and serves what the README promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from resserve.config import load_model_config
+
+REPO = Path(__file__).parents[2] / "model_repo"
+
+
+def test_every_shipped_config_loads() -> None:
+    names = sorted(p.parent.name for p in REPO.glob("*/config.yaml"))
+    assert {"resnet50", "resnet18", "resnet101"} <= set(names)
+    for name in names:
+        config = load_model_config(REPO / name / "config.yaml")
+        assert config.name == name
+        assert config.source.arch == name  # the fp32 variants are named after their architecture
+
+
+def test_default_model_uses_official_weights_with_an_announced_fallback() -> None:
+    config = load_model_config(REPO / "resnet50" / "config.yaml")
+    assert config.source.weights == "torchvision:ResNet50_Weights.IMAGENET1K_V2"
+    assert config.source.fallback_random and config.engine == "onnxruntime" and config.precision == "fp32"
