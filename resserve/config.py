@@ -58,13 +58,41 @@ class DynamicBatchingConfig(_Strict):
     default_timeout_ms: float = Field(30_000, gt=0, description="deadline of a request that sets none")
 
 
+class CalibrationConfig(_Strict):
+    """Images for int8 calibration and for the accuracy report of reduced-precision variants."""
+
+    images: str | None = Field(
+        None, description="folder of images (relative to the model folder); default: generated placeholders"
+    )
+    count: int = Field(300, ge=1, le=100_000, description="calibration images")
+    held_out: int = Field(200, ge=1, le=100_000, description="held-out images for the accuracy report")
+    min_top1_agreement: float = Field(0.99, ge=0, le=1, description="a build below this fails")
+
+
+class OpenVinoConfig(_Strict):
+    """OpenVINO runtime options."""
+
+    performance_hint: Literal["THROUGHPUT", "LATENCY"] = "THROUGHPUT"
+    num_streams: int | None = Field(None, ge=1)
+    inference_threads: int | None = Field(None, ge=1)
+
+
+# Which precisions each engine builds; checked at config load so a typo fails early.
+ENGINE_PRECISIONS: dict[str, set[str]] = {
+    "onnxruntime": {"fp32", "fp16", "int8"},
+    "openvino": {"fp32", "bf16", "int8"},
+    "tensorrt": {"fp32", "fp16", "int8"},
+    "torch": {"fp32", "bf16", "fp16"},
+}
+
+
 class ModelConfig(_Strict):
     """One model of the repository: ``model_repo/<name>/config.yaml``."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     source: SourceConfig
-    engine: Literal["onnxruntime"] = "onnxruntime"
-    precision: Literal["fp32"] = "fp32"
+    engine: Literal["auto", "onnxruntime", "openvino", "tensorrt", "torch"] = "onnxruntime"
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     device: Literal["auto", "cpu", "cuda", "tensorrt"] = "cpu"
     intra_op_threads: int | None = Field(None, ge=1, description="default: all cores")
     max_batch_size: int = Field(16, ge=1, le=1024)
@@ -77,9 +105,18 @@ class ModelConfig(_Strict):
         False, description="decode large JPEGs at reduced DCT scale (faster, slightly different tensor)"
     )
     warmup_batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    openvino: OpenVinoConfig = Field(default_factory=OpenVinoConfig)
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        if self.engine != "auto" and self.precision not in ENGINE_PRECISIONS[self.engine]:
+            raise ValueError(
+                f"engine {self.engine} does not build precision {self.precision}; "
+                f"it builds {', '.join(sorted(ENGINE_PRECISIONS[self.engine]))}"
+            )
+        if self.engine == "torch" and self.source.arch is None:
+            raise ValueError("engine torch needs source.arch (it runs the PyTorch model, not an ONNX file)")
         bad = [b for b in self.dynamic_batching.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if bad:
             raise ValueError(f"preferred_batch_sizes {bad} must lie in 1..max_batch_size ({self.max_batch_size})")

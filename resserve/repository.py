@@ -1,9 +1,12 @@
 """The model repository: ``<root>/<name>/config.yaml`` plus built ``<root>/<name>/<version>/`` folders.
 
-A version folder holds ``model.onnx`` and ``build.json``. ``build.json`` records a content hash of
-the config and the source (weights file bytes, torchvision name, or ONNX file bytes), so a build
-runs only when something it depends on changed. Builds write to a temporary folder and rename it
-into place, so a crash never leaves a half-written version that the server would load.
+A version folder holds the folded fp32 ``model.onnx`` (the reference), the engine's artifact for
+other variants (see :mod:`resserve.compile.variants`), ``accuracy.json`` for them, and
+``build.json``. ``build.json`` records a content hash of what the build depends on (source,
+engine, precision, the source file's bytes), so a build runs only when one of those changed.
+Builds write to a temporary folder and rename it into place, so a crash never leaves a
+half-written version that the server would load. Variants of one source (``resnet50``,
+``resnet50-int8``, ...) share one export through ``<root>/.build-cache``.
 """
 
 from __future__ import annotations
@@ -18,17 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resserve import __version__
+from resserve.compile.accuracy import AccuracyReport
+from resserve.compile.variants import REFERENCE, Variant, compile_variant
 from resserve.config import ModelConfig, load_model_config
 from resserve.contract import PreprocessContract, imagenet_contract
 from resserve.errors import ConfigError, ModelNotFoundError
 from resserve.export.metadata import ModelMetadata, read_metadata
 from resserve.files import sha256_file
+from resserve.engines.select import resolve_engine
 from resserve.labels import default_labels, load_labels
 
 log = logging.getLogger(__name__)
 
-ARTIFACT = "model.onnx"
+ARTIFACT = REFERENCE  # every version has the folded fp32 ONNX; other artifacts sit beside it
 BUILD_RECORD = "build.json"
+CACHE_FOLDER = ".build-cache"
 DEFAULT_VERSION = "1"
 BUILD_FIELDS = {"source", "engine", "precision"}  # the config fields an artifact depends on
 
@@ -43,10 +50,21 @@ class ModelVersion:
     folder: Path
     version: str
     metadata: ModelMetadata
+    variant: Variant
+
+    @property
+    def reference(self) -> Path:
+        """The folded fp32 ONNX every variant was built from."""
+        return self.folder / ARTIFACT
 
     @property
     def artifact(self) -> Path:
-        return self.folder / ARTIFACT
+        """What the engine loads."""
+        return self.variant.artifact(self.folder)
+
+    @property
+    def accuracy(self) -> AccuracyReport | None:
+        return AccuracyReport.read(self.folder)
 
     @property
     def contract(self) -> PreprocessContract:
@@ -109,7 +127,20 @@ class ModelRepository:
         if chosen not in versions:
             raise ModelNotFoundError(f"model {name!r} has no version {chosen!r} (built: {', '.join(versions)})")
         folder = self.root / name / chosen
-        return ModelVersion(config, folder, chosen, read_metadata(folder / ARTIFACT))
+        try:
+            record = json.loads((folder / BUILD_RECORD).read_text())
+            variant = Variant(record["engine"], record["precision"])
+        except (OSError, ValueError, KeyError, TypeError):
+            variant = self.variant(config)
+        return ModelVersion(config, folder, chosen, read_metadata(folder / ARTIFACT), variant)
+
+    @staticmethod
+    def variant(config: ModelConfig) -> Variant:
+        """The engine (``auto`` resolved for this machine) and precision a build produces."""
+        engine, why = resolve_engine(config.engine, config.precision)
+        if config.engine == "auto":
+            log.info("model %s: engine auto -> %s (%s)", config.name, engine, why)
+        return Variant(engine, config.precision)
 
     def content_hash(self, config: ModelConfig) -> str:
         """What a build depends on: source, engine, precision, the source's bytes, the resserve version.
@@ -119,6 +150,15 @@ class ModelRepository:
         """
         digest = hashlib.sha256()
         digest.update(config.model_dump_json(include=BUILD_FIELDS).encode())
+        digest.update(self.variant(config).name.encode())  # `auto` may resolve differently elsewhere
+        digest.update(__version__.encode())
+        digest.update(self._source_hash(config).encode())
+        return digest.hexdigest()
+
+    def _source_hash(self, config: ModelConfig) -> str:
+        """The source alone: what the folded fp32 export depends on (the build cache's key)."""
+        digest = hashlib.sha256()
+        digest.update(config.source.model_dump_json().encode())
         digest.update(__version__.encode())
         source = config.source
         local = source.onnx or (source.weights if source.weights and not source.weights.startswith("torchvision:")
@@ -159,12 +199,24 @@ class ModelRepository:
             return target
         content_hash = self.content_hash(config)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=self.root / name))
+        variant = self.variant(config)
         try:
-            say(f"{name}: building {config.source.arch or config.source.onnx} -> {target}")
-            fell_back = self._build_artifact(config, staging / ARTIFACT)
+            say(f"{name}: building {config.source.arch or config.source.onnx} (folded fp32 reference) -> {target}")
+            fell_back = self._build_reference(config, staging, with_weights=variant.engine == "torch")
+            report = None
+            if not variant.is_reference:
+                say(f"{name}: compiling {variant.name}")
+                metadata = read_metadata(staging / ARTIFACT)
+                contract = config.preprocess or metadata.preprocess or imagenet_contract()
+                images = config.calibration.images
+                report = compile_variant(variant, config, staging, contract,
+                                         self._source_path(name, images) if images else None)
             record = {
                 "content_hash": content_hash,
+                "engine": variant.engine,
+                "precision": variant.precision,
                 "random_fallback": fell_back,
+                "accuracy": report.model_dump() if report else None,
                 "resserve_version": __version__,
                 "config": config.model_dump(mode="json"),
             }
@@ -174,21 +226,43 @@ class ModelRepository:
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        say(f"{name}: built {target / ARTIFACT}")
+        say(f"{name}: built {variant.artifact(target)}" + (f"; {report.summary()}" if report else ""))
         return target
 
     def _source_path(self, name: str, relative: str) -> Path:
         """A source file named in config.yaml, relative to the model's folder (absolute paths as given)."""
         return (self.root / name / relative).resolve()
 
-    def _build_artifact(self, config: ModelConfig, output: Path) -> bool:
-        """Write the artifact; True when configured weights were unobtainable and random ones used."""
+    def _build_reference(self, config: ModelConfig, folder: Path, *, with_weights: bool = False) -> bool:
+        """Write the folded fp32 ``model.onnx`` (through the build cache when possible).
+
+        Returns True when configured weights were unobtainable and random ones were used.
+        ``with_weights`` also writes the weights as ``model.safetensors`` (the torch engine's input).
+        """
+        output = folder / ARTIFACT
         source = config.source
         if source.onnx:
             from resserve.export.onnx_fold import optimize_onnx
 
             optimize_onnx(self._source_path(config.name, source.onnx), output)
             return False
+        cache = self.root / CACHE_FOLDER
+        key = self._source_hash(config)
+        cached, cached_record = cache / f"{key}.onnx", cache / f"{key}.json"
+        if not with_weights and cached.is_file() and cached_record.is_file():
+            fell_back = bool(json.loads(cached_record.read_text()).get("random_fallback"))
+            if not (fell_back and _weights_obtainable(config)):
+                log.info("model %s: reusing the export of the same source from %s", config.name, cache)
+                shutil.copyfile(cached, output)
+                return fell_back
+        fell_back = self._export(config, output, folder / "model.safetensors" if with_weights else None)
+        cache.mkdir(exist_ok=True)
+        shutil.copyfile(output, cached)
+        cached_record.write_text(json.dumps({"model": config.name, "random_fallback": fell_back}))
+        return fell_back
+
+    def _export(self, config: ModelConfig, output: Path, weights_out: Path | None) -> bool:
+        source = config.source
         try:
             from resserve.export.to_onnx import export_onnx
             from resserve.models.weights import load_model
@@ -214,6 +288,10 @@ class ModelRepository:
             loaded = load_model(source.arch, random_weights=True, seed=source.seed, num_classes=source.num_classes)
             fell_back = True
         export_onnx(loaded, output, seed=source.seed)
+        if weights_out is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in loaded.model.state_dict().items()}, str(weights_out))
         return fell_back
 
 

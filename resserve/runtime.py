@@ -16,7 +16,8 @@ from typing import Any
 from resserve.batching import BatchQueue
 from resserve.config import ModelConfig, ServerSettings
 from resserve.contract import PreprocessContract
-from resserve.engines import Engine, create_engine
+from resserve.compile.variants import open_engine
+from resserve.engines import Engine
 from resserve.errors import ModelNotFoundError, ModelNotReadyError
 from resserve.export.metadata import ModelMetadata
 from resserve.metrics import Metrics
@@ -149,16 +150,9 @@ class ModelManager:
         config = model_version.config
         engines = []
         for _ in range(config.instance_count):
-            engine = create_engine(
-                config.engine,
-                model_version.artifact,
-                provider=config.device,
-                intra_op_threads=config.intra_op_threads,
-                # Spinning intra-op threads were measured (bench server, ResNet-50, 2 cores) to
-                # help, not to starve preprocessing: 33-34 img/s end to end with, 32 without.
-                allow_spinning=True,
-            )
-            engine.load()
+            # ONNX Runtime keeps its spinning intra-op threads: measured (bench server, ResNet-50,
+            # 2 cores) to help, not to starve preprocessing: 33-34 img/s end to end with, 32 without.
+            engine = open_engine(model_version.variant, config, model_version.folder)
             warm_s = engine.warmup(tuple(config.warmup_batch_sizes))
             log.info("model %s: engine warmed up in %.2f s", config.name, warm_s)
             engines.append(engine)

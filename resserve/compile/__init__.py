@@ -1,0 +1,1 @@
+"""Compile a folded ONNX model into engine artifacts: quantized, converted, or engine plans."""
