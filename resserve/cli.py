@@ -115,14 +115,30 @@ def optimize(
 
 
 @app.command()
-def describe(model: Annotated[Path, typer.Argument(help="an ONNX file")]) -> None:
-    """Print what an ONNX file says about itself (arch, weights, preprocessing, labels)."""
+def describe(
+    model: Annotated[Path, typer.Argument(help="an ONNX file, or a model folder of a repository")],
+) -> None:
+    """What a model is: arch, weights, preprocessing, labels; for a repository model also its
+    engine, precision and accuracy report."""
     from resserve.export.metadata import read_metadata
 
-    if not model.is_file():
+    if model.is_dir():
+        from resserve.repository import ModelRepository
+
+        try:
+            version = ModelRepository(model.parent).version(model.name)
+        except ResserveError as exc:
+            raise _fail(exc) from exc
+        meta = version.metadata
+        doc = {"model": version.config.name, "version": version.version, "engine": version.variant.engine,
+               "precision": version.variant.precision, "artifact": str(version.artifact),
+               "accuracy": version.accuracy.model_dump() if version.accuracy else None}
+    elif model.is_file():
+        meta = read_metadata(model)
+        doc = {}
+    else:
         raise _fail(ResserveError(f"{model} does not exist"))
-    meta = read_metadata(model)
-    doc = meta.model_dump(mode="json", exclude={"labels"})
+    doc.update(meta.model_dump(mode="json", exclude={"labels"}))
     doc["labels"] = f"{len(meta.labels)} labels" if meta.labels else None
     console.print_json(json.dumps(doc))
 
@@ -180,30 +196,45 @@ def serve(
 
 @bench_app.command("engine")
 def bench_engine_cmd(
-    model: Annotated[Path, typer.Argument(help="an ONNX file")],
+    target: Annotated[Path, typer.Argument(help="an ONNX file, or a model repository for a variant matrix")],
+    model: Annotated[list[str] | None, typer.Option(help="repository mode: variants to measure (default: all)")] = None,
     batch_sizes: Annotated[str, typer.Option(help="comma-separated")] = "1,8,32",
     rounds: Annotated[int, typer.Option(help="interleaved timed rounds; the median is reported")] = 5,
     round_seconds: Annotated[float, typer.Option(help="seconds per batch size per round")] = 1.0,
-    provider: Annotated[str, typer.Option(help="auto, cpu, cuda or tensorrt")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="intra-op threads; default: all cores")] = None,
+    provider: Annotated[str, typer.Option(help="ONNX file mode: auto, cpu, cuda or tensorrt")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="ONNX file mode: intra-op threads; default all cores")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
+    markdown_out: Annotated[Path | None, typer.Option("--markdown", help="repository mode: Markdown table")] = None,
 ) -> None:
     """Bare-engine images/s and latency per batch size: the server's reference."""
+    sizes = _parse_batch_sizes(batch_sizes)
+    if target.is_dir():
+        from resserve.bench.matrix import bench_variants, markdown, write
+        from resserve.repository import ModelRepository
+
+        try:
+            repository = ModelRepository(target)
+            results = bench_variants(repository, model or repository.names(), sizes, rounds=rounds,
+                                     round_s=round_seconds)
+        except ResserveError as exc:
+            raise _fail(exc) from exc
+        console.print(markdown(results))
+        write(results, json_out, markdown_out)
+        return
     from resserve.bench.engine import bench_engine, write_json
     from resserve.engines.onnxruntime import OnnxRuntimeEngine
 
-    sizes = _parse_batch_sizes(batch_sizes)
     try:
-        engine = OnnxRuntimeEngine(model, provider, intra_op_threads=threads)
+        engine = OnnxRuntimeEngine(target, provider, intra_op_threads=threads)
         engine.load()
-        results = bench_engine(engine, sizes, rounds=rounds, round_s=round_seconds)
+        results_one = bench_engine(engine, sizes, rounds=rounds, round_s=round_seconds)
     except ResserveError as exc:
         raise _fail(exc) from exc
     info = engine.describe()
-    table = Table(title=f"{model.name} on onnxruntime/{info['provider']}, {info['intra_op_threads']} threads")
+    table = Table(title=f"{target.name} on onnxruntime/{info['provider']}, {info['intra_op_threads']} threads")
     for column in ("batch", "img/s (median)", "min..max", "p50 ms", "p90 ms", "p99 ms", "calls"):
         table.add_column(column, justify="right")
-    for r in results:
+    for r in results_one:
         lat = r.latency_ms
         table.add_row(
             str(r.batch_size), f"{r.images_per_s:.1f}", f"{r.images_per_s_min:.0f}..{r.images_per_s_max:.0f}",
@@ -211,7 +242,7 @@ def bench_engine_cmd(
         )
     console.print(table)
     if json_out:
-        write_json(json_out, engine, results, {"rounds": rounds, "round_s": round_seconds, "batch_sizes": sizes})
+        write_json(json_out, engine, results_one, {"rounds": rounds, "round_s": round_seconds, "batch_sizes": sizes})
         console.print(f"wrote {json_out}")
 
 

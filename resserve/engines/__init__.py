@@ -8,15 +8,24 @@ from typing import Any
 from resserve.engines.base import Engine, TensorSpec
 from resserve.errors import EngineUnavailableError
 
-ENGINES = ("onnxruntime",)
+ENGINES = ("onnxruntime", "openvino", "tensorrt")
 
 
 def create_engine(kind: str, path: Path, **options: Any) -> Engine:
-    """An unloaded engine of ``kind`` over the artifact at ``path``."""
+    """An unloaded engine of ``kind`` over the artifact at ``path`` (the torch engine takes an
+    architecture too: see :class:`resserve.engines.torch_engine.TorchEngine`)."""
     if kind == "onnxruntime":
         from resserve.engines.onnxruntime import OnnxRuntimeEngine
 
         return OnnxRuntimeEngine(path, **options)
+    if kind == "openvino":
+        from resserve.engines.openvino import OpenVinoEngine
+
+        return OpenVinoEngine(path, **options)
+    if kind == "tensorrt":
+        from resserve.engines.tensorrt import TensorRTEngine
+
+        return TensorRTEngine(path, **options)
     raise EngineUnavailableError(f"unknown engine {kind!r}; available: {', '.join(ENGINES)}")
 
 

@@ -12,10 +12,17 @@ REPO = Path(__file__).parents[2] / "model_repo"
 def test_every_shipped_config_loads() -> None:
     names = sorted(p.parent.name for p in REPO.glob("*/config.yaml"))
     assert {"resnet50", "resnet18", "resnet101"} <= set(names)
+    for arch in ("resnet50", "resnet18"):
+        assert {arch, f"{arch}-bf16", f"{arch}-int8"} <= set(names)
     for name in names:
         config = load_model_config(REPO / name / "config.yaml")
         assert config.name == name
-        assert config.source.arch == name  # the fp32 variants are named after their architecture
+        # Variants are named <arch>-<precision>[-<engine>]; fp32 ones after the architecture alone.
+        arch, *rest = name.split("-")
+        assert config.source.arch == arch
+        assert config.precision == (rest[0] if rest else "fp32")
+        if len(rest) > 1:
+            assert config.engine == rest[1]
 
 
 def test_default_model_uses_official_weights_with_an_announced_fallback() -> None:

@@ -1,0 +1,369 @@
+"""Folded ONNX -> TensorRT plan (``model.plan`` + ``plan.json``), with timing and int8 caches.
+
+A plan only runs on the TensorRT version and GPU model that built it, so ``plan.json`` records
+both and a loader refuses a mismatching plan instead of crashing in ``deserialize_cuda_engine``.
+The pure parts (profile shapes, cache keys, records, calibration batching) need neither
+TensorRT nor CUDA and are unit-tested everywhere; ``build_plan`` imports both lazily and raises
+:class:`EngineUnavailableError` where they are absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from resserve.errors import ConfigError, EngineUnavailableError, ExportError
+from resserve.files import sha256_file
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+PLAN_FILE = "model.plan"
+RECORD_FILE = "plan.json"
+TIMING_CACHE_FILE = "timing.cache"
+MIN_TRT = (8, 6)  # set_input_shape / execute_async_v3 / the named-tensor API
+MAX_CALIBRATION_BATCH = 16
+_KEY_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class ProfileShapes:
+    """The optimization profile's (min, opt, max) input shapes, NCHW."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+def profile_shapes(input_shape_chw: tuple[int, int, int], max_batch_size: int,
+                   preferred_batch_sizes: Sequence[int] = ()) -> ProfileShapes:
+    """Batch 1 .. ``max_batch_size``, tuned for the largest preferred size that fits.
+
+    TensorRT picks kernels for ``opt``; the batcher dispatches at preferred sizes, so that is
+    the shape worth being fastest at. Preferred sizes above the maximum are ignored.
+    """
+    if len(input_shape_chw) != 3 or any(not isinstance(d, int) or d < 1 for d in input_shape_chw):
+        raise ConfigError(f"input shape must be three positive ints (C, H, W), got {input_shape_chw}")
+    if max_batch_size < 1:
+        raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    if any(b < 1 for b in preferred_batch_sizes):
+        raise ConfigError(f"preferred batch sizes must be >= 1, got {list(preferred_batch_sizes)}")
+    fitting = [b for b in preferred_batch_sizes if b <= max_batch_size]
+    opt = max(fitting) if fitting else max_batch_size
+    chw = tuple(input_shape_chw)
+    return ProfileShapes((1, *chw), (opt, *chw), (max_batch_size, *chw))
+
+
+def plan_cache_key(onnx_sha256: str, precision: str, shapes: ProfileShapes, trt_version: str, gpu_name: str,
+                   compute_capability: str, *, calibration_sha256: str | None = None) -> str:
+    """sha256 over everything a plan depends on: equal keys mean the plan can be reused."""
+    fields = {
+        "schema": _KEY_SCHEMA, "onnx_sha256": onnx_sha256, "precision": precision,
+        "min": list(shapes.min), "opt": list(shapes.opt), "max": list(shapes.max),
+        "trt_version": trt_version, "gpu_name": gpu_name, "compute_capability": compute_capability,
+        "calibration_sha256": calibration_sha256,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+class PlanRecord(BaseModel):
+    """``plan.json``: what built the plan, so a loader can tell whether it may run it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    trt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: Precision
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
+    onnx_sha256: str
+    calibration_sha256: str | None = None
+
+    @property
+    def shapes(self) -> ProfileShapes:
+        return ProfileShapes(self.min_shape, self.opt_shape, self.max_shape)
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / RECORD_FILE
+        path.write_text(self.model_dump_json(indent=2))
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> PlanRecord | None:
+        path = Path(folder) / RECORD_FILE
+        return cls.model_validate(json.loads(path.read_text())) if path.is_file() else None
+
+
+def plan_matches(record: PlanRecord, *, trt_version: str, gpu_name: str, compute_capability: str,
+                 key: str | None = None) -> tuple[bool, str]:
+    """Whether this TensorRT and GPU may run ``record``'s plan (and, given ``key``, reuse it)."""
+    if record.trt_version != trt_version:
+        return False, f"plan built with TensorRT {record.trt_version}, this is TensorRT {trt_version}"
+    if record.compute_capability != compute_capability:
+        return False, (f"plan built for compute capability {record.compute_capability}, "
+                       f"this GPU has {compute_capability}")
+    if record.gpu_name != gpu_name:
+        return False, f"plan built on {record.gpu_name}, this GPU is {gpu_name}"
+    if key is not None and record.key != key:
+        return False, "plan built from other inputs (ONNX file, precision, shapes or calibration data)"
+    return True, "plan matches"
+
+
+def calibration_batch_size(image_count: int, max_batch_size: int) -> int:
+    """Calibration batch: at most the profile's max and 16 (memory), at most the image count."""
+    return max(1, min(image_count, max_batch_size, MAX_CALIBRATION_BATCH))
+
+
+def calibration_batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Contiguous float32 ``(batch_size, C, H, W)`` chunks of ``images``.
+
+    A calibrator hands TensorRT one fixed batch shape, so a last partial batch is dropped
+    (padding would repeat images and skew the activation histograms).
+    """
+    if images.ndim != 4:
+        raise ConfigError(f"calibration images must be (N, C, H, W), got shape {images.shape}")
+    if batch_size < 1:
+        raise ConfigError(f"calibration batch size must be >= 1, got {batch_size}")
+    if len(images) < batch_size:
+        raise ConfigError(f"{len(images)} calibration images are fewer than one batch of {batch_size}")
+    full = len(images) - len(images) % batch_size
+    if full < len(images):
+        log.info("calibration: dropping the last %d images (not a full batch)", len(images) - full)
+    for start in range(0, full, batch_size):
+        yield np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """(True, version) where TensorRT and a CUDA GPU (through torch) are usable, else (False, why)."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError, RuntimeError) as exc:  # OSError, RuntimeError: missing CUDA libraries
+        return False, (f"the TensorRT Python package is not importable ({exc}); install it with "
+                       "pip install 'resserve[gpu]' on a machine with an NVIDIA GPU")
+    version = tuple(int(p) for p in trt.__version__.split(".")[:2])
+    if version < MIN_TRT:
+        return False, f"TensorRT {trt.__version__} is too old; resserve needs >= {MIN_TRT[0]}.{MIN_TRT[1]}"
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed; resserve's TensorRT paths use torch's CUDA memory and streams"
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        return False, f"torch {torch.__version__} ({build}) sees no CUDA GPU"
+    return True, f"TensorRT {trt.__version__}"
+
+
+def require_tensorrt(action: str) -> None:
+    """Raise EngineUnavailableError naming ``action`` when TensorRT or CUDA is missing."""
+    ok, why = tensorrt_available()
+    if not ok:
+        raise EngineUnavailableError(f"cannot {action}: {why}")
+
+
+def gpu_identity(device_id: int = 0) -> tuple[str, str]:
+    """(GPU name, compute capability "major.minor") of ``device_id``, through torch."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device_id)
+    return torch.cuda.get_device_name(device_id), f"{major}.{minor}"
+
+
+_LOGGER: Any = None
+
+
+def trt_logger() -> Any:
+    """One process-wide TensorRT logger that forwards to Python logging (TRT wants a single one)."""
+    global _LOGGER
+    if _LOGGER is None:
+        import tensorrt as trt
+
+        class _Forward(trt.ILogger):  # type: ignore[misc]
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+
+            def log(self, severity: Any, msg: str) -> None:
+                if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
+                    log.error("TensorRT: %s", msg)
+                elif severity == trt.ILogger.WARNING:
+                    log.warning("TensorRT: %s", msg)
+                else:
+                    log.debug("TensorRT: %s", msg)
+
+        _LOGGER = _Forward()
+    return _LOGGER
+
+
+def _fast(builder: Any, attribute: str, capability: str) -> bool:
+    """``builder.platform_has_fast_*`` (deprecated in TensorRT 10), else a capability rule."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        value = getattr(builder, attribute, None)
+    if value is not None:
+        return bool(value)
+    major, minor = (int(p) for p in capability.split("."))
+    return (major, minor) >= ((6, 1) if attribute.endswith("int8") else (7, 0))
+
+
+def _make_calibrator(trt: Any, torch: Any, batches: list[np.ndarray], cache: Path, device: Any) -> Any:
+    """An entropy calibrator feeding ``batches`` from one device buffer, caching its table."""
+
+    class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc]
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self._pending = iter(batches)
+            self._buffer = torch.empty(batches[0].shape, dtype=torch.float32, device=device)
+
+        def get_batch_size(self) -> int:
+            return int(batches[0].shape[0])
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            batch = next(self._pending, None)
+            if batch is None:
+                return None
+            self._buffer.copy_(torch.from_numpy(batch))
+            torch.cuda.synchronize(device)  # TensorRT reads it on its own stream
+            return [int(self._buffer.data_ptr())]  # one pointer per input; the network has one
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache.read_bytes() if cache.is_file() else None
+
+        def write_calibration_cache(self, data: Any) -> None:
+            cache.write_bytes(bytes(memoryview(data)))
+
+    return _Calibrator()
+
+
+def _parse(trt: Any, builder: Any, onnx_path: Path) -> tuple[Any, Any, Any]:
+    """The parsed network and its single image input; every parser error is logged."""
+    flags = 0  # explicit batch is the only mode in TensorRT 10; 8.x must ask for it
+    if int(trt.__version__.split(".")[0]) < 10:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, trt_logger())
+    parsed = parser.parse_from_file(str(onnx_path))
+    errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    for error in errors:
+        log.error("TensorRT ONNX parser, %s: %s", onnx_path.name, error)
+    if not parsed or errors:
+        first = errors[0] if errors else "none reported"
+        raise ExportError(f"TensorRT could not parse {onnx_path} ({len(errors)} errors, first: {first})")
+    if network.num_inputs != 1:
+        raise ExportError(f"{onnx_path} has {network.num_inputs} inputs; a resserve plan takes one image")
+    tensor = network.get_input(0)
+    if len(tensor.shape) != 4 or any(d < 1 for d in tuple(tensor.shape)[1:]):
+        raise ExportError(f"input {tensor.name} has shape {tuple(tensor.shape)}; need (N, C, H, W), "
+                          "C, H and W static")
+    return network, tensor, parser  # the parser owns weights the network refers to: keep it alive
+
+
+def _set_timing_cache(config: Any, path: Path) -> None:
+    """Reuse the timing cache of earlier builds (kernel timings: most of a rebuild's time)."""
+    try:
+        cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
+        reused = cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
+    except (RuntimeError, TypeError, ValueError) as exc:  # a corrupt file
+        log.warning("timing cache %s is unreadable: %s", path, exc)
+        reused = False
+    if not reused:
+        log.warning("timing cache %s does not fit this TensorRT/GPU; starting a new one", path)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def build_plan(onnx_path: Path, output_dir: Path, *, precision: Precision, max_batch_size: int,
+               preferred_batch_sizes: Sequence[int] = (), calibration: np.ndarray | None = None,
+               workspace_gb: float = 4.0, device_id: int = 0, force: bool = False) -> Path:
+    """Build (or reuse, when ``plan.json``'s key matches) ``output_dir/model.plan``; return its path."""
+    require_tensorrt("build a TensorRT plan")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown TensorRT precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and (calibration is None or len(calibration) == 0):
+        raise ConfigError("int8 needs calibration images (calibration=, an (N, C, H, W) float32 batch)")
+    onnx_path, output_dir = Path(onnx_path), Path(output_dir)
+    if not onnx_path.is_file():
+        raise ExportError(f"ONNX file {onnx_path} does not exist")
+    import tensorrt as trt
+    import torch
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = output_dir / PLAN_FILE
+    with torch.cuda.device(device_id):
+        gpu_name, capability = gpu_identity(device_id)
+        builder = trt.Builder(trt_logger())
+        network, tensor, _parser = _parse(trt, builder, onnx_path)
+        chw = tuple(tensor.shape)[1:]
+        shapes = profile_shapes(chw, max_batch_size, preferred_batch_sizes)  # type: ignore[arg-type]
+        onnx_sha, calib_sha = sha256_file(onnx_path), None
+        if precision == "int8":
+            calibration = np.ascontiguousarray(calibration, dtype=np.float32)
+            calib_sha = hashlib.sha256(calibration.tobytes()).hexdigest()
+        key = plan_cache_key(onnx_sha, precision, shapes, trt.__version__, gpu_name, capability,
+                             calibration_sha256=calib_sha)
+        record = PlanRecord.read(output_dir) if plan_path.is_file() else None
+        if record is not None and not force:
+            ok, why = plan_matches(record, trt_version=trt.__version__, gpu_name=gpu_name,
+                                   compute_capability=capability, key=key)
+            if ok:
+                log.info("reusing TensorRT plan %s (key %s)", plan_path, key[:12])
+                return plan_path
+            log.info("rebuilding TensorRT plan %s: %s", plan_path, why)
+        for wanted, attribute in (("fp16", "platform_has_fast_fp16"), ("int8", "platform_has_fast_int8")):
+            if precision == wanted and not _fast(builder, attribute, capability):
+                raise EngineUnavailableError(f"{gpu_name} (compute capability {capability}) has no fast "
+                                             f"{wanted.upper()}; build a higher precision instead")
+
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+        profile = builder.create_optimization_profile()
+        profile.set_shape(tensor.name, shapes.min, shapes.opt, shapes.max)
+        if config.add_optimization_profile(profile) < 0:
+            raise ExportError(f"TensorRT rejected the optimization profile {shapes}")
+        if precision in ("fp16", "int8"):
+            config.set_flag(trt.BuilderFlag.FP16)  # layers int8 cannot run fall back to fp16, not fp32
+        if precision == "int8":
+            assert calibration is not None and calib_sha is not None
+            size = calibration_batch_size(len(calibration), max_batch_size)
+            batches = list(calibration_batches(calibration, size))
+            fixed = (size, *chw)
+            calib_profile = builder.create_optimization_profile()
+            calib_profile.set_shape(tensor.name, fixed, fixed, fixed)
+            # Named by model and data, so a table from other images or another model is never read.
+            tag = hashlib.sha256((onnx_sha + calib_sha).encode()).hexdigest()[:16]
+            with warnings.catch_warnings():  # implicit int8 calibration is deprecated in TensorRT 10
+                warnings.simplefilter("ignore", DeprecationWarning)
+                calibrator = _make_calibrator(trt, torch, batches, output_dir / f"calibration-{tag}.cache",
+                                              torch.device("cuda", device_id))
+                config.set_flag(trt.BuilderFlag.INT8)
+                config.int8_calibrator = calibrator
+                if not config.set_calibration_profile(calib_profile):
+                    raise ExportError(f"TensorRT rejected the calibration profile {fixed}")
+        timing_path = output_dir / TIMING_CACHE_FILE
+        _set_timing_cache(config, timing_path)
+
+        log.info("building TensorRT %s plan for %s on %s (batch %d..%d, opt %d)", precision, onnx_path.name,
+                 gpu_name, shapes.min[0], shapes.max[0], shapes.opt[0])
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise ExportError(f"TensorRT failed to build a {precision} plan from {onnx_path}; see the log")
+        staging = plan_path.with_suffix(".plan.tmp")
+        staging.write_bytes(bytes(memoryview(serialized)))
+        (output_dir / RECORD_FILE).unlink(missing_ok=True)  # never an old record beside a new plan
+        staging.replace(plan_path)
+        timing_path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    PlanRecord(key=key, trt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
+               precision=precision, min_shape=shapes.min, opt_shape=shapes.opt, max_shape=shapes.max,
+               onnx_sha256=onnx_sha, calibration_sha256=calib_sha).write(output_dir)
+    log.info("wrote %s (%d bytes)", plan_path, plan_path.stat().st_size)
+    return plan_path

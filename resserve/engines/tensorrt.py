@@ -1,0 +1,176 @@
+"""TensorRT engine: runs a ``model.plan`` built by :func:`resserve.compile.tensorrt.build_plan`.
+
+Plans are tied to the TensorRT version and GPU model that built them, so ``load`` reads the
+``plan.json`` beside the plan first and refuses a mismatch with a message that says to rebuild,
+instead of letting ``deserialize_cuda_engine`` fail obscurely. CUDA memory and the stream come
+from torch (GPU machines have torch with CUDA; cuda-python may be absent); both TensorRT and torch
+are imported lazily so this module imports anywhere.
+
+Example::
+
+    engine = TensorRTEngine(Path("model_repo/resnet50/1/model.plan"))
+    engine.load()
+    logits = engine.infer(np.zeros((8, 3, 224, 224), np.float32))
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resserve.compile.tensorrt import PlanRecord, gpu_identity, plan_matches, require_tensorrt, trt_logger
+from resserve.engines.base import Engine, TensorSpec, check_batch_rows
+from resserve.errors import EngineError, EngineUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+class TensorRTEngine(Engine):
+    """One execution context over a deserialized plan, with buffers for the profile's max batch.
+
+    Host buffers are pinned so the copies are truly asynchronous; device buffers are allocated
+    once at the largest batch and reused, so ``infer`` allocates nothing on the GPU.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, path: Path, *, device_id: int = 0) -> None:
+        self.path = Path(path)
+        self.device_id = device_id
+        self.record: PlanRecord | None = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
+        self._buffers: dict[str, Any] = {}
+        self._names: tuple[str, str] = ("", "")
+        self._shapes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # input (C, H, W), output (classes,)
+        self._max_batch = 0
+        self._gpu = ""
+
+    def load(self) -> None:
+        require_tensorrt(f"load the TensorRT plan {self.path}")
+        if not self.path.is_file():
+            raise EngineError(f"TensorRT plan {self.path} does not exist; build it with `resserve build`")
+        record = PlanRecord.read(self.path.parent)
+        if record is None:
+            raise EngineUnavailableError(f"{self.path} has no plan.json beside it (which TensorRT and GPU "
+                                         "built it?); rebuild it with `resserve build --force`")
+        import tensorrt as trt
+        import torch
+
+        with torch.cuda.device(self.device_id):
+            gpu_name, capability = gpu_identity(self.device_id)
+            ok, why = plan_matches(record, trt_version=trt.__version__, gpu_name=gpu_name,
+                                   compute_capability=capability)
+            if not ok:
+                raise EngineUnavailableError(f"{self.path} cannot run here: {why}; "
+                                             "rebuild it on this machine with `resserve build --force`")
+            runtime = trt.Runtime(trt_logger())
+            engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+            if engine is None:
+                raise EngineError(f"TensorRT could not deserialize {self.path}; see the TensorRT log above")
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+            outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+            if len(inputs) != 1 or len(outputs) != 1:
+                raise EngineError(f"{self.path} has inputs {inputs}, outputs {outputs}; expected one each")
+            for name in names:
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+                if dtype != np.float32:
+                    raise EngineError(f"{self.path}: tensor {name} is {dtype}; resserve plans are float32")
+            (in_name,), (out_name,) = inputs, outputs
+            _, _, max_shape = (tuple(s) for s in engine.get_tensor_profile_shape(in_name, 0))
+            context = engine.create_execution_context()
+            if context is None:
+                raise EngineError(f"TensorRT could not create a context for {self.path} (out of GPU memory?)")
+            if not context.set_input_shape(in_name, max_shape):
+                raise EngineError(f"TensorRT rejected the profile's own max shape {max_shape}")
+            out_shape = tuple(context.get_tensor_shape(out_name))
+            device = torch.device("cuda", self.device_id)
+            self._buffers = {
+                "host_in": torch.empty(max_shape, dtype=torch.float32, pin_memory=True),
+                "host_out": torch.empty(out_shape, dtype=torch.float32, pin_memory=True),
+                "dev_in": torch.empty(max_shape, dtype=torch.float32, device=device),
+                "dev_out": torch.empty(out_shape, dtype=torch.float32, device=device),
+            }
+            self._stream = torch.cuda.Stream(device=device)
+        self._engine, self._context, self.record = engine, context, record
+        self._names = (in_name, out_name)
+        self._shapes = (tuple(max_shape[1:]), tuple(out_shape[1:]))
+        self._max_batch = int(max_shape[0])
+        self._gpu = gpu_name
+        log.info("loaded TensorRT %s plan %s on %s (batch 1..%d)", record.precision, self.path, gpu_name,
+                 self._max_batch)
+
+    def _require(self) -> None:
+        if self._context is None:
+            raise EngineError("engine is not loaded; call load() first")
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        self._require()
+        return TensorSpec(self._names[0], (-1, *self._shapes[0]), np.dtype(np.float32))
+
+    @property
+    def output_spec(self) -> TensorSpec:
+        self._require()
+        return TensorSpec(self._names[1], (-1, *self._shapes[1]), np.dtype(np.float32))
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        """One chunk of at most the profile's max batch: H2D, execute, D2H on one stream."""
+        import torch
+
+        rows = len(chunk)
+        buffers, context = self._buffers, self._context
+        buffers["host_in"][:rows].numpy()[...] = chunk  # the pinned buffer, in place
+        with torch.cuda.device(self.device_id), torch.cuda.stream(self._stream):
+            buffers["dev_in"][:rows].copy_(buffers["host_in"][:rows], non_blocking=True)
+            if not context.set_input_shape(self._names[0], chunk.shape):
+                raise EngineError(f"TensorRT rejected input shape {chunk.shape}")
+            context.set_tensor_address(self._names[0], buffers["dev_in"].data_ptr())
+            context.set_tensor_address(self._names[1], buffers["dev_out"].data_ptr())
+            if not context.execute_async_v3(self._stream.cuda_stream):
+                raise EngineError(f"TensorRT failed to enqueue a batch of {rows}; see the TensorRT log")
+            buffers["host_out"][:rows].copy_(buffers["dev_out"][:rows], non_blocking=True)
+        self._stream.synchronize()
+        return buffers["host_out"][:rows].numpy().copy()  # the pinned buffer is reused next call
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self._require()
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != self._shapes[0]:
+            expected = ", ".join(map(str, self._shapes[0]))
+            raise EngineError(f"expected input (N, {expected}), got {batch.shape}")
+        try:
+            step = self._max_batch
+            chunks = [self._run(batch[i : i + step]) for i in range(0, len(batch), step)]
+        except EngineError:
+            raise
+        except Exception as exc:  # CUDA errors surface as RuntimeError from torch
+            raise EngineError(f"TensorRT failed on a batch of {batch.shape}: {exc}") from exc
+        out = np.concatenate(chunks) if chunks else np.empty((0, *self._shapes[1]), np.float32)
+        return check_batch_rows(batch, out, self.name)
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = super().describe() if self._context is not None else {"engine": self.name}
+        record = self.record
+        info.update(
+            path=str(self.path),
+            device_id=self.device_id,
+            gpu=self._gpu or None,
+            trt_version=record.trt_version if record else None,
+            compute_capability=record.compute_capability if record else None,
+            precision=record.precision if record else None,
+            profile=({"min": list(record.min_shape), "opt": list(record.opt_shape),
+                      "max": list(record.max_shape)} if record else None),
+        )
+        return info
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.synchronize()
+        self._context = self._engine = self._stream = None
+        self._buffers = {}
