@@ -157,6 +157,13 @@ def quantize_int8(
     if not np.isfinite(calibration).all():
         raise ExportError("calibration images contain NaN or infinite values")
     source = _load_checked(src)
+    # ORT's strided calibration stacks chunks: they must all have one size, so the last partial
+    # chunk is dropped (at most batch_size - 1 images).
+    batch_size = min(batch_size, len(calibration))
+    usable = len(calibration) - len(calibration) % batch_size
+    if usable < len(calibration):
+        log.info("calibrating on %d of %d images (whole chunks of %d)", usable, len(calibration), batch_size)
+    calibration = calibration[:usable]
     reader = BatchCalibrationReader(calibration, _image_input(source), batch_size)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -172,3 +172,14 @@ def test_fp16_runs_on_cpu_close_to_fp32(
     out = engine.infer(batch)
     assert out.dtype == np.float32
     compare_logits("fp16-cpu", fp32_engine.infer(batch), out, rtol=FP16_RTOL)
+
+
+def test_calibration_count_that_is_not_a_multiple_of_the_chunk(resnet18_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """300 placeholder images in chunks of 8 once failed inside ORT's strided calibration."""
+    from resserve.compile.calibration import load_batch
+    from resserve.compile.onnxruntime_quant import quantize_int8
+    from resserve.contract import imagenet_contract
+
+    images = load_batch(imagenet_contract(), 13)
+    out = quantize_int8(resnet18_onnx.path, tmp_path / "q.onnx", images)
+    assert out.is_file()
