@@ -13,14 +13,9 @@ FOLDER_MARKERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integrati
 
 
 def _has_cuda() -> tuple[bool, str]:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return False, "onnxruntime is not installed"
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False, "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu on a GPU machine)"
+    """An NVIDIA GPU is usable; which library reaches it (torch, onnxruntime-gpu) each test checks."""
     if shutil.which("nvidia-smi") is None:
-        return False, "no NVIDIA driver (nvidia-smi not found)"
+        return False, "no NVIDIA GPU (nvidia-smi not found)"
     return True, ""
 
 

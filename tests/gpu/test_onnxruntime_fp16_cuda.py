@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from resserve.compile.onnxruntime_quant import convert_fp16
@@ -43,3 +44,10 @@ def test_fp16_on_cuda_matches_fp32_on_cpu(paths: tuple[Path, Path], batch: int) 
     out = cuda.infer(x)
     assert out.dtype == np.float32 and out.shape == (batch, 1000)
     compare_logits("cuda-fp16", cpu.infer(x), out, rtol=FP16_RTOL)
+
+
+requires_ort_cuda = pytest.mark.skipif(
+    "CUDAExecutionProvider" not in ort.get_available_providers(),
+    reason="onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu instead of onnxruntime)",
+)
+pytestmark = [requires_ort_cuda]

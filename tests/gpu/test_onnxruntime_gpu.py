@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
@@ -48,3 +49,10 @@ def test_tensorrt_provider_fp16_builds_cache_and_matches(onnx_path: Path, tmp_pa
     assert engine.describe()["active_providers"][0] == "TensorrtExecutionProvider"
     compare_logits("tensorrt-fp16", cpu_reference(onnx_path, x), out, rtol=FP16_RTOL)
     assert any((tmp_path / "tensorrt").iterdir())  # engine cache written for the next start
+
+
+requires_ort_cuda = pytest.mark.skipif(
+    "CUDAExecutionProvider" not in ort.get_available_providers(),
+    reason="onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu instead of onnxruntime)",
+)
+pytestmark = [requires_ort_cuda]
