@@ -115,7 +115,7 @@ def _open(data: bytes) -> Image.Image:
         raise ImageTooLargeError(f"image refused before decoding: {exc}") from exc
     except UnidentifiedImageError:
         pass
-    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is a bad image
+    except Exception as exc:
         raise InvalidImageError(f"cannot read image header: {exc}") from exc
     # Second look with every plugin, only to give a useful 415 instead of a vague 400.
     try:
@@ -123,7 +123,7 @@ def _open(data: bytes) -> Image.Image:
             fmt = other.format
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image refused before decoding: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InvalidImageError(f"cannot identify image data ({len(data)} bytes)") from exc
     raise UnsupportedMediaTypeError(
         f"unsupported image format {fmt!r}; supported: {', '.join(sorted(SUPPORTED_FORMATS))}"
@@ -211,7 +211,7 @@ def decode_image(
             return _to_rgb(image)
         except ResserveError:
             raise
-        except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, struct.error, ... all mean corrupt
+        except Exception as exc:
             raise InvalidImageError(f"cannot decode {fmt} image: {exc}") from exc
 
 

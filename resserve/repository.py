@@ -25,10 +25,10 @@ from resserve.compile.accuracy import AccuracyReport
 from resserve.compile.variants import REFERENCE, Variant, compile_variant
 from resserve.config import ModelConfig, load_model_config
 from resserve.contract import PreprocessContract, imagenet_contract
+from resserve.engines.select import resolve_engine
 from resserve.errors import ConfigError, ModelNotFoundError
 from resserve.export.metadata import ModelMetadata, read_metadata
 from resserve.files import sha256_file
-from resserve.engines.select import resolve_engine
 from resserve.labels import default_labels, load_labels
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resserve.batching import BatchQueue
+from resserve.compile.variants import open_engine
 from resserve.config import ModelConfig, ServerSettings
 from resserve.contract import PreprocessContract
-from resserve.compile.variants import open_engine
 from resserve.engines import Engine
 from resserve.errors import ModelNotFoundError, ModelNotReadyError
 from resserve.export.metadata import ModelMetadata

@@ -82,7 +82,7 @@ class Engine(abc.ABC):
                        "dtype": str(self.output_spec.dtype)},
         }
 
-    def close(self) -> None:  # noqa: B027 (optional hook)
+    def close(self) -> None:
         """Release sessions and device memory; engines that hold none need not override."""
 
 

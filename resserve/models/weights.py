@@ -158,7 +158,7 @@ def fetch_torchvision_weights(weights: TorchvisionWeights, directory: Path | Non
     with tempfile.NamedTemporaryFile(dir=directory, suffix=".part", delete=False) as tmp:
         tmp_path = Path(tmp.name)
         try:
-            with urllib.request.urlopen(weights.url, timeout=30) as response:  # noqa: S310 (fixed https URL)
+            with urllib.request.urlopen(weights.url, timeout=30) as response:
                 shutil.copyfileobj(response, tmp)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             tmp.close()

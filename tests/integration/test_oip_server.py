@@ -17,7 +17,7 @@ from resserve.contract import imagenet_contract
 from resserve.preprocess import preprocess
 
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a test dependency")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+from tritonclient.utils import InferenceServerException
 
 
 @pytest.fixture(scope="module")

@@ -16,19 +16,19 @@ import pytest
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino nncf)")
 pytest.importorskip("nncf", reason="nncf is not installed (pip install nncf), needed for int8")
 
-from resserve.compile.accuracy import AccuracyReport, compare  # noqa: E402
-from resserve.compile.calibration import calibration_and_held_out  # noqa: E402
-from resserve.compile.openvino import (  # noqa: E402
+from resserve.compile.accuracy import AccuracyReport, compare
+from resserve.compile.calibration import calibration_and_held_out
+from resserve.compile.openvino import (
     SIDECAR_FILE,
     compile_openvino,
     cpu_capabilities,
     cpu_supports_bf16,
 )
-from resserve.contract import imagenet_contract  # noqa: E402
-from resserve.engines.onnxruntime import OnnxRuntimeEngine  # noqa: E402
-from resserve.engines.openvino import OpenVinoEngine  # noqa: E402
-from resserve.errors import ConfigError, EngineError, EngineUnavailableError  # noqa: E402
-from resserve.export.to_onnx import ExportReport  # noqa: E402
+from resserve.contract import imagenet_contract
+from resserve.engines.onnxruntime import OnnxRuntimeEngine
+from resserve.engines.openvino import OpenVinoEngine
+from resserve.errors import ConfigError, EngineError, EngineUnavailableError
+from resserve.export.to_onnx import ExportReport
 
 Images = tuple[np.ndarray, np.ndarray]  # calibration, held-out
 CALIBRATION_IMAGES = 32
