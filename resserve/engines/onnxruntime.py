@@ -104,6 +104,7 @@ class OnnxRuntimeEngine(Engine):
         self.cache_dir = cache_dir or self.path.parent / "ort_cache"
         self.provider: str | None = None
         self._session: ort.InferenceSession | None = None
+        self._specs: tuple[TensorSpec, TensorSpec] | None = None  # read once: infer runs per batch
 
     def _provider_chain(self, provider: str) -> list[tuple[str, dict[str, Any]]]:
         chain: list[tuple[str, dict[str, Any]]] = []
@@ -155,6 +156,7 @@ class OnnxRuntimeEngine(Engine):
             provider = "cpu"
         self.provider = provider
         self._session = session
+        self._specs = None
         log.info("loaded %s with %s (%d intra-op threads)", self.path.name, active[0], self.intra_op_threads)
 
     @property
@@ -171,16 +173,21 @@ class OnnxRuntimeEngine(Engine):
             raise EngineError(f"unsupported tensor type {arg.type} for {arg.name}")
         return TensorSpec(arg.name, shape, np.dtype(dtype))
 
+    def _io_specs(self) -> tuple[TensorSpec, TensorSpec]:
+        if self._specs is None:
+            inputs = self.session.get_inputs()
+            if len(inputs) != 1:
+                raise EngineError(f"expected one image input, the model has {len(inputs)}")
+            self._specs = (self._spec(inputs[0]), self._spec(self.session.get_outputs()[0]))
+        return self._specs
+
     @property
     def input_spec(self) -> TensorSpec:
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise EngineError(f"expected one image input, the model has {len(inputs)}")
-        return self._spec(inputs[0])
+        return self._io_specs()[0]
 
     @property
     def output_spec(self) -> TensorSpec:
-        return self._spec(self.session.get_outputs()[0])
+        return self._io_specs()[1]
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         spec = self.input_spec
@@ -204,3 +211,4 @@ class OnnxRuntimeEngine(Engine):
 
     def close(self) -> None:
         self._session = None
+        self._specs = None
