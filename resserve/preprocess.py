@@ -134,7 +134,7 @@ def _orientation(image: Image.Image) -> int:
     """EXIF orientation (1..8); garbage EXIF means "as stored", never a failed request."""
     try:
         value = int(image.getexif().get(0x0112, 1))
-    except Exception:  # noqa: BLE001
+    except Exception:
         return 1
     return value if 1 <= value <= 8 else 1
 
@@ -206,7 +206,7 @@ def decode_image(
             if _orientation(image) != 1:
                 try:
                     image = ImageOps.exif_transpose(image)
-                except Exception:  # noqa: BLE001 - a broken EXIF block only costs the rotation
+                except Exception:
                     pass
             return _to_rgb(image)
         except ResserveError:
