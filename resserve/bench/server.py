@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,7 @@ import httpx
 
 from resserve.bench.engine import bench_engine, environment
 from resserve.bench.stats import latency_summary_ms
-from resserve.engines.onnxruntime import OnnxRuntimeEngine
+from resserve.compile.variants import open_engine
 from resserve.preprocess import DecodeOptions, preprocess
 from resserve.repository import ModelRepository, ModelVersion
 from resserve.synthetic import synthetic_image
@@ -126,8 +127,7 @@ def run_server_bench(
     batch = max(config.dynamic_batching.preferred_batch_sizes or [config.max_batch_size])
     batch = min(batch, config.max_batch_size)
 
-    engine = OnnxRuntimeEngine(version.artifact, config.device, intra_op_threads=config.intra_op_threads)
-    engine.load()
+    engine = open_engine(version.variant, config, version.folder)  # the variant the server will run
     engine_img_s = bench_engine(engine, [batch], rounds=3, round_s=engine_round_s)[0].images_per_s
     engine.close()
 
@@ -137,14 +137,17 @@ def run_server_bench(
     port = _free_port()
     command = [sys.executable, "-m", "resserve.cli", "--log-level", "warning", "serve", "--model-repo",
                str(model_repo), "--model", model, "--port", str(port), "--no-build-missing"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    # The server's log goes to a file, not a pipe: a pipe nobody reads fills up and blocks it.
+    log_file = tempfile.TemporaryFile()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"server exited: {process.stderr.read().decode() if process.stderr else ''}")
+                log_file.seek(0)
+                raise RuntimeError(f"server exited: {log_file.read().decode(errors='replace')}")
             try:
                 if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
                     break
@@ -161,6 +164,8 @@ def run_server_bench(
             process.wait(60)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait(10)
+        log_file.close()
     bound = 1.0 / (1.0 / engine_img_s + 1.0 / pre_img_s)
     return ServerBenchResult(
         model=model,
