@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import server_process
-from server_harness import jpeg, write_model
+from server_harness import jpeg, server_process, write_model
 
 
 def make_repo(tmp_path: Path, model_onnx: Path) -> Path:
