@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import uvicorn
 import yaml
 from PIL import Image
 
+from resserve.bench.server import free_port, wait_until_ready
 from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.server.app import create_app
@@ -43,12 +43,6 @@ def write_model(repo: Path, name: str, onnx_source: Path, **overrides: Any) -> P
             config[key] = value
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RunningServer:
@@ -128,18 +122,7 @@ def server_process(repo: Path, tmp_path: Path, *extra: str, env: dict[str, str] 
     url = f"http://127.0.0.1:{port}"
     running = ServerProcess(process, url, log)
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{running.output()}")
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready after {ready_timeout_s} s:\n{running.output()}")
-            time.sleep(0.1)
+        wait_until_ready(url, process, ready_timeout_s, running.output)
         yield running
     finally:
         if process.poll() is None:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,28 @@ def preprocess_rate(images: list[bytes], repo_version: ModelVersion, seconds: fl
     return done / (time.perf_counter() - start)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s: float,
+                     output: Callable[[], str]) -> None:
+    """Poll ``/v2/health/ready`` of a server process; raise with its ``output()`` if it dies or stalls."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{output()}")
+        try:
+            if httpx.get(f"{base_url}/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server not ready after {timeout_s} s:\n{output()}")
+        time.sleep(0.1)
 
 
 async def closed_loop(url: str, images: list[bytes], concurrency: int, warmup_s: float,
@@ -134,7 +153,7 @@ def run_server_bench(
     images = make_jpegs(16, image_size)
     pre_img_s = preprocess_rate(images, version)
 
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "resserve.cli", "--log-level", "warning", "serve", "--model-repo",
                str(model_repo), "--model", model, "--port", str(port), "--no-build-missing"]
     # The server's log goes to a file, not a pipe: a pipe nobody reads fills up and blocks it.
@@ -142,20 +161,12 @@ def run_server_bench(
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
+    def server_log() -> str:
+        log_file.seek(0)
+        return log_file.read().decode(errors="replace")
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                log_file.seek(0)
-                raise RuntimeError(f"server exited: {log_file.read().decode(errors='replace')}")
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready in 120 s")
-            time.sleep(0.2)
+        wait_until_ready(base, process, 120, server_log)
         e2e, latencies, statuses = asyncio.run(
             closed_loop(f"{base}/v2/models/{model}/classify", images, concurrency, warmup_s, duration_s))
     finally:
