@@ -223,9 +223,9 @@ def _center_crop(image: Image.Image, crop_wh: tuple[int, int]) -> Image.Image:
         return image
     # torchvision pads floor(d/2) before; the padded axis then crops at offset 0. PIL's crop fills
     # outside the image with 0, so a negative offset is the same pad-then-crop in one step.
-    # int(round(...)) is Python's round-half-even, as in torchvision.
-    left = -((crop_w - width) // 2) if crop_w > width else int(round((width - crop_w) / 2.0))
-    top = -((crop_h - height) // 2) if crop_h > height else int(round((height - crop_h) / 2.0))
+    # round(...) is Python's round-half-even, as in torchvision.
+    left = -((crop_w - width) // 2) if crop_w > width else round((width - crop_w) / 2.0)
+    top = -((crop_h - height) // 2) if crop_h > height else round((height - crop_h) / 2.0)
     return image.crop((left, top, left + crop_w, top + crop_h))
 
 

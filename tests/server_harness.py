@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +15,8 @@ import uvicorn
 import yaml
 from PIL import Image
 
-from resserve.bench.server import free_port, wait_until_ready
+from resserve.bench.process import ServerProcess, free_port
+from resserve.bench.process import server_process as bench_server_process
 from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.server.app import create_app
@@ -99,32 +96,10 @@ def jpeg(width: int = 320, height: int = 240, seed: int = 0) -> bytes:
     return encode(synthetic_image(width, height, seed), "JPEG", quality=90)
 
 
-class ServerProcess:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-        self.process = process
-        self.url = url
-        self.log = log
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @contextmanager
 def server_process(repo: Path, tmp_path: Path, *extra: str, env: dict[str, str] | None = None,
                    ready_timeout_s: float = 90.0) -> Iterator[ServerProcess]:
-    port = free_port()
-    log = tmp_path / f"server-{port}.log"
-    command = [sys.executable, "-m", "resserve.cli", "serve", "--model-repo", str(repo), "--host", "127.0.0.1",
-               "--port", str(port), *extra]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    running = ServerProcess(process, url, log)
-    try:
-        wait_until_ready(url, process, ready_timeout_s, running.output)
-        yield running
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
+    """``resserve serve`` in a subprocess, its log in ``tmp_path``; SIGKILLed if still running at the end."""
+    with bench_server_process(repo, *extra, log_dir=tmp_path, env=env, ready_timeout_s=ready_timeout_s,
+                              kill=True) as server:
+        yield server

@@ -9,15 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +18,7 @@ from typing import Any
 import httpx
 
 from resserve.bench.engine import bench_engine, environment
+from resserve.bench.process import server_process
 from resserve.bench.stats import latency_summary_ms
 from resserve.compile.variants import open_engine
 from resserve.preprocess import DecodeOptions, preprocess
@@ -70,30 +64,6 @@ def preprocess_rate(images: list[bytes], repo_version: ModelVersion, seconds: fl
         preprocess(images[done % len(images)], repo_version.contract, options)
         done += 1
     return done / (time.perf_counter() - start)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s: float,
-                     output: Callable[[], str]) -> None:
-    """Poll ``/v2/health/ready`` of a server process; raise with its ``output()`` if it dies or stalls."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{output()}")
-        try:
-            if httpx.get(f"{base_url}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"server not ready after {timeout_s} s:\n{output()}")
-        time.sleep(0.1)
 
 
 async def closed_loop(url: str, images: list[bytes], concurrency: int, warmup_s: float,
@@ -153,30 +123,9 @@ def run_server_bench(
     images = make_jpegs(16, image_size)
     pre_img_s = preprocess_rate(images, version)
 
-    port = free_port()
-    command = [sys.executable, "-m", "resserve.cli", "--log-level", "warning", "serve", "--model-repo",
-               str(model_repo), "--model", model, "--port", str(port), "--no-build-missing"]
-    # The server's log goes to a file, not a pipe: a pipe nobody reads fills up and blocks it.
-    log_file = tempfile.TemporaryFile()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    base = f"http://127.0.0.1:{port}"
-    def server_log() -> str:
-        log_file.seek(0)
-        return log_file.read().decode(errors="replace")
-
-    try:
-        wait_until_ready(base, process, 120, server_log)
+    with server_process(model_repo, "--model", model, "--no-build-missing", log_level="warning") as server:
         e2e, latencies, statuses = asyncio.run(
-            closed_loop(f"{base}/v2/models/{model}/classify", images, concurrency, warmup_s, duration_s))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        log_file.close()
+            closed_loop(f"{server.url}/v2/models/{model}/classify", images, concurrency, warmup_s, duration_s))
     bound = 1.0 / (1.0 / engine_img_s + 1.0 / pre_img_s)
     return ServerBenchResult(
         model=model,

@@ -62,7 +62,7 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, floa
     top1 = float(np.mean(candidate.argmax(axis=1) == ref_top1))
     k = min(5, candidate.shape[1])
     cand_top5 = np.argpartition(-candidate, k - 1, axis=1)[:, :k]
-    top5 = float(np.mean([r in row for r, row in zip(ref_top1, cand_top5)]))
+    top5 = float(np.mean([r in row for r, row in zip(ref_top1, cand_top5, strict=True)]))
     a, b = reference.astype(np.float64), candidate.astype(np.float64)
     cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
     return top1, top5, cosine

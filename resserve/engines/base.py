@@ -82,7 +82,7 @@ class Engine(abc.ABC):
                        "dtype": str(self.output_spec.dtype)},
         }
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
         """Release sessions and device memory; engines that hold none need not override."""
 
 

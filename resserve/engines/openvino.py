@@ -149,7 +149,7 @@ class OpenVinoEngine(Engine):
             return np.array(request.get_output_tensor(0).data, dtype=np.float32)
         active, started = self._requests[: len(parts)], []
         try:
-            for request, part in zip(active, parts):
+            for request, part in zip(active, parts, strict=False):
                 request.start_async({0: part}, share_inputs=True)
                 started.append(request)
         finally:

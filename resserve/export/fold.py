@@ -9,6 +9,7 @@ BatchNorm), and the check proves the rewrite did not change the function.
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from torch import nn
@@ -56,7 +57,7 @@ def fold_batchnorms(model: nn.Module) -> tuple[nn.Module, int]:
     count = 0
     for parent in folded.modules():
         names = list(parent._modules)
-        for first, second in zip(names, names[1:]):
+        for first, second in itertools.pairwise(names):
             conv, bn = parent._modules[first], parent._modules[second]
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 parent._modules[first] = fold_conv_bn(conv, bn)

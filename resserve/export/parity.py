@@ -43,10 +43,10 @@ def top5_agree(reference: np.ndarray, candidate: np.ndarray, atol: float) -> boo
     if reference.ndim != 2 or reference.shape[1] < 2:
         return True
     k = min(5, reference.shape[1])
-    for ref_row, cand_row in zip(reference, candidate):
+    for ref_row, cand_row in zip(reference, candidate, strict=True):
         ref_top = np.argsort(-ref_row, kind="stable")[:k]
         cand_top = np.argsort(-cand_row, kind="stable")[:k]
-        for r, c in zip(ref_top, cand_top):
+        for r, c in zip(ref_top, cand_top, strict=True):
             if r != c and abs(float(ref_row[r]) - float(ref_row[c])) > atol:
                 return False
     return True

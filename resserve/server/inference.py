@@ -102,7 +102,7 @@ def top_k(scores: np.ndarray, k: int, labels: list[str]) -> list[list[dict[str, 
     k = min(k, scores.shape[1])
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     results = []
-    for row, candidates in zip(scores, part):
+    for row, candidates in zip(scores, part, strict=True):
         best = candidates[np.argsort(-row[candidates], kind="stable")]
         results.append([{"index": int(i), "label": labels[i], "score": float(row[i])} for i in best])
     return results

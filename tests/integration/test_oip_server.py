@@ -52,7 +52,7 @@ def test_tritonclient_round_trip_with_images_and_tensors(server: RunningServer,
     assert top3.shape == (2, 3)
     batch = np.stack([preprocess(d, imagenet_contract()) for d in images])
     (want,) = session.run(None, {"input": batch})
-    for row, entries in zip(want, top3):
+    for row, entries in zip(want, top3, strict=True):
         indices = [int(e.decode().split(":")[1]) for e in entries]
         assert indices == list(np.argsort(-row)[:3])
 
