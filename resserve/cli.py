@@ -17,10 +17,12 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from resserve.errors import ResserveError
+from resserve.loadtest.cli import loadtest_app
 
 app = typer.Typer(help="Serve ResNet-family image classifiers fast.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks: the bare engine and the server.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(loadtest_app, name="loadtest")
 console = Console()
 log = logging.getLogger("resserve")
 

@@ -78,7 +78,7 @@ def serve_command(model_repo: Path, port: int, *extra: str, log_level: str | Non
 
 
 @contextmanager
-def server_process(model_repo: Path, *extra: str, log_dir: Path | None = None,
+def server_process(model_repo: Path | None, *extra: str, log_dir: Path | None = None,
                    env: dict[str, str] | None = None, ready_timeout_s: float = 120.0,
                    command: Sequence[str] | None = None, ready_path: str = READY_PATH,
                    kill: bool = False, log_level: str | None = None) -> Iterator[ServerProcess]:
@@ -91,8 +91,12 @@ def server_process(model_repo: Path, *extra: str, log_dir: Path | None = None,
     own_dir = None if log_dir is not None else tempfile.TemporaryDirectory(prefix="resserve-server-")
     folder = Path(log_dir) if log_dir is not None else Path(own_dir.name)  # type: ignore[union-attr]
     log = folder / f"server-{port}.log"
-    argv = [part.format(port=port) for part in command] if command else serve_command(model_repo, port, *extra,
-                                                                                            log_level=log_level)
+    if command:
+        argv = [part.format(port=port) for part in command]
+    elif model_repo is not None:
+        argv = serve_command(model_repo, port, *extra, log_level=log_level)
+    else:
+        raise ValueError("server_process needs a model repository or a command")
     with log.open("wb") as sink:
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})

@@ -1,0 +1,1 @@
+"""Load testing: an async generator, measurement windows, variant sweeps and reports."""

@@ -1,0 +1,167 @@
+"""``resserve loadtest``: one load point or sweep against a running server, variant sweeps, reports."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from resserve.errors import ResserveError
+
+loadtest_app = typer.Typer(help="Load tests: closed/open loop, max-rate search, variant sweeps, reports.",
+                           no_args_is_help=True)
+console = Console()
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{what}: expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise typer.BadParameter(f"{what}: values must be positive")
+    return values
+
+
+def _print_points(title: str, points: list) -> None:  # list[LoadPoint]
+    table = Table(title=title)
+    for column in ("load", "img/s", "p50", "p90", "p95", "p99", "p99.9 ms", "statuses", "stable",
+                   "mean batch", "gen CPU us/req"):
+        table.add_column(column, justify="right")
+    for p in points:
+        lat = p.latency_ms
+        table.add_row(p.label, f"{p.throughput_img_s:.1f}",
+                      *(f"{lat[k]:.1f}" if k in lat else "-" for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms",
+                                                                      "p99.9_ms")),
+                      ", ".join(f"{k}: {v}" for k, v in sorted(p.statuses.items())), "yes" if p.stable else "no",
+                      f"{p.server.mean_batch_size:.1f}" if p.server else "-", f"{p.generator_cpu_us_per_request:.0f}")
+    console.print(table)
+
+
+@loadtest_app.command("run")
+def run_cmd(
+    url: Annotated[str, typer.Argument(help="server base URL, e.g. http://127.0.0.1:8000")],
+    model: Annotated[str, typer.Option(help="model to load")] = "resnet50",
+    mode: Annotated[Literal["closed", "open", "max-rate"], typer.Option(help="closed, open or max-rate")] = "closed",
+    concurrency: Annotated[str, typer.Option(help="closed: comma-separated client counts")] = "1,2,4,8,16,32",
+    rates: Annotated[str, typer.Option(help="open: comma-separated requests/s")] = "10,20,40",
+    arrival: Annotated[Literal["poisson", "constant"], typer.Option(help="open/max-rate: arrivals")] = "poisson",
+    p99_ms: Annotated[float, typer.Option(help="max-rate: the p99 bound")] = 250.0,
+    high_rps: Annotated[float, typer.Option(help="max-rate: upper end of the search")] = 500.0,
+    iterations: Annotated[int, typer.Option(help="max-rate: bisection steps")] = 5,
+    images: Annotated[Path | None, typer.Option(help="folder of images to cycle (default: generated)")] = None,
+    endpoint: Annotated[str, typer.Option(help="path template")] = "/v2/models/{model}/classify",
+    warmup_s: Annotated[float, typer.Option()] = 2.0,
+    window_s: Annotated[float, typer.Option()] = 2.0,
+    max_windows: Annotated[int, typer.Option()] = 6,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the points as JSON")] = None,
+) -> None:
+    """Load a running server: a closed-loop sweep, an open-loop sweep, or the max-rate search."""
+    import json
+
+    from resserve.loadtest.generator import LoadGenerator
+    from resserve.loadtest.images import generate, load_folder
+    from resserve.loadtest.measure import MeasurementSettings, closed_point, open_point
+    from resserve.loadtest.search import find_max_rate
+
+    settings = MeasurementSettings(warmup_s=warmup_s, window_s=window_s, max_windows=max_windows)
+    payloads = load_folder(images) if images else generate()
+    base = url.rstrip("/")
+    scrape = {"metrics_url": f"{base}/metrics", "model": model}
+
+    async def run() -> list:
+        async with LoadGenerator(base + endpoint.format(model=model), payloads) as generator:
+            if mode == "closed":
+                return [await closed_point(generator, int(c), settings, **scrape)
+                        for c in _floats(concurrency, "--concurrency")]
+            if mode == "open":
+                return [await open_point(generator, r, settings, arrival, **scrape) for r in _floats(rates, "--rates")]
+            search = await find_max_rate(generator, p99_ms, high_rps, settings, iterations=iterations,
+                                         arrival=arrival, **scrape)
+            console.print(f"max {arrival} rate with p99 <= {p99_ms:g} ms: [bold]{search.max_rate_rps:.1f} req/s[/]")
+            for probe in search.probes:
+                console.print(f"  {probe.rate_rps:.1f} req/s: {'pass' if probe.passed else 'fail'} ({probe.why})")
+            return [probe.point for probe in search.probes]
+
+    try:
+        points = asyncio.run(run())
+    except ResserveError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    _print_points(f"{model} at {base}, {len(payloads)} images", points)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps([p.model_dump() for p in points], indent=1))
+        console.print(f"wrote {json_out}")
+
+
+@loadtest_app.command("sweep")
+def sweep_cmd(
+    sweep_file: Annotated[Path, typer.Argument(help="loadtests/sweeps/*.yaml")],
+    out: Annotated[Path, typer.Option(help="report folder (results.json, README.md, PNGs)")],
+    variant: Annotated[list[str] | None, typer.Option(help="only these models")] = None,
+) -> None:
+    """Start a server per variant, run the sweep's scenarios, write JSON + Markdown + plots."""
+    from resserve.loadtest.report import write_report
+    from resserve.loadtest.sweep import load_sweep, run_sweep
+
+    try:
+        sweep = load_sweep(sweep_file)
+    except ResserveError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if variant:
+        sweep.variants = [v for v in sweep.variants if v.model in variant]
+        if not sweep.variants:
+            raise typer.BadParameter(f"no variant of {sweep_file} is one of {variant}")
+    result = run_sweep(sweep, say=console.print, save=lambda partial: write_report(partial, out))
+    report = write_report(result, out)
+    console.print(f"wrote {report} ({result.duration_s / 60:.1f} min)")
+    failed = [v.label for v in result.variants if v.error]
+    if failed:
+        console.print(f"[bold red]failed variants:[/] {', '.join(failed)}")
+        raise typer.Exit(1)
+
+
+@loadtest_app.command("report")
+def report_cmd(
+    results: Annotated[Path, typer.Argument(help="a sweep's results.json")],
+    out: Annotated[Path | None, typer.Option(help="report folder; default: beside results.json")] = None,
+) -> None:
+    """Render a sweep's results again (Markdown and PNGs)."""
+    from resserve.loadtest.report import write_report
+    from resserve.loadtest.sweep import SweepResult
+
+    result = SweepResult.model_validate_json(results.read_text())
+    console.print(f"wrote {write_report(result, out or results.parent)}")
+
+
+@loadtest_app.command("overhead")
+def overhead_cmd(
+    concurrency: Annotated[int, typer.Option()] = 16,
+) -> None:
+    """The generator's own CPU cost per request, against a trivial local server."""
+    from resserve.loadtest.images import generate
+    from resserve.loadtest.overhead import measure_overhead
+
+    result = measure_overhead(generate(((500, 375),), per_size=8), concurrency)
+    console.print(f"{result.requests_per_s:.0f} req/s against a trivial server at c={concurrency}; "
+                  f"{result.cpu_us_per_request:.0f} us generator CPU per request "
+                  f"({result.share_of_core(400):.0%} of a core at 400 req/s); p50 {result.p50_ms:.1f} ms, "
+                  f"p99 {result.p99_ms:.1f} ms")
+
+
+@loadtest_app.command("images")
+def images_cmd(
+    folder: Annotated[Path, typer.Argument(help="where to write the JPEGs")],
+    per_size: Annotated[int, typer.Option(help="pictures of each size")] = 8,
+) -> None:
+    """Write the default image-like JPEG set (500x375, 1280x960, 320x240) to a folder (e.g. for Locust)."""
+    from resserve.loadtest.images import generate, write_folder
+
+    paths = write_folder(folder, generate(per_size=per_size))
+    console.print(f"wrote {len(paths)} images to {folder}")
