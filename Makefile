@@ -31,6 +31,7 @@ build: install
 	$(BIN)/resserve build $(MODEL_REPO)
 
 test: install
+	$(BIN)/ruff check resserve tests loadtests
 	$(BIN)/python -m pytest
 
 test-slow: install

@@ -113,9 +113,13 @@ class LoadGenerator:
             response.raise_for_status()
             return await response.text()
 
-    async def send(self, payload: Payload, scheduled: float) -> Sample:
-        """One request; every outcome, including no answer at all, becomes a sample."""
+    async def send(self, payload: Payload, scheduled: float | None = None) -> Sample:
+        """One request; every outcome, including no answer at all, becomes a sample.
+
+        ``scheduled``: when it was due (open loop); None means now (closed loop).
+        """
         sent = time.perf_counter()
+        scheduled = sent if scheduled is None else scheduled
         try:
             async with self.session.post(self.url, data=payload.body,
                                          headers={"Content-Type": payload.content_type}) as response:
@@ -138,7 +142,7 @@ class LoadGenerator:
         async def client(index: int) -> None:
             k = index
             while not stop.is_set():
-                await self.send(self.payloads[k % count], time.perf_counter())
+                await self.send(self.payloads[k % count])
                 k += concurrency
 
         await asyncio.gather(*(client(i) for i in range(concurrency)))
