@@ -38,6 +38,8 @@ BUILD_RECORD = "build.json"
 CACHE_FOLDER = ".build-cache"
 DEFAULT_VERSION = "1"
 BUILD_FIELDS = {"source", "engine", "precision"}  # the config fields an artifact depends on
+# Reduced precisions also depend on their calibration (int8 ranges; the accuracy report and its floor).
+REDUCED_PRECISION_FIELDS = BUILD_FIELDS | {"calibration"}
 
 Progress = Callable[[str], None]
 
@@ -143,13 +145,15 @@ class ModelRepository:
         return Variant(engine, config.precision)
 
     def content_hash(self, config: ModelConfig) -> str:
-        """What a build depends on: source, engine, precision, the source's bytes, the resserve version.
+        """What a build depends on: source, engine, precision, the source's bytes, the resserve version;
+        and, below fp32, the calibration settings.
 
         Serving-only settings (batching, labels, instances, preprocessing) are read at load time:
         changing them needs a reload, not a rebuild.
         """
         digest = hashlib.sha256()
-        digest.update(config.model_dump_json(include=BUILD_FIELDS).encode())
+        fields = BUILD_FIELDS if config.precision == "fp32" else REDUCED_PRECISION_FIELDS
+        digest.update(config.model_dump_json(include=fields).encode())
         digest.update(self.variant(config).name.encode())  # `auto` may resolve differently elsewhere
         digest.update(__version__.encode())
         digest.update(self._source_hash(config).encode())

@@ -225,6 +225,15 @@ def test_changing_the_config_makes_it_stale_and_rebuilds(repo_root: Path, onnx_m
     assert repo.versions("tiny") == ["1"]
 
 
+def test_calibration_settings_rebuild_reduced_precision_models_only(repo_root: Path, onnx_model) -> None:
+    repo = ModelRepository(repo_root)
+    fp32 = repo.config(onnx_model("a").name)
+    int8 = fp32.model_copy(update={"precision": "int8"})
+    more_held_out = {"calibration": fp32.calibration.model_copy(update={"held_out": 800})}
+    assert repo.content_hash(fp32.model_copy(update=more_held_out)) == repo.content_hash(fp32)
+    assert repo.content_hash(int8.model_copy(update=more_held_out)) != repo.content_hash(int8)
+
+
 def test_comments_and_formatting_in_config_do_not_make_it_stale(repo_root: Path, onnx_model) -> None:
     folder = onnx_model("tiny")
     repo = ModelRepository(repo_root)
