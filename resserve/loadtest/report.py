@@ -95,8 +95,8 @@ def plot_stages(result: SweepResult, path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("mean server time per request (ms); inference = the request's batch")
     ax.set_title("Where a request's time goes (server-side, from /metrics deltas)", fontsize=9)
-    ax.legend(fontsize=7, ncols=6, loc="upper center", bbox_to_anchor=(0.5, -0.28), frameon=False)
-    fig.tight_layout()
+    fig.legend(fontsize=7, ncols=6, loc="lower center", frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
