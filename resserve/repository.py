@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from resserve import __version__
@@ -37,9 +38,10 @@ ARTIFACT = REFERENCE  # every version has the folded fp32 ONNX; other artifacts 
 BUILD_RECORD = "build.json"
 CACHE_FOLDER = ".build-cache"
 DEFAULT_VERSION = "1"
-BUILD_FIELDS = {"source", "engine", "precision"}  # the config fields an artifact depends on
-# Reduced precisions also depend on their calibration (int8 ranges; the accuracy report and its floor).
-REDUCED_PRECISION_FIELDS = BUILD_FIELDS | {"calibration"}
+BUILD_FIELDS: dict[str, Any] = {"source": True, "engine": True, "precision": True}  # what an artifact depends on
+# Reduced precisions also depend on their calibration and held-out images (int8 ranges, the
+# accuracy report). The agreement floor is a check, not an input: changing it rebuilds nothing.
+REDUCED_PRECISION_FIELDS = {**BUILD_FIELDS, "calibration": {"images": True, "count": True, "held_out": True}}
 
 Progress = Callable[[str], None]
 

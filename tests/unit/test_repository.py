@@ -232,6 +232,8 @@ def test_calibration_settings_rebuild_reduced_precision_models_only(repo_root: P
     more_held_out = {"calibration": fp32.calibration.model_copy(update={"held_out": 800})}
     assert repo.content_hash(fp32.model_copy(update=more_held_out)) == repo.content_hash(fp32)
     assert repo.content_hash(int8.model_copy(update=more_held_out)) != repo.content_hash(int8)
+    lower_floor = {"calibration": int8.calibration.model_copy(update={"min_top1_agreement": 0.5})}
+    assert repo.content_hash(int8.model_copy(update=lower_floor)) == repo.content_hash(int8)  # a check, not an input
 
 
 def test_comments_and_formatting_in_config_do_not_make_it_stale(repo_root: Path, onnx_model) -> None:
