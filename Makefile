@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constra
 MODEL_REPO ?= model_repo
 DEFAULT_MODEL := $(MODEL_REPO)/resnet50/1/model.onnx
 
-.PHONY: install serve build test test-slow bench clean
+.PHONY: install serve build test test-slow bench image-smoke k8s-validate clean
 
 $(BIN)/resserve: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ bench: install
 	$(BIN)/resserve build $(MODEL_REPO) --model resnet50
 	$(BIN)/resserve bench engine $(DEFAULT_MODEL) --batch-sizes 1,8,16,32 --json bench-engine.json
 	$(BIN)/resserve bench server $(MODEL_REPO) --model resnet50 --json bench-server.json
+
+# Build the CPU image with podman (local debootstrap base where no registry is reachable), run it,
+# classify one image, SIGTERM it and require exit 0. Needs root (installs podman when missing).
+image-smoke: install
+	bash deploy/container/smoke.sh
+
+# Render every kustomize overlay and validate it offline against the Kubernetes schemas.
+k8s-validate: install
+	for overlay in deploy/overlays/cpu deploy/overlays/gpu deploy/monitoring; do \
+	  kubectl kustomize $$overlay | $(BIN)/kubernetes-validate --strict --quiet - || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(MODEL_REPO)/*/[0-9]*/ .pytest_cache

@@ -164,6 +164,40 @@ def build(
         raise _fail(exc) from exc
 
 
+@app.command("wait-models")
+def wait_models(
+    model_repo: Annotated[Path, typer.Argument(help="the model repository folder")],
+    model: Annotated[list[str] | None, typer.Option(help="wait only for these models")] = None,
+    timeout_s: Annotated[float, typer.Option(help="give up (exit 1) after this long")] = 1800.0,
+    interval_s: Annotated[float, typer.Option(help="seconds between checks")] = 5.0,
+) -> None:
+    """Wait until every model has a built version (an init container before the server starts).
+
+    In Kubernetes a Job builds the repository into a shared volume; the serving pods must not
+    start (and fail to load) before it has finished.
+    """
+    import time
+
+    from resserve.repository import ModelRepository
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing: list[str] = []
+        try:
+            repository = ModelRepository(model_repo)
+            names = model or repository.names()
+            missing = [name for name in names if not repository.versions(name)] if names else ["(no models yet)"]
+        except ResserveError as exc:
+            missing = [str(exc)]
+        if not missing:
+            console.print(f"built: {', '.join(names)}")
+            return
+        if time.monotonic() > deadline:
+            raise _fail(ResserveError(f"still not built after {timeout_s:g} s: {', '.join(missing)}"))
+        log.info("waiting for %s", ", ".join(missing))
+        time.sleep(interval_s)
+
+
 @app.command()
 def serve(
     model_repo: Annotated[Path | None, typer.Option(help="the model repository [RESSERVE_MODEL_REPO]")] = None,

@@ -76,3 +76,17 @@ def test_bench_missing_provider_is_reported(resnet18_onnx: ExportReport) -> None
 def test_unknown_arch(tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", "resnet19", "--random-weights", "--output", str(tmp_path / "x.onnx")])
     assert result.exit_code == 1 and "unknown architecture 'resnet19'" in result.output
+
+
+def test_wait_models_returns_once_every_model_is_built(model_onnx: Path, tmp_path: Path) -> None:
+    from server_harness import write_model
+
+    from resserve.repository import ModelRepository
+
+    repo = tmp_path / "repo"
+    write_model(repo, "r18", model_onnx)
+    result = runner.invoke(app, ["wait-models", str(repo), "--timeout-s", "0.3", "--interval-s", "0.1"])
+    assert result.exit_code == 1 and "still not built" in result.output and "r18" in result.output
+    ModelRepository(repo).build("r18")
+    result = runner.invoke(app, ["wait-models", str(repo), "--timeout-s", "5", "--interval-s", "0.1"])
+    assert result.exit_code == 0 and "built: r18" in result.output

@@ -1,0 +1,60 @@
+# resserve container images. One set of build steps, two bases:
+#
+#   CPU (default):  podman build -t resserve:cpu .
+#   GPU:            docker build -t resserve:gpu \
+#                     --build-arg BASE_IMAGE=nvcr.io/nvidia/tensorrt:24.10-py3 --build-arg VARIANT=gpu .
+#   model builder:  docker build -t resserve-builder:cpu --target builder .   (torch + NNCF: `resserve build`)
+#
+# The runtime image carries no torch: ONNX Runtime (or onnxruntime-gpu + TensorRT on the GPU base),
+# OpenVINO, numpy, Pillow, FastAPI. It serves a model repository mounted at /models, built
+# beforehand by the builder target (a Kubernetes Job does that in deploy/).
+ARG BASE_IMAGE=docker.io/library/python:3.11-slim
+
+# ---- install: a virtual environment with resserve and its runtime dependencies -----------------
+FROM ${BASE_IMAGE} AS install
+# VARIANT=cpu: ONNX Runtime CPU + OpenVINO; VARIANT=gpu: onnxruntime-gpu and TensorRT instead.
+ARG VARIANT=cpu
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md constraints.txt ./
+COPY resserve ./resserve
+# Pinned through constraints.txt and pyproject's lower bounds; the venv is copied whole into the
+# runtime stage, so the build tools never reach it.
+RUN python3 -m venv /opt/resserve \
+ && /opt/resserve/bin/pip install -c constraints.txt . \
+ && if [ "${VARIANT}" = "gpu" ]; then \
+      /opt/resserve/bin/pip uninstall -y onnxruntime \
+      && /opt/resserve/bin/pip install -c constraints.txt ".[gpu]" \
+      && /opt/resserve/bin/python -c "import onnxruntime, tensorrt; print(onnxruntime.get_available_providers(), tensorrt.__version__)"; \
+    fi \
+ && /opt/resserve/bin/resserve --help > /dev/null
+
+# ---- builder: adds torch and NNCF to export weights and quantize (`resserve build /models`) ------
+FROM install AS builder
+# torch's CPU wheels live on their own index (PyPI's torch is the multi-GB CUDA build).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN /opt/resserve/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" -c constraints.txt ".[export]"
+ENV PATH=/opt/resserve/bin:${PATH} PYTHONUNBUFFERED=1
+ENTRYPOINT ["resserve"]
+CMD ["build", "/models"]
+
+# ---- runtime: non-root, no build tools, the server as PID 1 (it handles SIGTERM and drains) ---
+FROM ${BASE_IMAGE} AS runtime
+RUN useradd --system --uid 10001 --user-group --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin resserve
+COPY --from=install /opt/resserve /opt/resserve
+ENV PATH=/opt/resserve/bin:${PATH} \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    RESSERVE_HOST=0.0.0.0 \
+    RESSERVE_PORT=8000 \
+    RESSERVE_MODEL_REPO=/models \
+    RESSERVE_BUILD_MISSING=false
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+  CMD ["python3", "-c", "import os, sys, urllib.request; url = 'http://127.0.0.1:%s/v2/health/ready' % os.environ.get('RESSERVE_PORT', '8000'); sys.exit(0 if urllib.request.urlopen(url, timeout=2).status == 200 else 1)"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["resserve", "serve"]
