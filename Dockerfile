@@ -19,14 +19,17 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY resserve ./resserve
-# Pinned through constraints.txt and pyproject's lower bounds; the venv is copied whole into the
-# runtime stage, so the build tools never reach it.
+# The venv is copied whole into the runtime stage, so build-time files never reach it.
+# GPU: onnxruntime-gpu and onnxruntime install the same module, so the CPU wheel is removed and
+# the GPU one reinstalled over it; the import check proves the CUDA provider and TensorRT are there.
+# hadolint ignore=DL3013
 RUN python3 -m venv /opt/resserve \
  && /opt/resserve/bin/pip install -c constraints.txt . \
  && if [ "${VARIANT}" = "gpu" ]; then \
-      /opt/resserve/bin/pip uninstall -y onnxruntime \
-      && /opt/resserve/bin/pip install -c constraints.txt ".[gpu]" \
-      && /opt/resserve/bin/python -c "import onnxruntime, tensorrt; print(onnxruntime.get_available_providers(), tensorrt.__version__)"; \
+      /opt/resserve/bin/pip install -c constraints.txt ".[gpu]" \
+      && /opt/resserve/bin/pip uninstall -y onnxruntime \
+      && /opt/resserve/bin/pip install -c constraints.txt --force-reinstall --no-deps onnxruntime-gpu \
+      && /opt/resserve/bin/python -c "import onnxruntime, tensorrt; assert 'CUDAExecutionProvider' in onnxruntime.get_available_providers(); print(tensorrt.__version__)"; \
     fi \
  && /opt/resserve/bin/resserve --help > /dev/null
 
