@@ -63,6 +63,8 @@ class BatchQueue:
         metrics: Metrics | None = None,
         model: str = "model",
         version: str = "1",
+        engine_timeout_s: float | None = None,
+        on_health: Callable[[bool], None] | None = None,
     ) -> None:
         if not runners:
             raise ValueError("a BatchQueue needs at least one runner")
@@ -79,6 +81,14 @@ class BatchQueue:
         self._workers: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
         self._batch_s_ewma = 0.05  # engine seconds per batch, for Retry-After
+        self.engine_timeout_s = engine_timeout_s
+        self._on_health = on_health
+        self._hung = 0  # runners stuck past engine_timeout_s
+
+    @property
+    def hung(self) -> bool:
+        """Every engine instance is stuck in a batch past the watchdog's limit."""
+        return self._hung >= len(self._runners)
 
     @property
     def depth(self) -> int:
@@ -105,6 +115,9 @@ class BatchQueue:
             return np.concatenate(parts)
         if self._closed:
             raise ModelNotReadyError(f"model {self._labels[0]} is draining or unloaded")
+        if self.hung:
+            raise ModelNotReadyError(f"model {self._labels[0]}: the engine is not answering (watchdog)",
+                                     retry_after_s=max(1, math.ceil(self.engine_timeout_s or 1)))
         if len(self._pending) >= self.max_queue_size:
             raise QueueFullError(
                 f"model {self._labels[0]}: queue full ({self.max_queue_size} requests waiting)",
@@ -218,8 +231,14 @@ class BatchQueue:
         if self._metrics:
             for item in batch:
                 self._metrics.queue_wait.labels(*self._labels).observe(started - item.enqueued)
+        call = loop.run_in_executor(executor, _run_batch, runner, [i.rows for i in batch])
+        if self.engine_timeout_s is not None:
+            done, _ = await asyncio.wait({call}, timeout=self.engine_timeout_s)
+            if not done:
+                await self._watchdog(call, batch)
+                return
         try:
-            outputs = await loop.run_in_executor(executor, _run_batch, runner, [i.rows for i in batch])
+            outputs = await call
         except Exception as exc:  # a failed batch fails only its own requests
             log.error("engine failed on a batch of %d requests: %s", len(batch), exc, exc_info=True)
             if self._metrics:
@@ -241,6 +260,33 @@ class BatchQueue:
                 item.future.set_result(outputs[offset : offset + count])
             offset += count
 
+
+    async def _watchdog(self, call: asyncio.Future[np.ndarray], batch: list[_Pending]) -> None:
+        """A batch outlived ``engine_timeout_s``: fail its requests, report the engine unhealthy until
+        the call returns (a thread cannot be killed), then report it healthy again."""
+        model = self._labels[0]
+        log.error("model %s: engine has not finished a batch of %d in %.1f s; marking the model not ready",
+                  model, len(batch), self.engine_timeout_s)
+        if self._metrics:
+            self._metrics.engine_hangs.labels(*self._labels).inc()
+            self._metrics.engine_failures.labels(*self._labels).inc()
+        error = EngineError(f"model {model}: the engine did not answer within {self.engine_timeout_s:g} s")
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
+        self._hung += 1
+        if self.hung and self._on_health:
+            self._on_health(False)
+        try:
+            await call
+        except Exception as exc:  # the batch is already answered; only the recovery matters
+            log.warning("model %s: the stuck batch ended with %s", model, exc)
+        finally:
+            recovered = self.hung
+            self._hung -= 1
+            if recovered and self._on_health:
+                self._on_health(True)
+            log.info("model %s: the engine answered again after the watchdog fired", model)
 
 def _run_batch(runner: Runner, parts: list[np.ndarray]) -> np.ndarray:
     """Concatenate, run, and check the engine kept one output row per input row."""

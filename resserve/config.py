@@ -49,6 +49,14 @@ class SourceConfig(_Strict):
         return self
 
 
+class FaultInjectionConfig(_Strict):
+    """Make the engine fail or hang on purpose: reliability tests and chaos drills, never production."""
+
+    fail_every_n_batches: int | None = Field(None, ge=1, description="every n-th batch raises (HTTP 500)")
+    hang_every_n_batches: int | None = Field(None, ge=1, description="every n-th batch sleeps hang_s first")
+    hang_s: float = Field(10.0, gt=0, le=3600)
+
+
 class DynamicBatchingConfig(_Strict):
     """How requests are grouped into engine batches (Triton's dynamic batcher, same names)."""
 
@@ -105,6 +113,9 @@ class ModelConfig(_Strict):
         False, description="decode large JPEGs at reduced DCT scale (faster, slightly different tensor)"
     )
     warmup_batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    engine_timeout_s: float | None = Field(
+        60.0, gt=0, description="watchdog: a batch running longer marks the model not ready until it returns")
+    fault_injection: FaultInjectionConfig | None = None
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     openvino: OpenVinoConfig = Field(default_factory=OpenVinoConfig)
 

@@ -36,7 +36,11 @@ class ModelNotFoundError(ResserveError):
 
 
 class ModelNotReadyError(ResserveError):
-    """The model is loading, draining or unloaded (HTTP 503)."""
+    """The model is loading, draining, unloaded or its engine stopped answering (HTTP 503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class QueueFullError(ResserveError):

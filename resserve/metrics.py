@@ -58,6 +58,9 @@ class Metrics:
         self.engine_failures = Counter(
             "resserve_engine_failures_total", "Engine batches that raised",
             ["model", "version"], registry=r)
+        self.engine_hangs = Counter(
+            "resserve_engine_hangs_total", "Engine batches that outlived the watchdog (engine_timeout_s)",
+            ["model", "version"], registry=r)
         self.expired = Counter(
             "resserve_batcher_expired_total", "Requests whose deadline passed before the engine ran them",
             ["model", "version"], registry=r)

@@ -13,13 +13,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from resserve.batching import BatchQueue
+from resserve.batching import BatchQueue, Runner
 from resserve.compile.variants import open_engine
 from resserve.config import ModelConfig, ServerSettings
 from resserve.contract import PreprocessContract
 from resserve.engines import Engine
 from resserve.errors import ModelNotFoundError, ModelNotReadyError
 from resserve.export.metadata import ModelMetadata
+from resserve.faults import FaultyRunner
 from resserve.metrics import Metrics
 from resserve.preprocess import DecodeOptions
 from resserve.repository import ModelRepository, ModelVersion
@@ -42,6 +43,11 @@ class ServedModel:
     decode_options: DecodeOptions
     loaded_at: float = field(default_factory=time.time)
     ready: bool = True
+    engine_healthy: bool = True  # false while the watchdog sees every engine instance stuck
+
+    @property
+    def serving(self) -> bool:
+        return self.ready and self.engine_healthy
 
     @property
     def random_weights(self) -> bool:
@@ -52,7 +58,8 @@ class ServedModel:
         return {
             "name": self.name,
             "version": self.version,
-            "ready": self.ready,
+            "ready": self.serving,
+            "engine_healthy": self.engine_healthy,
             "engine": engine,
             "instances": len(self.engines),
             "max_batch_size": self.config.max_batch_size,
@@ -85,6 +92,9 @@ class ModelManager:
             raise ModelNotFoundError(f"model {name!r} has no loaded version {version!r} (serving {served.version})")
         if not served.ready:
             raise ModelNotReadyError(f"model {name!r} is not ready")
+        if not served.engine_healthy:
+            raise ModelNotReadyError(f"model {name!r}: the engine is not answering (watchdog)",
+                                     retry_after_s=served.config.engine_timeout_s or 1.0)
         return served
 
     def successor(self, served: ServedModel) -> ServedModel | None:
@@ -94,7 +104,7 @@ class ModelManager:
         did so just before a reload finds the old queue closed and is answered by the new version.
         """
         current = self._models.get(served.name)
-        if current is None or current is served or not current.ready or not interchangeable(served, current):
+        if current is None or current is served or not current.serving or not interchangeable(served, current):
             return None
         return current
 
@@ -102,7 +112,12 @@ class ModelManager:
         return list(self._models.values())
 
     def all_ready(self) -> bool:
-        return bool(self._models) and all(m.ready for m in self._models.values())
+        return bool(self._models) and all(m.serving for m in self._models.values())
+
+    def not_serving(self) -> list[str]:
+        """Why loaded models do not serve (for the readiness answer)."""
+        return [f"model {m.name}: the engine is not answering (watchdog)" for m in self._models.values()
+                if m.ready and not m.engine_healthy]
 
     async def load(self, name: str, version: str | None = None) -> ServedModel:
         """Load (or reload) ``name``; the previous version keeps serving until the new one is ready."""
@@ -158,8 +173,14 @@ class ModelManager:
             engines.append(engine)
         num_classes = engines[0].output_spec.shape[-1]
         batching = config.dynamic_batching
+        runners: list[Runner] = [e.infer for e in engines]
+        if config.fault_injection is not None:
+            log.warning("model %s: FAULT INJECTION is on (%s): for tests and drills only", config.name,
+                        config.fault_injection.model_dump(exclude_none=True))
+            runners = [FaultyRunner(r, config.fault_injection) for r in runners]
+        holder: list[ServedModel] = []
         queue = BatchQueue(
-            [e.infer for e in engines],
+            runners,
             max_batch_size=config.max_batch_size,
             max_queue_delay_ms=batching.max_queue_delay_ms,
             max_queue_size=batching.max_queue_size,
@@ -167,8 +188,10 @@ class ModelManager:
             metrics=self.metrics,
             model=config.name,
             version=model_version.version,
+            engine_timeout_s=config.engine_timeout_s,
+            on_health=lambda healthy: self._engine_health(holder[0], healthy),
         )
-        return ServedModel(
+        served = ServedModel(
             name=config.name,
             version=model_version.version,
             config=config,
@@ -180,6 +203,14 @@ class ModelManager:
             decode_options=DecodeOptions(max_pixels=self.settings.max_image_pixels,
                                          fast_jpeg_draft=config.fast_jpeg_decode),
         )
+        holder.append(served)
+        return served
+
+    def _engine_health(self, served: ServedModel, healthy: bool) -> None:
+        """The watchdog's verdict: a stuck engine takes the model (and the pod) out of readiness."""
+        served.engine_healthy = healthy
+        if self._models.get(served.name) is served:
+            self.metrics.model_ready.labels(served.name, served.version).set(1 if healthy else 0)
 
 
 def interchangeable(a: ServedModel, b: ServedModel) -> bool:

@@ -49,7 +49,7 @@ async def index(request: Request) -> Response:
         served = loaded.get(name)
         versions = await asyncio.to_thread(state.repository.versions, name)
         if served is not None:
-            entries.append({"name": name, "version": served.version, "state": "READY" if served.ready else "UNAVAILABLE"})
+            entries.append({"name": name, "version": served.version, "state": "READY" if served.serving else "UNAVAILABLE"})
         else:
             entries.append({"name": name, "version": versions[-1] if versions else "", "state": "UNAVAILABLE",
                             "reason": "not loaded" if versions else "not built"})

@@ -48,7 +48,7 @@ def response_for(exc: BaseException) -> Response:
     """The JSON error answer for ``exc``; unexpected errors are logged and answered generically."""
     status = status_of(exc)
     headers = None
-    if isinstance(exc, errors.QueueFullError):
+    if isinstance(exc, errors.QueueFullError | errors.ModelNotReadyError):
         headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
     elif isinstance(exc, errors.UnauthorizedError):
         headers = {"WWW-Authenticate": "Bearer"}

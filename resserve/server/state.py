@@ -38,6 +38,8 @@ class AppState:
             return "loading"
         if self.failed:
             return "; ".join(f"model {name} failed to load: {why}" for name, why in self.failed.items())
+        if stuck := self.manager.not_serving():
+            return "; ".join(stuck)
         return "no model is loaded"
 
 

@@ -181,3 +181,38 @@ async def test_cancelled_request_is_skipped() -> None:
     await queue.submit(rows(3), soon())
     assert 7.0 not in [b.item() for b in engine.batches]
     await queue.close()
+
+
+async def test_watchdog_fails_the_stuck_batch_marks_unhealthy_and_recovers() -> None:
+    engine = RecordingEngine()
+    engine.gate.clear()  # the engine hangs until released
+    health: list[bool] = []
+    metrics = Metrics(CollectorRegistry())
+    queue = await make_queue(engine, engine_timeout_s=0.2, on_health=health.append, metrics=metrics,
+                             max_queue_delay_ms=0)
+    started = time.monotonic()
+    with pytest.raises(EngineError, match=r"did not answer within 0\.2 s"):
+        await queue.submit(rows(1), soon())
+    assert 0.2 <= time.monotonic() - started < 2.0
+    assert health == [False] and queue.hung
+    with pytest.raises(ModelNotReadyError, match="not answering") as info:
+        await queue.submit(rows(2), soon())
+    assert info.value.retry_after_s >= 1
+    assert metrics.registry.get_sample_value("resserve_engine_hangs_total", {"model": "model", "version": "1"}) == 1
+    engine.gate.set()  # the stuck call returns: healthy again, and the queue serves
+    for _ in range(100):
+        if health == [False, True]:
+            break
+        await asyncio.sleep(0.02)
+    assert health == [False, True] and not queue.hung
+    assert (await queue.submit(rows(3), soon())).tolist() == [[6.0]]
+    await queue.close()
+
+
+async def test_watchdog_stays_quiet_for_batches_within_the_limit() -> None:
+    engine = RecordingEngine()
+    health: list[bool] = []
+    queue = await make_queue(engine, engine_timeout_s=5.0, on_health=health.append)
+    assert (await queue.submit(rows(1), soon())).tolist() == [[2.0]]
+    assert health == [] and not queue.hung
+    await queue.close()
