@@ -121,7 +121,7 @@ class BatchQueue:
         if len(self._pending) >= self.max_queue_size:
             raise QueueFullError(
                 f"model {self._labels[0]}: queue full ({self.max_queue_size} requests waiting)",
-                retry_after_s=self._retry_after_s(),
+                retry_after_s=self.retry_after_s(),
             )
         loop = asyncio.get_running_loop()
         item = _Pending(rows, loop.create_future(), deadline)
@@ -160,7 +160,8 @@ class BatchQueue:
             executor.shutdown(wait=False, cancel_futures=True)
         self._set_depth()
 
-    def _retry_after_s(self) -> int:
+    def retry_after_s(self) -> int:
+        """Seconds until the queue ahead has likely drained: what a 503 tells the client to wait."""
         batches_ahead = math.ceil(len(self._pending) / self.max_batch_size / len(self._runners))
         return max(1, math.ceil(batches_ahead * self._batch_s_ewma))
 

@@ -44,6 +44,7 @@ class ServedModel:
     loaded_at: float = field(default_factory=time.time)
     ready: bool = True
     engine_healthy: bool = True  # false while the watchdog sees every engine instance stuck
+    admitted: int = 0  # requests past admission: reading, preprocessing or queued (event-loop only)
 
     @property
     def serving(self) -> bool:

@@ -155,6 +155,36 @@ def overhead_cmd(
                   f"p99 {result.p99_ms:.1f} ms")
 
 
+@loadtest_app.command("overload")
+def overload_cmd(
+    url: Annotated[str, typer.Argument(help="server base URL")],
+    model: Annotated[str, typer.Option(help="model to load")] = "resnet50",
+    factor: Annotated[float, typer.Option(help="offered load as a multiple of measured capacity")] = 3.0,
+    duration_s: Annotated[float, typer.Option(help="seconds of overload")] = 10.0,
+    server_pid: Annotated[int | None, typer.Option(help="server process id, to follow its RSS (Linux)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the result as JSON")] = None,
+) -> None:
+    """Overload drill: capacity, then Poisson load at FACTOR x capacity, then time to recover."""
+    from resserve.loadtest.images import generate
+    from resserve.loadtest.overload import run_overload
+
+    result = asyncio.run(run_overload(f"{url.rstrip('/')}/v2/models/{model}/classify", generate(),
+                                      factor=factor, duration_s=duration_s, server_pid=server_pid))
+    acc, rej = result.accepted_latency_ms, result.rejected_latency_ms
+    console.print(f"capacity {result.capacity_img_s:.1f} img/s; offered {result.offered_rps:.1f} req/s for "
+                  f"{result.duration_s:g} s; statuses {result.statuses}")
+    console.print(f"accepted {result.accepted_img_s:.1f} img/s, p50/p99 {acc.get('p50_ms', 0):.0f}/"
+                  f"{acc.get('p99_ms', 0):.0f} ms; rejected p50/p99 {rej.get('p50_ms', 0):.1f}/"
+                  f"{rej.get('p99_ms', 0):.1f} ms; recovered in "
+                  + (f"{result.recovery_s:.2f} s" if result.recovery_s is not None else "NEVER"))
+    if result.rss_before_mib is not None:
+        console.print(f"server RSS {result.rss_before_mib:.0f} MiB before, {result.rss_peak_mib:.0f} peak, "
+                      f"{result.rss_after_mib:.0f} after")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(result.model_dump_json(indent=1))
+
+
 @loadtest_app.command("images")
 def images_cmd(
     folder: Annotated[Path, typer.Argument(help="where to write the JPEGs")],

@@ -65,13 +65,14 @@ async def classify(
     request.state.model, request.state.version = served.name, served.version
     if top_k_ > state.settings.max_top_k:
         raise InvalidRequestError(f"top_k must be <= {state.settings.max_top_k}, got {top_k_}")
-    images = await read_images(request, state)
-    deadline = state.service.deadline(served, timeout_ms)
-    try:
-        scores = state.service.scores(served, await state.service.infer_images(served, images, deadline))
-    except BaseException as exc:
-        state.metrics.images.labels(name, "error").inc(len(images))
-        raise exc
+    with state.service.admit(served):
+        images = await read_images(request, state)
+        deadline = state.service.deadline(served, timeout_ms)
+        try:
+            scores = state.service.scores(served, await state.service.infer_images(served, images, deadline))
+        except BaseException as exc:
+            state.metrics.images.labels(name, "error").inc(len(images))
+            raise exc
     state.metrics.images.labels(name, "ok").inc(len(images))
     body = {
         "model_name": served.name,

@@ -7,14 +7,16 @@ engine thread runs the previous batch: on 2 cores that overlap decides throughpu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from resserve.config import ServerSettings
 from resserve.engines.onnxruntime import available_cores
-from resserve.errors import InvalidRequestError, ModelNotReadyError
+from resserve.errors import InvalidRequestError, ModelNotReadyError, QueueFullError
 from resserve.metrics import Metrics
 from resserve.preprocess import preprocess_timed
 from resserve.runtime import ModelManager, ServedModel
@@ -32,6 +34,23 @@ class InferenceService:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+    @contextlib.contextmanager
+    def admit(self, served: ServedModel) -> Iterator[None]:
+        """Admission control, before the body is read: per model, at most ``max_queue_size`` requests
+        plus one running batch per engine instance are being read, preprocessed, queued or run.
+        Overload is refused with a cheap 503 instead of costing a decode first, and memory stays
+        bounded whatever the offered load."""
+        config = served.config
+        limit = config.dynamic_batching.max_queue_size + config.max_batch_size * config.instance_count
+        if served.admitted >= limit:
+            raise QueueFullError(f"model {served.name}: queue full ({served.admitted} requests in progress)",
+                                 retry_after_s=served.queue.retry_after_s())
+        served.admitted += 1
+        try:
+            yield
+        finally:
+            served.admitted -= 1
 
     def deadline(self, served: ServedModel, timeout_ms: float | None) -> float:
         """Monotonic deadline: the request's own timeout, else the model's default."""

@@ -133,15 +133,16 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     state = get_state(request)
     served = state.manager.get(name, version)
     request.state.model, request.state.version = served.name, served.version
-    body = _decompress(await request.body(), request.headers.get("content-encoding", "").lower(),
-                       state.settings.max_body_bytes)
-    parsed = oip.parse_infer_request(body, oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH)))
-    out_spec = served.engines[0].output_spec
-    requested = parsed.outputs or [oip.RequestedOutput(out_spec.name, parsed.binary_data_output)]
-    for wanted in requested:
-        if wanted.name != out_spec.name:
-            raise InvalidRequestError(f"unknown output {wanted.name!r}; the model has {out_spec.name!r}")
-    outputs = await _run(state, served, parsed)
+    with state.service.admit(served):
+        body = _decompress(await request.body(), request.headers.get("content-encoding", "").lower(),
+                           state.settings.max_body_bytes)
+        parsed = oip.parse_infer_request(body, oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH)))
+        out_spec = served.engines[0].output_spec
+        requested = parsed.outputs or [oip.RequestedOutput(out_spec.name, parsed.binary_data_output)]
+        for wanted in requested:
+            if wanted.name != out_spec.name:
+                raise InvalidRequestError(f"unknown output {wanted.name!r}; the model has {out_spec.name!r}")
+        outputs = await _run(state, served, parsed)
     results = []
     for wanted in requested:
         if wanted.classification is not None:
