@@ -166,6 +166,11 @@ class ServerSettings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_multipart_files: int = Field(64, ge=1)
     max_top_k: int = Field(1000, ge=1)
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="request headers above this: 431")
+    max_connections: int = Field(512, ge=1, description="concurrent connections and requests; beyond: 503")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
+    http_parser: Literal["httptools", "h11"] = Field(
+        "httptools", description="httptools is faster; h11 also caps header bytes while parsing")
     control_token: str | None = Field(None, description="bearer token for repository control endpoints")
     allow_repository_control: bool = Field(False, description="enable load/unload without a token")
     graceful_shutdown_s: float = Field(30.0, ge=0)

@@ -78,6 +78,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     install_error_handlers(app)
     for module in (health, classify, oip_routes, control):
         app.include_router(module.router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       max_header_bytes=settings.max_header_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -18,16 +18,25 @@ from resserve.server.errors import error_response
 
 
 class BodyLimitMiddleware:
-    """Answer 413 for bodies over ``max_bytes``: at once from Content-Length, else while reading."""
+    """Answer 413 for bodies over ``max_bytes``: at once from Content-Length, else while reading;
+    and 431 for request headers over ``max_header_bytes`` (names and values together)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_header_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.max_header_bytes is not None:
+            size = sum(len(name) + len(value) for name, value in scope["headers"])
+            if size > self.max_header_bytes:
+                response = error_response(431, f"request headers of {size} bytes exceed the limit of "
+                                               f"{self.max_header_bytes}")
+                await response(scope, receive, send)
+                return
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:

@@ -58,6 +58,10 @@ def run_server(settings: ServerSettings, log_level: str = "info", shutdown_delay
         port=settings.port,
         log_level=log_level,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s) or None,
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        http=settings.http_parser,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         access_log=False,  # metrics count requests; a log line per request costs CPU at 300 rps
         log_config=None,  # keep resserve's logging setup
     )
