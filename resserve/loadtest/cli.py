@@ -185,6 +185,34 @@ def overload_cmd(
         json_out.write_text(result.model_dump_json(indent=1))
 
 
+@loadtest_app.command("soak")
+def soak_cmd(
+    url: Annotated[str, typer.Argument(help="server base URL")],
+    model: Annotated[str, typer.Option(help="model to load")] = "resnet50",
+    requests: Annotated[int, typer.Option(help="measured requests after the warm-up")] = 20_000,
+    concurrency: Annotated[int, typer.Option(help="closed-loop clients")] = 8,
+    max_duration_s: Annotated[float, typer.Option(help="stop after this long in any case")] = 600.0,
+    server_pid: Annotated[int | None, typer.Option(help="server process id, to follow its RSS (Linux)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the result as JSON")] = None,
+) -> None:
+    """Soak: many requests, every outcome counted, the server's memory followed."""
+    from resserve.loadtest.images import generate
+    from resserve.loadtest.soak import run_soak
+
+    result = asyncio.run(run_soak(f"{url.rstrip('/')}/v2/models/{model}/classify", generate(), requests=requests,
+                                  concurrency=concurrency, server_pid=server_pid, max_duration_s=max_duration_s))
+    lat = result.latency_ms
+    console.print(f"{result.requests} requests in {result.duration_s:.0f} s ({result.throughput_img_s:.1f} img/s): "
+                  f"{result.statuses}; p50/p99/p99.9 {lat.get('p50_ms', 0):.0f}/{lat.get('p99_ms', 0):.0f}/"
+                  f"{lat.get('p99.9_ms', 0):.0f} ms")
+    if result.rss_growth_pct is not None:
+        console.print(f"server RSS {result.rss_after_warmup_mib:.0f} MiB after warm-up, {result.rss_end_mib:.0f} at "
+                      f"the end (max {result.rss_max_mib:.0f}): growth {result.rss_growth_pct:+.1f}%")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(result.model_dump_json(indent=1))
+
+
 @loadtest_app.command("images")
 def images_cmd(
     folder: Annotated[Path, typer.Argument(help="where to write the JPEGs")],
