@@ -33,7 +33,7 @@ class SoakResult(BaseModel):
 
 
 async def run_soak(url: str, payloads: list[Payload], *, requests: int = 20_000, concurrency: int = 8,
-                   warmup_requests: int = 1_000, server_pid: int | None = None,
+                   warmup_requests: int = 3_000, server_pid: int | None = None,
                    max_duration_s: float = 600.0) -> SoakResult:
     """``requests`` measured requests (after ``warmup_requests``), or until ``max_duration_s``."""
     async with LoadGenerator(url, payloads, max_outstanding=max(concurrency, 16)) as generator:
