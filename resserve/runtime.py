@@ -202,7 +202,8 @@ class ModelManager:
             engines=engines,
             queue=queue,
             decode_options=DecodeOptions(max_pixels=self.settings.max_image_pixels,
-                                         fast_jpeg_draft=config.fast_jpeg_decode),
+                                         fast_jpeg_draft=config.fast_jpeg_decode,
+                                         fast_transform=config.fast_preprocess),
         )
         holder.append(served)
         return served

@@ -56,7 +56,8 @@ def make_jpegs(count: int, size: tuple[int, int], quality: int = 90) -> list[byt
 
 def preprocess_rate(images: list[bytes], repo_version: ModelVersion, seconds: float = 3.0) -> float:
     """Images per second through the full decode+preprocess path on one thread (one core)."""
-    options = DecodeOptions(fast_jpeg_draft=repo_version.config.fast_jpeg_decode)
+    options = DecodeOptions(fast_jpeg_draft=repo_version.config.fast_jpeg_decode,
+                            fast_transform=repo_version.config.fast_preprocess)
     for data in images[:4]:
         preprocess(data, repo_version.contract, options)
     done, start = 0, time.perf_counter()
