@@ -121,7 +121,7 @@ async def test_full_queue_answers_503_with_retry_after(server: RunningServer) ->
         responses = await asyncio.gather(*(
             client.post("/v2/models/tiny_queue/infer", content=payload, headers=headers) for _ in range(24)))
     statuses = [r.status_code for r in responses]
-    assert set(statuses) <= {200, 503} and statuses.count(200) >= 2 and 503 in statuses, statuses
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 1 and 503 in statuses, statuses
     rejected = next(r for r in responses if r.status_code == 503)
     assert int(rejected.headers["retry-after"]) >= 1 and "queue full" in rejected.json()["error"]
     assert (await asyncio.to_thread(httpx.post, f"{server.url}/v2/models/tiny_queue/infer", content=payload,
