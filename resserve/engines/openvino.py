@@ -56,6 +56,7 @@ class OpenVinoEngine(Engine):
         performance_hint: PerformanceHint = "LATENCY",
         num_streams: int | None = None,
         inference_threads: int | None = None,
+        cpu_pinning: bool = False,
     ) -> None:
         self.path = Path(path)
         self.requested_precision = precision
@@ -70,6 +71,7 @@ class OpenVinoEngine(Engine):
         self.performance_hint = performance_hint
         self.num_streams = num_streams
         self.inference_threads = inference_threads
+        self.cpu_pinning = cpu_pinning
         self._compiled: Any = None
         self._requests: list[Any] = []
         self._streams = 1
@@ -92,6 +94,9 @@ class OpenVinoEngine(Engine):
             hints.inference_precision: ov.Type.bf16 if precision == "bf16" else ov.Type.f32,
             hints.performance_mode: getattr(hints.PerformanceMode, self.performance_hint),
         }
+        # No pinning: in a server the engine shares the cores with preprocessing and HTTP, and
+        # threads pinned to a core cannot move away from a busy one.
+        config[hints.enable_cpu_pinning] = self.cpu_pinning
         if self.num_streams is not None:
             config[props.streams.num] = self.num_streams
         if self.inference_threads is not None:
