@@ -282,6 +282,29 @@ def bench_engine_cmd(
         console.print(f"wrote {json_out}")
 
 
+@bench_app.command("preprocess")
+def bench_preprocess_cmd(
+    sizes: Annotated[str, typer.Option(help="comma-separated WxH")] = "320x240,500x375,1280x960,4000x3000",
+    rounds: Annotated[int, typer.Option(help="interleaved rounds; the median is reported")] = 3,
+    round_seconds: Annotated[float, typer.Option(help="seconds per mode per round")] = 1.0,
+) -> None:
+    """Preprocessing on one core: exact path vs each fast path, time and deviation."""
+    from resserve.bench.preprocess import bench_preprocess
+
+    try:
+        parsed = [tuple(int(v) for v in part.lower().split("x")) for part in sizes.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected WxH,WxH..., got {sizes!r}") from None
+    results = bench_preprocess(parsed, rounds=rounds, round_s=round_seconds)  # type: ignore[arg-type]
+    table = Table(title="preprocessing, one core (JPEG quality 90, ImageNet contract)")
+    for column in ("size", "mode", "ms/image", "mean abs dev", "max abs dev"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(f"{r.size[0]}x{r.size[1]}", r.mode, f"{r.ms_per_image:.2f}", f"{r.mean_abs_deviation:.4f}",
+                      f"{r.max_abs_deviation:.3f}")
+    console.print(table)
+
+
 @bench_app.command("server")
 def bench_server_cmd(
     model_repo: Annotated[Path, typer.Argument(help="the model repository folder")] = Path("model_repo"),

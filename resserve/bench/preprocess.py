@@ -1,0 +1,66 @@
+"""Preprocessing benchmark: time per image on one core and deviation from the exact path, per mode.
+
+The exact path reproduces torchvision bit for bit; each fast path trades a stated deviation for
+CPU. Both numbers come from the same images in one run.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from resserve.contract import PreprocessContract, imagenet_contract
+from resserve.preprocess import DecodeOptions, preprocess
+from resserve.synthetic import synthetic_image
+
+MODES = {
+    "exact": DecodeOptions(),
+    "fast_jpeg_decode": DecodeOptions(fast_jpeg_draft=True),
+    "fast_preprocess": DecodeOptions(fast_transform=True),
+    "both": DecodeOptions(fast_jpeg_draft=True, fast_transform=True),
+}
+
+
+@dataclass
+class PreprocessResult:
+    size: tuple[int, int]
+    mode: str
+    ms_per_image: float
+    mean_abs_deviation: float
+    max_abs_deviation: float
+
+
+def _jpegs(size: tuple[int, int], count: int) -> list[bytes]:
+    out = []
+    for seed in range(count):
+        buffer = io.BytesIO()
+        synthetic_image(size[0], size[1], seed).save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def bench_preprocess(sizes: list[tuple[int, int]], *, images: int = 6, rounds: int = 3, round_s: float = 1.0,
+                     contract: PreprocessContract | None = None) -> list[PreprocessResult]:
+    """Interleaved rounds per size (each mode in turn); the median round's time per image."""
+    contract = contract or imagenet_contract()
+    results = []
+    for size in sizes:
+        data = _jpegs(size, images)
+        reference = [preprocess(d, contract) for d in data]
+        times: dict[str, list[float]] = {mode: [] for mode in MODES}
+        for _ in range(rounds):
+            for mode, options in MODES.items():
+                done, start = 0, time.perf_counter()
+                while time.perf_counter() - start < round_s:
+                    preprocess(data[done % len(data)], contract, options)
+                    done += 1
+                times[mode].append((time.perf_counter() - start) / done * 1000.0)
+        for mode, options in MODES.items():
+            diffs = [np.abs(preprocess(d, contract, options) - ref) for d, ref in zip(data, reference, strict=True)]
+            results.append(PreprocessResult(size, mode, float(np.median(times[mode])),
+                                            float(np.mean([d.mean() for d in diffs])),
+                                            float(max(d.max() for d in diffs))))
+    return results
