@@ -441,3 +441,13 @@ def test_fast_transform_falls_back_where_the_crop_pads() -> None:
     data = _jpeg_bytes(100, 80)  # smaller than the crop: torchvision pads, the box trick cannot
     contract = PreprocessContract(resize_mode="exact", resize_size=(100, 80), crop_size=224)
     assert np.abs(preprocess(data, contract, FAST) - preprocess(data, contract)).max() < 1e-5
+
+
+def test_bench_preprocess_reports_every_mode_with_its_deviation() -> None:
+    from resserve.bench.preprocess import MODES, bench_preprocess
+
+    results = bench_preprocess([(640, 480)], images=2, rounds=1, round_s=0.05)
+    assert [r.mode for r in results] == list(MODES)
+    by_mode = {r.mode: r for r in results}
+    assert by_mode["exact"].max_abs_deviation == 0.0
+    assert 0 < by_mode["both"].mean_abs_deviation < 0.01 and all(r.ms_per_image > 0 for r in results)
