@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from resserve.adaptive import SloBatchPolicy
 from resserve.errors import (
     DeadlineExceededError,
     EngineError,
@@ -47,6 +48,7 @@ class _Pending:
     future: asyncio.Future[np.ndarray]
     deadline: float  # time.monotonic()
     enqueued: float = field(default_factory=time.monotonic)
+    received: float = 0.0  # when the request reached the server (adaptive batching ages from here)
 
 
 class BatchQueue:
@@ -65,6 +67,7 @@ class BatchQueue:
         version: str = "1",
         engine_timeout_s: float | None = None,
         on_health: Callable[[bool], None] | None = None,
+        policy: SloBatchPolicy | None = None,
     ) -> None:
         if not runners:
             raise ValueError("a BatchQueue needs at least one runner")
@@ -84,6 +87,7 @@ class BatchQueue:
         self.engine_timeout_s = engine_timeout_s
         self._on_health = on_health
         self._hung = 0  # runners stuck past engine_timeout_s
+        self.policy = policy
 
     @property
     def hung(self) -> bool:
@@ -102,7 +106,7 @@ class BatchQueue:
             self._executors.append(executor)
             self._workers.append(asyncio.create_task(self._work(runner, executor), name=f"batcher-{index}"))
 
-    async def submit(self, rows: np.ndarray, deadline: float) -> np.ndarray:
+    async def submit(self, rows: np.ndarray, deadline: float, received: float | None = None) -> np.ndarray:
         """Queue ``rows`` (a batch of one or more inputs) and wait for their outputs.
 
         Raises QueueFullError at once when the queue is full, DeadlineExceededError when
@@ -111,7 +115,7 @@ class BatchQueue:
         """
         if rows.shape[0] > self.max_batch_size:
             chunks = [rows[i : i + self.max_batch_size] for i in range(0, rows.shape[0], self.max_batch_size)]
-            parts = await asyncio.gather(*(self.submit(chunk, deadline) for chunk in chunks))
+            parts = await asyncio.gather(*(self.submit(chunk, deadline, received) for chunk in chunks))
             return np.concatenate(parts)
         if self._closed:
             raise ModelNotReadyError(f"model {self._labels[0]} is draining or unloaded")
@@ -125,6 +129,9 @@ class BatchQueue:
             )
         loop = asyncio.get_running_loop()
         item = _Pending(rows, loop.create_future(), deadline)
+        item.received = item.enqueued if received is None else min(received, item.enqueued)
+        if self.policy is not None:
+            self.policy.arrivals.observe(item.enqueued)
         self._pending.append(item)
         self._set_depth()
         self._arrived.set()
@@ -169,13 +176,38 @@ class BatchQueue:
         if self._metrics:
             self._metrics.queue_depth.labels(*self._labels).set(len(self._pending))
 
-    def _queued_rows(self) -> int:
+    def _queued_rows(self, cap: int | None = None) -> int:
+        limit = self.max_batch_size if cap is None else cap
         rows = 0
         for item in self._pending:
-            if rows + item.rows.shape[0] > self.max_batch_size:
+            if rows + item.rows.shape[0] > limit:
                 break
             rows += item.rows.shape[0]
         return rows
+
+    async def _wait_for_arrival(self, timeout_s: float) -> bool:
+        """Wait until a request arrives or ``timeout_s`` passes; False on timeout."""
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _hold_adaptive(self, policy: SloBatchPolicy) -> int:
+        """The SLO policy's loop: re-decide on every arrival until it says go; returns the cap."""
+        held_from = time.monotonic()
+        while True:
+            now = time.monotonic()
+            decision = policy.decide(now, self._pending[0].received, self._queued_rows())
+            if self._closed or decision.wait_s <= 0 or self._queued_rows(decision.cap) >= decision.cap:
+                break
+            if not await self._wait_for_arrival(decision.wait_s):
+                break
+        if self._metrics:
+            self._metrics.batch_cap.labels(*self._labels).set(decision.cap)
+            self._metrics.planned_wait.labels(*self._labels).observe(time.monotonic() - held_from)
+        return decision.cap
 
     async def _collect(self) -> list[_Pending] | None:
         """The next batch, or None when closed and empty."""
@@ -184,22 +216,22 @@ class BatchQueue:
                 return None
             self._arrived.clear()
             await self._arrived.wait()
-        dispatch_at = self._pending[0].enqueued + self.max_queue_delay_s
-        while not self._closed:
-            rows = self._queued_rows()
-            if rows >= self.max_batch_size or rows in self.preferred:
-                break
-            remaining = dispatch_at - time.monotonic()
-            if remaining <= 0:
-                break
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                break
+        cap = self.max_batch_size
+        if self.policy is not None:
+            cap = await self._hold_adaptive(self.policy)
+        else:
+            dispatch_at = self._pending[0].enqueued + self.max_queue_delay_s
+            while not self._closed:
+                rows = self._queued_rows()
+                if rows >= self.max_batch_size or rows in self.preferred:
+                    break
+                remaining = dispatch_at - time.monotonic()
+                if remaining <= 0 or not await self._wait_for_arrival(remaining):
+                    break
         batch: list[_Pending] = []
         rows, now = 0, time.monotonic()
-        while self._pending and rows + self._pending[0].rows.shape[0] <= self.max_batch_size:
+        while self._pending and (rows == 0 or rows + self._pending[0].rows.shape[0] <= cap) \
+                and rows + self._pending[0].rows.shape[0] <= self.max_batch_size:
             item = self._pending.popleft()
             if item.future.done():  # cancelled by its caller (deadline or disconnect)
                 continue
@@ -251,6 +283,8 @@ class BatchQueue:
             return
         elapsed = time.monotonic() - started
         self._batch_s_ewma = 0.8 * self._batch_s_ewma + 0.2 * elapsed
+        if self.policy is not None:
+            self.policy.engine.observe(sum(i.rows.shape[0] for i in batch), elapsed)
         if self._metrics:
             self._metrics.inference.labels(*self._labels).observe(elapsed)
             self._metrics.batch_size.labels(*self._labels).observe(sum(i.rows.shape[0] for i in batch))

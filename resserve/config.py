@@ -61,6 +61,10 @@ class DynamicBatchingConfig(_Strict):
     """How requests are grouped into engine batches (Triton's dynamic batcher, same names)."""
 
     max_queue_delay_ms: float = Field(5.0, ge=0, le=10_000)
+    latency_target_ms: float | None = Field(
+        None, gt=0, le=600_000,
+        description="p99 target: batch size and wait are then chosen online to meet it (adaptive batching); "
+                    "max_queue_delay_ms and preferred_batch_sizes are not used")
     preferred_batch_sizes: list[int] = Field(default_factory=list)
     max_queue_size: int = Field(256, ge=1, description="queued requests beyond this are answered 503")
     default_timeout_ms: float = Field(30_000, gt=0, description="deadline of a request that sets none")

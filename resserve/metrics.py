@@ -52,6 +52,12 @@ class Metrics:
         self.batch_size = Histogram(
             "resserve_batcher_batch_size", "Rows per engine batch",
             ["model", "version"], buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.batch_cap = Gauge(
+            "resserve_batcher_batch_cap", "Adaptive batching: the largest batch the latency target allows now",
+            ["model", "version"], registry=r)
+        self.planned_wait = Histogram(
+            "resserve_batcher_planned_wait_seconds", "Adaptive batching: how long each batch was held for more rows",
+            ["model", "version"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.queue_depth = Gauge(
             "resserve_batcher_queue_depth", "Requests waiting in the batch queue",
             ["model", "version"], registry=r)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from resserve.adaptive import SloBatchPolicy
 from resserve.batching import BatchQueue, Runner
 from resserve.compile.variants import open_engine
 from resserve.config import ModelConfig, ServerSettings
@@ -180,6 +181,10 @@ class ModelManager:
                         config.fault_injection.model_dump(exclude_none=True))
             runners = [FaultyRunner(r, config.fault_injection) for r in runners]
         holder: list[ServedModel] = []
+        policy = None
+        if batching.latency_target_ms is not None:
+            target_s = batching.latency_target_ms / 1000.0
+            policy = SloBatchPolicy(target_s=target_s, max_batch_size=config.max_batch_size, max_wait_s=target_s / 2)
         queue = BatchQueue(
             runners,
             max_batch_size=config.max_batch_size,
@@ -190,6 +195,7 @@ class ModelManager:
             model=config.name,
             version=model_version.version,
             engine_timeout_s=config.engine_timeout_s,
+            policy=policy,
             on_health=lambda healthy: self._engine_health(holder[0], healthy),
         )
         served = ServedModel(

@@ -6,6 +6,7 @@ one or more ``file`` parts.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import orjson
@@ -60,6 +61,7 @@ async def classify(
     request: Request, name: str, version: str | None = None, top_k_: TopK = 5, timeout_ms: TimeoutMs = None,
 ) -> Response:
     """Classify one or more images."""
+    received = time.monotonic()
     state = get_state(request)
     served = state.manager.get(name, version)
     request.state.model, request.state.version = served.name, served.version
@@ -69,7 +71,8 @@ async def classify(
         images = await read_images(request, state)
         deadline = state.service.deadline(served, timeout_ms)
         try:
-            scores = state.service.scores(served, await state.service.infer_images(served, images, deadline))
+            outputs = await state.service.infer_images(served, images, deadline, received)
+            scores = state.service.scores(served, outputs)
         except BaseException as exc:
             state.metrics.images.labels(name, "error").inc(len(images))
             raise exc

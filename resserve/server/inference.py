@@ -69,29 +69,32 @@ class InferenceService:
         self.metrics.preprocess.labels(served.name).observe(transform_s)
         return tensor
 
-    async def submit(self, served: ServedModel, rows: np.ndarray, deadline: float) -> np.ndarray:
+    async def submit(self, served: ServedModel, rows: np.ndarray, deadline: float,
+                     received: float | None = None) -> np.ndarray:
         """Queue rows on ``served``, or on its successor if a reload retired it meanwhile."""
         try:
-            return await served.queue.submit(rows, deadline)
+            return await served.queue.submit(rows, deadline, received)
         except ModelNotReadyError:
             successor = self.manager.successor(served)
             if successor is None:
                 raise
-            return await successor.queue.submit(rows, deadline)
+            return await successor.queue.submit(rows, deadline, received)
 
-    async def infer_images(self, served: ServedModel, images: list[bytes], deadline: float) -> np.ndarray:
+    async def infer_images(self, served: ServedModel, images: list[bytes], deadline: float,
+                           received: float | None = None) -> np.ndarray:
         """Raw model outputs for encoded images, one row per image.
 
         Each image is its own batch-queue entry, so the images of one request and of concurrent
         requests batch together freely.
         """
         tensors = await asyncio.gather(*(self.preprocess(served, data) for data in images))
-        outputs = await asyncio.gather(*(self.submit(served, t[np.newaxis], deadline) for t in tensors))
+        outputs = await asyncio.gather(*(self.submit(served, t[np.newaxis], deadline, received) for t in tensors))
         return np.concatenate(outputs)
 
-    async def infer_tensor(self, served: ServedModel, batch: np.ndarray, deadline: float) -> np.ndarray:
+    async def infer_tensor(self, served: ServedModel, batch: np.ndarray, deadline: float,
+                           received: float | None = None) -> np.ndarray:
         """Raw model outputs for an already preprocessed batch."""
-        return await self.submit(served, batch, deadline)
+        return await self.submit(served, batch, deadline, received)
 
     @staticmethod
     def scores(served: ServedModel, outputs: np.ndarray) -> np.ndarray:

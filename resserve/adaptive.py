@@ -1,0 +1,145 @@
+"""SLO-aware adaptive batching: choose batch size and wait online to meet a latency target.
+
+A fixed ``max_queue_delay_ms`` is a guess that is wrong at every load but one: at low load it
+adds delay for batches that never fill, at high load it lets batches grow until their engine time
+breaks the latency target. Given a per-model p99 target, this policy learns what the engine costs
+per batch size (``t(b) ~ a + c*b``, fitted online from the batches it runs) and how fast requests
+arrive, and for every batch decides:
+
+- the **cap**: the largest batch whose engine time still fits the target after the oldest waiting
+  request's age (bigger batches are cheaper per image, so fill up to the cap when possible);
+- the **wait**: how long to hold for more requests. Only as long as the oldest request can still
+  finish in time, and only when requests are expected to arrive meanwhile (at low load waiting
+  buys nothing, so the batch leaves at once).
+
+Ages run from when the request reached the server, so preprocessing time counts against the
+target too. Decisions are exported as metrics (cap, wait) so an operator sees what it does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# Share of the target the batcher plans for: the rest absorbs engine-time variance, HTTP and
+# response encoding (p99 is a tail, the fit predicts a mean).
+DEFAULT_HEADROOM = 0.7
+EWMA = 0.2
+
+
+@dataclass
+class EngineTimeModel:
+    """Engine seconds per batch of ``b`` rows, learned online: per-size EWMA, then a linear fit."""
+
+    by_size: dict[int, float] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)
+
+    def observe(self, rows: int, seconds: float) -> None:
+        old = self.by_size.get(rows)
+        self.by_size[rows] = seconds if old is None else (1 - EWMA) * old + EWMA * seconds
+        self.counts[rows] = self.counts.get(rows, 0) + 1
+
+    def fit(self) -> tuple[float, float] | None:
+        """(a, c) of ``t(b) = a + c*b`` by weighted least squares; None before two distinct sizes."""
+        if len(self.by_size) < 2:
+            return None
+        weights = {b: min(n, 20) for b, n in self.counts.items()}
+        total = sum(weights.values())
+        mean_b = sum(w * b for b, w in weights.items()) / total
+        mean_t = sum(w * self.by_size[b] for b, w in weights.items()) / total
+        var = sum(w * (b - mean_b) ** 2 for b, w in weights.items())
+        if var <= 0:
+            return None
+        slope = sum(w * (b - mean_b) * (self.by_size[b] - mean_t) for b, w in weights.items()) / var
+        slope = max(slope, 0.0)
+        return max(mean_t - slope * mean_b, 0.0), slope
+
+    def predict(self, rows: int) -> float | None:
+        """Expected seconds for a batch of ``rows``; None while nothing is known."""
+        if rows in self.by_size and self.counts[rows] >= 3:
+            return self.by_size[rows]
+        fit = self.fit()
+        if fit is not None:
+            return fit[0] + fit[1] * rows
+        if self.by_size:  # one size seen: assume time proportional to rows (pessimistic for growth)
+            (size, seconds), = self.by_size.items()
+            return seconds * max(rows, size) / size
+        return None
+
+
+@dataclass
+class ArrivalRate:
+    """Requests per second, as an exponentially weighted mean of inter-arrival gaps."""
+
+    mean_gap_s: float | None = None
+    last: float | None = None
+
+    def observe(self, now: float) -> None:
+        if self.last is not None:
+            gap = max(now - self.last, 1e-6)
+            self.mean_gap_s = gap if self.mean_gap_s is None else (1 - EWMA) * self.mean_gap_s + EWMA * gap
+        self.last = now
+
+    def per_second(self, now: float) -> float:
+        if self.mean_gap_s is None or self.last is None:
+            return 0.0
+        # A long silence since the last arrival lowers the estimate at once.
+        return 1.0 / max(self.mean_gap_s, now - self.last)
+
+
+@dataclass(frozen=True)
+class Decision:
+    cap: int          # dispatch at most this many rows
+    wait_s: float     # hold the batch this long for more rows (0: go now)
+    why: str
+
+
+@dataclass
+class SloBatchPolicy:
+    """Decides cap and wait for each batch against ``target_s`` (the model's p99 latency target)."""
+
+    target_s: float
+    max_batch_size: int
+    max_wait_s: float
+    headroom: float = DEFAULT_HEADROOM
+    engine: EngineTimeModel = field(default_factory=EngineTimeModel)
+    arrivals: ArrivalRate = field(default_factory=ArrivalRate)
+
+    @property
+    def budget_s(self) -> float:
+        return self.target_s * self.headroom
+
+    def cap(self, oldest_age_s: float) -> int:
+        """The largest batch whose predicted engine time fits what is left of the oldest's budget."""
+        left = self.budget_s - oldest_age_s
+        best = 1
+        for rows in range(1, self.max_batch_size + 1):
+            predicted = self.engine.predict(rows)
+            if predicted is None:
+                return self.max_batch_size  # nothing learned yet: behave like the fixed batcher
+            if predicted <= left:
+                best = rows
+        return best
+
+    def decide(self, now: float, oldest_received: float, queued_rows: int) -> Decision:
+        """Dispatch now or hold for more rows, and how many rows at most."""
+        age = now - oldest_received
+        cap = self.cap(age)
+        if queued_rows >= cap:
+            return Decision(cap, 0.0, "full")
+        rate = self.arrivals.per_second(now)
+        fit = self.engine.fit()
+        if fit is not None:
+            # Longest wait w with age + w + t(rows + rate*w) <= budget, for t(b) = a + c*b: the
+            # batch grows while it waits, and so does its engine time.
+            a, c = fit
+            slack = (self.budget_s - age - a - c * queued_rows) / (1.0 + c * rate)
+        else:
+            slack = self.budget_s - age - (self.engine.predict(cap) or 0.0)
+        if slack <= 0:
+            return Decision(cap, 0.0, "no slack")
+        fill_s = (cap - queued_rows) / rate if rate > 0 else math.inf
+        wait = min(slack, fill_s, self.max_wait_s)
+        if rate * wait < 1.0:  # not even one more request expected: waiting only adds latency
+            return Decision(cap, 0.0, "low load")
+        return Decision(cap, wait, "filling")

@@ -1,0 +1,125 @@
+"""The SLO-aware batching policy: engine-time model, arrival rate, cap and wait decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from resserve.adaptive import ArrivalRate, EngineTimeModel, SloBatchPolicy
+from resserve.batching import BatchQueue
+from resserve.metrics import Metrics
+
+
+def learned(a: float = 0.010, c: float = 0.005, sizes: tuple[int, ...] = (1, 2, 4, 8)) -> EngineTimeModel:
+    model = EngineTimeModel()
+    for _ in range(5):
+        for b in sizes:
+            model.observe(b, a + c * b)
+    return model
+
+
+def test_engine_time_model_fits_a_line_and_extrapolates() -> None:
+    model = learned()
+    a, c = model.fit()  # type: ignore[misc]
+    assert a == pytest.approx(0.010) and c == pytest.approx(0.005)
+    assert model.predict(16) == pytest.approx(0.010 + 0.005 * 16)
+    assert model.predict(4) == pytest.approx(0.030)  # seen often: its own average
+
+
+def test_engine_time_model_before_and_after_its_first_batches() -> None:
+    model = EngineTimeModel()
+    assert model.predict(4) is None and model.fit() is None
+    model.observe(2, 0.02)
+    assert model.predict(8) == pytest.approx(0.08)  # one size seen: proportional, pessimistic
+
+
+def test_arrival_rate_follows_gaps_and_silence() -> None:
+    rate = ArrivalRate()
+    for i in range(50):
+        rate.observe(i * 0.01)  # 100 requests/s
+    assert rate.per_second(0.49) == pytest.approx(100, rel=0.01)
+    assert rate.per_second(0.49 + 1.0) == pytest.approx(1.0, rel=0.01)  # a second of silence
+
+
+def policy(target_ms: float = 100.0, max_batch: int = 32, rate_rps: float | None = None) -> SloBatchPolicy:
+    p = SloBatchPolicy(target_s=target_ms / 1000, max_batch_size=max_batch, max_wait_s=0.05, engine=learned())
+    if rate_rps:
+        for i in range(20):
+            p.arrivals.observe(i / rate_rps)
+    return p
+
+
+def test_cap_is_the_largest_batch_that_fits_the_budget() -> None:
+    p = policy(target_ms=110)  # budget 77 ms; t(b) = 10 + 5b ms
+    assert p.cap(oldest_age_s=0.0) == 13       # t(13) = 75 ms
+    assert p.cap(oldest_age_s=0.030) == 7      # 47 ms left: t(7) = 45 ms
+    assert p.cap(oldest_age_s=0.2) == 1        # past the budget: the smallest batch, at once
+
+
+def test_cap_without_knowledge_is_the_max_batch() -> None:
+    p = SloBatchPolicy(target_s=0.1, max_batch_size=16, max_wait_s=0.05)
+    assert p.cap(0.0) == 16
+
+
+def test_low_load_dispatches_at_once() -> None:
+    p = policy(rate_rps=2.0)  # one request every 500 ms: waiting gains nothing
+    now = 10 / 2.0
+    decision = p.decide(now=now, oldest_received=now, queued_rows=1)
+    assert decision.wait_s == 0 and decision.why == "low load"
+
+
+def test_busy_load_waits_while_the_growing_batch_still_fits() -> None:
+    p = policy(target_ms=110, rate_rps=400.0)
+    now = 20 / 400.0
+    decision = p.decide(now=now, oldest_received=now, queued_rows=2)
+    assert decision.cap == 13 and decision.why == "filling"
+    # w + t(2 + 400 w) <= 77 ms with t(b) = 10 + 5b ms: w <= 57/3 = 19 ms (a batch of ~9-10 by then).
+    assert decision.wait_s == pytest.approx(0.019, rel=1e-3)
+    older = p.decide(now=now, oldest_received=now - 0.030, queued_rows=2)
+    assert older.wait_s == pytest.approx(0.009, rel=1e-3)  # 30 ms already gone: less to spend
+
+
+def test_full_batch_or_no_slack_goes_now() -> None:
+    p = policy(target_ms=110, rate_rps=400.0)
+    now = 1.0
+    assert p.decide(now, now, queued_rows=13).why == "full"
+    assert p.decide(now, now - 0.060, queued_rows=1).wait_s == 0
+
+
+class SleepEngine:
+    """Engine time a + c*b, like a real one; records batch sizes."""
+
+    def __init__(self, a: float = 0.004, c: float = 0.002) -> None:
+        self.a, self.c = a, c
+        self.sizes: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(self.a + self.c * batch.shape[0])
+        with self.lock:
+            self.sizes.append(batch.shape[0])
+        return batch
+
+
+async def test_queue_with_policy_learns_and_caps_batches_under_a_burst() -> None:
+    engine = SleepEngine()
+    metrics = Metrics(CollectorRegistry())
+    p = SloBatchPolicy(target_s=0.040, max_batch_size=64, max_wait_s=0.02)
+    queue = BatchQueue([engine], max_batch_size=64, max_queue_delay_ms=0, max_queue_size=1024, policy=p,
+                       metrics=metrics)
+    await queue.start()
+    row = np.zeros((1, 1), np.float32)
+    for _ in range(4):  # teach it the engine's cost at a few sizes
+        for size in (1, 4, 8):
+            await asyncio.gather(*(queue.submit(row, time.monotonic() + 5) for _ in range(size)))
+    engine.sizes.clear()
+    await asyncio.gather(*(queue.submit(row, time.monotonic() + 5) for _ in range(200)))
+    # Budget 28 ms, t(b) = 4 + 2b ms: no batch may exceed 12 rows though 200 are waiting.
+    assert max(engine.sizes) <= 12 and sum(engine.sizes) == 200
+    assert metrics.registry.get_sample_value("resserve_batcher_batch_cap", {"model": "model", "version": "1"}) <= 12
+    await queue.close()
