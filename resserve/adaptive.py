@@ -8,9 +8,11 @@ arrive, and for every batch decides:
 
 - the **cap**: the largest batch whose engine time still fits the target after the oldest waiting
   request's age (bigger batches are cheaper per image, so fill up to the cap when possible);
-- the **wait**: how long to hold for more requests. Only as long as the oldest request can still
-  finish in time, and only when requests are expected to arrive meanwhile (at low load waiting
-  buys nothing, so the batch leaves at once).
+- the **wait**: how long to hold for more requests. Only when the batch at hand is too small for
+  the engine instances to keep up with the arrival rate (``rate * t(b) / (b * instances)`` above
+  ``TARGET_UTILIZATION``): then until the batch is big enough to keep up, and never longer than
+  the oldest request can afford. When the engine keeps up anyway, waiting would only add
+  latency, so the batch leaves at once.
 
 Ages run from when the request reached the server, so preprocessing time counts against the
 target too. Decisions are exported as metrics (cap, wait) so an operator sees what it does.
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 # response encoding (p99 is a tail, the fit predicts a mean).
 DEFAULT_HEADROOM = 0.7
 EWMA = 0.2
+# Batch up only as far as it takes for the engine to serve the arrival rate with this much spare.
+TARGET_UTILIZATION = 0.85
 
 
 @dataclass
@@ -101,6 +105,7 @@ class SloBatchPolicy:
     target_s: float
     max_batch_size: int
     max_wait_s: float
+    instances: int = 1
     headroom: float = DEFAULT_HEADROOM
     engine: EngineTimeModel = field(default_factory=EngineTimeModel)
     arrivals: ArrivalRate = field(default_factory=ArrivalRate)
@@ -121,6 +126,16 @@ class SloBatchPolicy:
                 best = rows
         return best
 
+    def rows_to_keep_up(self, rate: float, cap: int) -> int:
+        """The smallest batch at which the instances serve ``rate`` at TARGET_UTILIZATION (cap at most)."""
+        for rows in range(1, cap + 1):
+            predicted = self.engine.predict(rows)
+            if predicted is None:
+                return 1
+            if rate * predicted / (rows * self.instances) <= TARGET_UTILIZATION:
+                return rows
+        return cap
+
     def decide(self, now: float, oldest_received: float, queued_rows: int) -> Decision:
         """Dispatch now or hold for more rows, and how many rows at most."""
         age = now - oldest_received
@@ -128,6 +143,9 @@ class SloBatchPolicy:
         if queued_rows >= cap:
             return Decision(cap, 0.0, "full")
         rate = self.arrivals.per_second(now)
+        needed = self.rows_to_keep_up(rate, cap)
+        if queued_rows >= needed:
+            return Decision(cap, 0.0, "keeps up")
         fit = self.engine.fit()
         if fit is not None:
             # Longest wait w with age + w + t(rows + rate*w) <= budget, for t(b) = a + c*b: the
@@ -138,7 +156,7 @@ class SloBatchPolicy:
             slack = self.budget_s - age - (self.engine.predict(cap) or 0.0)
         if slack <= 0:
             return Decision(cap, 0.0, "no slack")
-        fill_s = (cap - queued_rows) / rate if rate > 0 else math.inf
+        fill_s = (needed - queued_rows) / rate if rate > 0 else math.inf
         wait = min(slack, fill_s, self.max_wait_s)
         if rate * wait < 1.0:  # not even one more request expected: waiting only adds latency
             return Decision(cap, 0.0, "low load")

@@ -184,7 +184,8 @@ class ModelManager:
         policy = None
         if batching.latency_target_ms is not None:
             target_s = batching.latency_target_ms / 1000.0
-            policy = SloBatchPolicy(target_s=target_s, max_batch_size=config.max_batch_size, max_wait_s=target_s / 2)
+            policy = SloBatchPolicy(target_s=target_s, max_batch_size=config.max_batch_size, max_wait_s=target_s / 2,
+                                    instances=config.instance_count)
         queue = BatchQueue(
             runners,
             max_batch_size=config.max_batch_size,

@@ -70,7 +70,21 @@ def test_low_load_dispatches_at_once() -> None:
     p = policy(rate_rps=2.0)  # one request every 500 ms: waiting gains nothing
     now = 10 / 2.0
     decision = p.decide(now=now, oldest_received=now, queued_rows=1)
-    assert decision.wait_s == 0 and decision.why == "low load"
+    assert decision.wait_s == 0 and decision.why == "keeps up"
+
+
+def test_batches_grow_only_as_far_as_the_load_needs() -> None:
+    # t(b) = 10 + 5b ms on one instance: at 100 requests/s a batch of 3 keeps utilization <= 0.85.
+    p = policy(target_ms=110, rate_rps=100.0)
+    now = 20 / 100.0
+    assert p.rows_to_keep_up(100.0, cap=13) == 3
+    decision = p.decide(now=now, oldest_received=now, queued_rows=1)
+    assert decision.why == "filling" and decision.wait_s == pytest.approx(0.02, rel=1e-3)  # 2 more rows
+    assert p.decide(now=now, oldest_received=now, queued_rows=3).why == "keeps up"
+    # Two instances share the load: a batch of one already keeps up.
+    two = SloBatchPolicy(target_s=0.11, max_batch_size=32, max_wait_s=0.05, engine=learned(), instances=2,
+                         arrivals=p.arrivals)
+    assert two.rows_to_keep_up(100.0, cap=13) == 1
 
 
 def test_busy_load_waits_while_the_growing_batch_still_fits() -> None:
