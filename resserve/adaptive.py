@@ -147,6 +147,14 @@ class SloBatchPolicy:
         if queued_rows >= needed:
             return Decision(cap, 0.0, "keeps up")
         fit = self.engine.fit()
+        # Behind the load: a bigger batch helps only if the rows that arrive while the engine
+        # idles are worth its fixed cost. Waiting w for rate*w more rows lowers the time per image
+        # iff queued_rows < a * rate (t(b) = a + c*b); otherwise go now and let the queue fill
+        # while the engine runs.
+        worth = fit[0] * rate if fit is not None else float(needed)
+        if queued_rows >= worth:
+            return Decision(cap, 0.0, "engine-bound")
+        needed = min(needed, max(queued_rows + 1, math.ceil(worth)))
         if fit is not None:
             # Longest wait w with age + w + t(rows + rate*w) <= budget, for t(b) = a + c*b: the
             # batch grows while it waits, and so does its engine time.

@@ -198,6 +198,8 @@ class BatchQueue:
         """The SLO policy's loop: re-decide on every arrival until it says go; returns the cap."""
         held_from = time.monotonic()
         while True:
+            if not self._pending:  # another instance's worker took them while this one held
+                return self.max_batch_size
             now = time.monotonic()
             decision = policy.decide(now, self._pending[0].received, self._queued_rows())
             if self._closed or decision.wait_s <= 0 or self._queued_rows(decision.cap) >= decision.cap:
