@@ -118,13 +118,14 @@ class SloBatchPolicy:
         """The largest batch whose predicted engine time fits what is left of the oldest's budget.
 
         When not even a batch of one fits, the oldest request has missed its target whatever
-        happens: the cap is then the largest batch, the fastest way to drain the backlog (capping
-        at one there would lower throughput exactly when the queue is long, and never recover).
+        happens: the cap is then the largest batch a fresh request could afford (capping at one
+        there would lower throughput exactly when the queue is long and never recover; the
+        largest batch allowed could take longer than the whole budget and make everyone late).
         """
         left = self.budget_s - oldest_age_s
         one = self.engine.predict(1)
         if one is not None and one > left:
-            return self.max_batch_size
+            return self.cap(0.0) if oldest_age_s > 0.0 else 1
         best = 1
         for rows in range(1, self.max_batch_size + 1):
             predicted = self.engine.predict(rows)
