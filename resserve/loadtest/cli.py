@@ -213,6 +213,43 @@ def soak_cmd(
         json_out.write_text(result.model_dump_json(indent=1))
 
 
+@loadtest_app.command("compare")
+def compare_cmd(
+    url: Annotated[str, typer.Argument(help="server base URL serving both models")],
+    models: Annotated[str, typer.Option(help="two models, comma-separated: A,B")],
+    rates: Annotated[str, typer.Option(help="comma-separated offered requests/s")] = "25,50,100",
+    arrival: Annotated[Literal["poisson", "constant"], typer.Option()] = "poisson",
+    window_s: Annotated[float, typer.Option(help="seconds per window")] = 3.0,
+    rounds: Annotated[int, typer.Option(help="windows per side per rate (ABBA order)")] = 3,
+    images: Annotated[Path | None, typer.Option(help="folder of images (default: generated)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the points as JSON")] = None,
+) -> None:
+    """A/B two models of one server under the same load, interleaved window by window."""
+    import json
+
+    from resserve.loadtest.compare import compare
+    from resserve.loadtest.images import generate, load_folder
+
+    pair = tuple(m.strip() for m in models.split(","))
+    if len(pair) != 2:
+        raise typer.BadParameter(f"--models needs exactly two names, got {models!r}")
+    points = asyncio.run(compare(url.rstrip("/"), pair, load_folder(images) if images else generate(),  # type: ignore[arg-type]
+                                 _floats(rates, "--rates"), arrival=arrival, window_s=window_s, rounds=rounds))
+    table = Table(title=f"{pair[0]} vs {pair[1]}: {rounds} interleaved {window_s:g} s windows each")
+    for column in ("req/s", "model", "img/s", "p50 ms", "p99 ms", "statuses"):
+        table.add_column(column, justify="right")
+    for point in points:
+        for side in point.sides:
+            lat = side.latency_ms
+            table.add_row(f"{point.rate_rps:g}", side.model, f"{side.throughput_img_s:.1f}",
+                          f"{lat.get('p50_ms', float('nan')):.1f}", f"{lat.get('p99_ms', float('nan')):.1f}",
+                          ", ".join(f"{k}: {v}" for k, v in sorted(side.statuses.items())))
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps([p.model_dump() for p in points], indent=1))
+
+
 @loadtest_app.command("images")
 def images_cmd(
     folder: Annotated[Path, typer.Argument(help="where to write the JPEGs")],
