@@ -37,14 +37,23 @@ class EngineTimeModel:
 
     by_size: dict[int, float] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)
+    # The fit changes only when a batch is observed; decisions ask for it per row count per arrival.
+    _fit: tuple[float, float] | None = field(default=None, repr=False)
+    _fit_stale: bool = field(default=True, repr=False)
 
     def observe(self, rows: int, seconds: float) -> None:
+        self._fit_stale = True
         old = self.by_size.get(rows)
         self.by_size[rows] = seconds if old is None else (1 - EWMA) * old + EWMA * seconds
         self.counts[rows] = self.counts.get(rows, 0) + 1
 
     def fit(self) -> tuple[float, float] | None:
         """(a, c) of ``t(b) = a + c*b`` by weighted least squares; None before two distinct sizes."""
+        if self._fit_stale:
+            self._fit, self._fit_stale = self._least_squares(), False
+        return self._fit
+
+    def _least_squares(self) -> tuple[float, float] | None:
         if len(self.by_size) < 2:
             return None
         weights = {b: min(n, 20) for b, n in self.counts.items()}

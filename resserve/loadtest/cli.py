@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,6 +26,15 @@ def _floats(text: str, what: str) -> list[float]:
     if not values or min(values) <= 0:
         raise typer.BadParameter(f"{what}: values must be positive")
     return values
+
+
+def _write_json(path: Path | None, data: object) -> None:
+    """``--json``: results as JSON, folders made as needed."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+    console.print(f"wrote {path}")
 
 
 def _print_points(title: str, points: list) -> None:  # list[LoadPoint]
@@ -61,8 +71,6 @@ def run_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the points as JSON")] = None,
 ) -> None:
     """Load a running server: a closed-loop sweep, an open-loop sweep, or the max-rate search."""
-    import json
-
     from resserve.loadtest.generator import LoadGenerator
     from resserve.loadtest.images import generate, load_folder
     from resserve.loadtest.measure import MeasurementSettings, closed_point, open_point
@@ -93,10 +101,7 @@ def run_cmd(
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     _print_points(f"{model} at {base}, {len(payloads)} images", points)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps([p.model_dump() for p in points], indent=1))
-        console.print(f"wrote {json_out}")
+    _write_json(json_out, [p.model_dump(mode="json") for p in points])
 
 
 @loadtest_app.command("sweep")
@@ -180,9 +185,7 @@ def overload_cmd(
     if result.rss_before_mib is not None:
         console.print(f"server RSS {result.rss_before_mib:.0f} MiB before, {result.rss_peak_mib:.0f} peak, "
                       f"{result.rss_after_mib:.0f} after")
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(result.model_dump_json(indent=1))
+    _write_json(json_out, result.model_dump(mode="json"))
 
 
 @loadtest_app.command("soak")
@@ -208,9 +211,7 @@ def soak_cmd(
     if result.rss_growth_pct is not None:
         console.print(f"server RSS {result.rss_after_warmup_mib:.0f} MiB after warm-up, {result.rss_end_mib:.0f} at "
                       f"the end (max {result.rss_max_mib:.0f}): growth {result.rss_growth_pct:+.1f}%")
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(result.model_dump_json(indent=1))
+    _write_json(json_out, result.model_dump(mode="json"))
 
 
 @loadtest_app.command("compare")
@@ -225,8 +226,6 @@ def compare_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the points as JSON")] = None,
 ) -> None:
     """A/B two models of one server under the same load, interleaved window by window."""
-    import json
-
     from resserve.loadtest.compare import compare
     from resserve.loadtest.images import generate, load_folder
 
@@ -245,9 +244,7 @@ def compare_cmd(
                           f"{lat.get('p50_ms', float('nan')):.1f}", f"{lat.get('p99_ms', float('nan')):.1f}",
                           ", ".join(f"{k}: {v}" for k, v in sorted(side.statuses.items())))
     console.print(table)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps([p.model_dump() for p in points], indent=1))
+    _write_json(json_out, [p.model_dump(mode="json") for p in points])
 
 
 @loadtest_app.command("images")

@@ -9,6 +9,7 @@ side's numbers merge its own windows, so drift lands on both alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 
@@ -49,10 +50,9 @@ async def compare(base_url: str, models: tuple[str, str], payloads: list[Payload
                   endpoint: str = "/v2/models/{model}/classify") -> list[ComparePoint]:
     """For each rate: warm both up, then ``rounds`` x (A window, B window); the same seeds for A and B."""
     points = []
-    generators = [LoadGenerator(base_url + endpoint.format(model=m), payloads) for m in models]
-    for generator in generators:
-        await generator.__aenter__()
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        generators = [await stack.enter_async_context(LoadGenerator(base_url + endpoint.format(model=m), payloads))
+                      for m in models]
         for rate in rates:
             collected: list[list[Sample]] = [[], []]
             for generator in generators:
@@ -73,7 +73,4 @@ async def compare(base_url: str, models: tuple[str, str], payloads: list[Payload
                     statuses=dict(Counter(s.status for s in collected[side]))))
             points.append(ComparePoint(rate_rps=rate, arrival=arrival, windows_per_side=rounds, window_s=window_s,
                                        sides=sides))
-    finally:
-        for generator in generators:
-            await generator.__aexit__()
     return points
