@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from resserve.bench.engine import bench_engine, environment
 from resserve.bench.process import server_process
 from resserve.bench.stats import latency_summary_ms
 from resserve.compile.variants import open_engine
+from resserve.loadtest.generator import LoadGenerator
+from resserve.loadtest.images import Payload
 from resserve.preprocess import DecodeOptions, preprocess
 from resserve.repository import ModelRepository, ModelVersion
 from resserve.synthetic import synthetic_image
@@ -69,33 +69,23 @@ def preprocess_rate(images: list[bytes], repo_version: ModelVersion, seconds: fl
 
 async def closed_loop(url: str, images: list[bytes], concurrency: int, warmup_s: float,
                       duration_s: float) -> tuple[float, list[float], Counter[str]]:
-    """``concurrency`` clients each sending the next image as soon as the last answer came."""
-    latencies: list[float] = []
-    statuses: Counter[str] = Counter()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+    """``concurrency`` clients each sending the next image as soon as the last answer came.
+
+    The load tester's generator; only requests sent after the warm-up and answered before the end
+    count.
+    """
+    payloads = [Payload(f"{i}.jpg", data, "image/jpeg", 0, 0) for i, data in enumerate(images)]
+    async with LoadGenerator(url, payloads, max_outstanding=max(concurrency, 1)) as generator:
         start = time.perf_counter()
         measure_from, stop_at = start + warmup_s, start + warmup_s + duration_s
-        counter = 0
-
-        async def worker(index: int) -> None:
-            nonlocal counter
-            while True:
-                now = time.perf_counter()
-                if now >= stop_at:
-                    return
-                data = images[(counter + index) % len(images)]
-                counter += 1
-                t0 = time.perf_counter()
-                response = await client.post(url, content=data, headers={"content-type": "image/jpeg"})
-                t1 = time.perf_counter()
-                if t0 >= measure_from and t1 <= stop_at:
-                    latencies.append(t1 - t0)
-                    statuses[str(response.status_code)] += 1
-
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    ok = statuses.get("200", 0)
-    return ok / duration_s, latencies, statuses
+        stop = asyncio.Event()
+        load = asyncio.create_task(generator.closed_loop(concurrency, stop))
+        await asyncio.sleep(warmup_s + duration_s)
+        stop.set()
+        await load
+    counted = [s for s in generator.samples if s.sent >= measure_from and s.done <= stop_at]
+    statuses = Counter(s.status for s in counted)
+    return statuses.get("200", 0) / duration_s, [s.latency_s for s in counted], statuses
 
 
 def run_server_bench(
