@@ -309,40 +309,56 @@ def bench_preprocess_cmd(
 def bench_server_cmd(
     model_repo: Annotated[Path, typer.Argument(help="the model repository folder")] = Path("model_repo"),
     model: Annotated[str, typer.Option(help="model to measure")] = "resnet50",
-    concurrency: Annotated[int, typer.Option(help="closed-loop clients")] = 8,
-    duration_s: Annotated[float, typer.Option(help="measured seconds (after warm-up)")] = 20.0,
-    warmup_s: Annotated[float, typer.Option(help="unmeasured seconds first")] = 3.0,
-    image_size: Annotated[str, typer.Option(help="JPEG size WxH")] = "500x375",
+    concurrency: Annotated[int, typer.Option(help="closed-loop clients")] = 16,
+    image_size: Annotated[list[str] | None, typer.Option(help="JPEG size WxH; repeat for several")] = None,
+    rounds: Annotated[int, typer.Option(help="interleaved windows per size")] = 3,
+    window_s: Annotated[float, typer.Option(help="measured seconds per window")] = 8.0,
+    warmup_s: Annotated[float, typer.Option(help="unmeasured seconds before each window")] = 2.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
 ) -> None:
-    """Bare engine, preprocessing per core and end-to-end JPEG classification, in one run."""
+    """Engine as served, preprocessing per core and end-to-end JPEG classification, in one run.
+
+    Bound = cores / (cores / engine img/s + preprocess s per image on one core); each round
+    measures engine, preprocessing and server back to back."""
     from resserve.bench.server import as_dict, run_server_bench
 
+    sizes = []
+    for text in image_size or ["500x375"]:
+        try:
+            width, height = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise typer.BadParameter(f"expected WxH, got {text!r}") from None
+        sizes.append((width, height))
     try:
-        width, height = (int(v) for v in image_size.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"expected WxH, got {image_size!r}") from None
-    try:
-        result = run_server_bench(model_repo, model, concurrency=concurrency, duration_s=duration_s,
-                                  warmup_s=warmup_s, image_size=(width, height))
+        result = run_server_bench(model_repo, model, concurrency=concurrency, image_sizes=tuple(sizes),
+                                  rounds=rounds, window_s=window_s, warmup_s=warmup_s)
     except ResserveError as exc:
         raise _fail(exc) from exc
-    table = Table(title=f"{model}: {width}x{height} JPEGs, {concurrency} clients, {duration_s:.0f} s")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    lat = result.latency_ms
-    rows = [
-        (f"bare engine img/s (batch {result.engine_batch_size})", f"{result.engine_img_s:.1f}"),
-        ("preprocess img/s (one core)", f"{result.preprocess_img_s_one_core:.1f}"),
-        ("bound 1/(t_engine + t_preprocess)", f"{result.bound_img_s:.1f}"),
-        ("end-to-end img/s", f"{result.e2e_img_s:.1f}"),
-        ("ratio end-to-end / bound", f"{result.ratio:.2f}"),
-        ("latency p50 / p90 / p99 ms", f"{lat.get('p50_ms', 0):.0f} / {lat.get('p90_ms', 0):.0f} / {lat.get('p99_ms', 0):.0f}"),
-        ("responses by status", ", ".join(f"{k}: {v}" for k, v in sorted(result.statuses.items()))),
-    ]
-    for name, value in rows:
-        table.add_row(name, value)
+    rounds_text = ", ".join(f"{r:.0f}" for r in result.engine_img_s_rounds)
+    console.print(f"{model}: engine as served ({result.engine_instances} instance(s), batch "
+                  f"{result.engine_batch_size}, {result.cores} cores): {result.engine_img_s:.1f} img/s "
+                  f"(rounds: {rounds_text})")
+    table = Table(title=f"{model}: {concurrency} clients, {rounds} rounds of {window_s:.0f} s windows")
+    for column in ("size", "preprocess ms", "bound img/s", "e2e img/s", "e2e/bound", "p50/p99 ms", "batch"):
+        table.add_column(column, justify="right")
+    for s in result.sizes:
+        lat = s.latency_ms
+        table.add_row(f"{s.image_size[0]}x{s.image_size[1]}", f"{s.preprocess_ms_one_core:.2f}",
+                      f"{s.bound_img_s:.1f}", f"{s.e2e_img_s:.1f}", f"{s.ratio:.2f}",
+                      f"{lat.get('p50_ms', 0):.0f}/{lat.get('p99_ms', 0):.0f}", f"{s.mean_batch_size:.1f}")
     console.print(table)
+    stages = Table(title="server stages, mean ms per request (from /metrics over the measured windows)")
+    for column in ("size", *result.sizes[0].server_stage_ms, "request"):
+        stages.add_column(column, justify="right")
+    for s in result.sizes:
+        stages.add_row(f"{s.image_size[0]}x{s.image_size[1]}", *(f"{v:.1f}" for v in s.server_stage_ms.values()),
+                       f"{s.server_request_ms:.1f}")
+    console.print(stages)
+    if len(result.sizes) > 1:
+        base = result.sizes[0]
+        for s in result.sizes[1:]:
+            console.print(f"{s.image_size[0]}x{s.image_size[1]} costs {base.e2e_img_s / s.e2e_img_s:.2f}x "
+                          f"{base.image_size[0]}x{base.image_size[1]} end-to-end")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(as_dict(result), indent=2))

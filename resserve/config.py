@@ -118,6 +118,9 @@ class ModelConfig(_Strict):
     )
     fast_preprocess: bool = Field(
         False, description="resize only the crop window, fused normalize (faster, ~0.006 mean deviation)")
+    uint8_input: bool = Field(
+        False, description="preprocessing stops at uint8 pixels; the engine normalizes inside the model "
+        "(onnxruntime, openvino). OIP tensor requests then send UINT8 [N, H, W, 3] pixels")
     warmup_batch_sizes: list[int] = Field(default_factory=lambda: [1])
     engine_timeout_s: float | None = Field(
         60.0, gt=0, description="watchdog: a batch running longer marks the model not ready until it returns")
@@ -134,6 +137,8 @@ class ModelConfig(_Strict):
             )
         if self.engine == "torch" and self.source.arch is None:
             raise ValueError("engine torch needs source.arch (it runs the PyTorch model, not an ONNX file)")
+        if self.uint8_input and self.engine in ("torch", "tensorrt"):
+            raise ValueError(f"uint8_input needs the onnxruntime or openvino engine, not {self.engine}")
         bad = [b for b in self.dynamic_batching.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if bad:
             raise ValueError(f"preferred_batch_sizes {bad} must lie in 1..max_batch_size ({self.max_batch_size})")

@@ -13,12 +13,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from resserve.adaptive import SloBatchPolicy
 from resserve.batching import BatchQueue, Runner
 from resserve.compile.variants import open_engine
 from resserve.config import ModelConfig, ServerSettings
 from resserve.contract import PreprocessContract
 from resserve.engines import Engine
+from resserve.engines.base import PixelInput
 from resserve.errors import ModelNotFoundError, ModelNotReadyError
 from resserve.export.metadata import ModelMetadata
 from resserve.faults import FaultyRunner
@@ -169,7 +172,7 @@ class ModelManager:
         for _ in range(config.instance_count):
             # ONNX Runtime keeps its spinning intra-op threads: measured (bench server, ResNet-50,
             # 2 cores) to help, not to starve preprocessing: 33-34 img/s end to end with, 32 without.
-            engine = open_engine(model_version.variant, config, model_version.folder)
+            engine = serving_engine(model_version)
             warm_s = engine.warmup(tuple(config.warmup_batch_sizes))
             log.info("model %s: engine warmed up in %.2f s", config.name, warm_s)
             engines.append(engine)
@@ -210,7 +213,10 @@ class ModelManager:
             queue=queue,
             decode_options=DecodeOptions(max_pixels=self.settings.max_image_pixels,
                                          fast_jpeg_draft=config.fast_jpeg_decode,
-                                         fast_transform=config.fast_preprocess),
+                                         fast_transform=config.fast_preprocess,
+                                         # What the engine takes, not what was asked: engine auto
+                                         # may have resolved to one without pixel input.
+                                         uint8_pixels=engines[0].input_spec.dtype == np.uint8),
         )
         holder.append(served)
         return served
@@ -220,6 +226,14 @@ class ModelManager:
         served.engine_healthy = healthy
         if self._models.get(served.name) is served:
             self.metrics.model_ready.labels(served.name, served.version).set(1 if healthy else 0)
+
+
+def serving_engine(model_version: ModelVersion) -> Engine:
+    """One loaded engine instance as the server runs it: with ``uint8_input`` it takes uint8 pixels
+    and normalizes as the model's preprocessing contract says."""
+    config = model_version.config
+    pixels = PixelInput.from_contract(model_version.contract) if config.uint8_input else None
+    return open_engine(model_version.variant, config, model_version.folder, pixels)
 
 
 def interchangeable(a: ServedModel, b: ServedModel) -> bool:

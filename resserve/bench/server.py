@@ -1,29 +1,61 @@
-"""Server benchmark: bare engine, preprocessing per core and end-to-end HTTP, in one run.
+"""Server benchmark: the engine as served, preprocessing per core and end-to-end HTTP, in one run.
 
-The three are measured one after another on the same machine, so their ratio is meaningful even
-where absolute numbers drift: ``ratio = e2e_img_s / (1 / (t_engine + t_preprocess))``, the
-fraction of the serial pipeline's throughput that the server delivers through HTTP.
+The parts are measured one after another on the same machine, so their ratios mean something even
+where absolute numbers drift by 2x over minutes. The bound is what the cores could deliver if
+nothing but preprocessing and inference cost CPU::
+
+    bound = cores / (cores / engine_img_s + preprocess_s_per_image_one_core)
+
+``engine_img_s`` is every engine instance of the model running at once on all cores, as the
+server runs them; preprocessing is one core's rate. Each round measures the engine, preprocessing
+and then the server (one window per image size), so the bound and the end-to-end rate it is
+compared with come from the same minute; the server's stage breakdown is read off ``/metrics``
+for exactly the measured windows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import statistics
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resserve.bench.engine import bench_engine, environment
+import numpy as np
+
+from resserve.bench.engine import environment
 from resserve.bench.process import server_process
 from resserve.bench.stats import latency_summary_ms
-from resserve.compile.variants import open_engine
+from resserve.engines.onnxruntime import available_cores
 from resserve.loadtest.generator import LoadGenerator
 from resserve.loadtest.images import Payload
+from resserve.loadtest.server_metrics import Snapshot, breakdown, parse
 from resserve.preprocess import DecodeOptions, preprocess
 from resserve.repository import ModelRepository, ModelVersion
+from resserve.runtime import serving_engine
 from resserve.synthetic import synthetic_image
+
+
+@dataclass
+class SizeResult:
+    """One upload size: its preprocessing cost, the bound it implies and what HTTP delivered."""
+
+    image_size: tuple[int, int]
+    preprocess_ms_one_core: float
+    bound_img_s: float
+    e2e_img_s: float  # median over the interleaved windows
+    e2e_img_s_windows: list[float]  # one per round
+    ratio: float  # median over rounds of that round's e2e / bound
+    bound_img_s_rounds: list[float] = field(default_factory=list)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    server_stage_ms: dict[str, float] = field(default_factory=dict)
+    server_request_ms: float = 0.0
+    mean_batch_size: float = 0.0
 
 
 @dataclass
@@ -31,17 +63,22 @@ class ServerBenchResult:
     """Everything one run measured."""
 
     model: str
-    image_size: tuple[int, int]
     concurrency: int
+    cores: int
+    engine_instances: int
     engine_batch_size: int
-    engine_img_s: float
-    preprocess_img_s_one_core: float
-    e2e_img_s: float
-    bound_img_s: float
-    ratio: float
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    statuses: dict[str, int] = field(default_factory=dict)
+    engine_img_s: float  # median over rounds
+    sizes: list[SizeResult]
+    engine_img_s_rounds: list[float] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
+
+    def size(self, width: int, height: int) -> SizeResult:
+        return next(s for s in self.sizes if s.image_size == (width, height))
+
+
+def bound_img_s(engine_img_s: float, preprocess_s_per_image: float, cores: int) -> float:
+    """Images/s if the cores did only inference and preprocessing, perfectly overlapped."""
+    return cores / (cores / engine_img_s + preprocess_s_per_image)
 
 
 def make_jpegs(count: int, size: tuple[int, int], quality: int = 90) -> list[bytes]:
@@ -54,86 +91,184 @@ def make_jpegs(count: int, size: tuple[int, int], quality: int = 90) -> list[byt
     return images
 
 
-def preprocess_rate(images: list[bytes], repo_version: ModelVersion, seconds: float = 3.0) -> float:
-    """Images per second through the full decode+preprocess path on one thread (one core)."""
-    options = DecodeOptions(fast_jpeg_draft=repo_version.config.fast_jpeg_decode,
-                            fast_transform=repo_version.config.fast_preprocess)
+def preprocess_seconds(images: list[bytes], version: ModelVersion, seconds: float = 3.0,
+                       uint8_pixels: bool = False) -> float:
+    """Seconds per image through the server's decode+preprocess path on one thread (one core)."""
+    config = version.config
+    options = DecodeOptions(fast_jpeg_draft=config.fast_jpeg_decode, fast_transform=config.fast_preprocess,
+                            uint8_pixels=uint8_pixels)
     for data in images[:4]:
-        preprocess(data, repo_version.contract, options)
+        preprocess(data, version.contract, options)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        preprocess(images[done % len(images)], repo_version.contract, options)
+        preprocess(images[done % len(images)], version.contract, options)
         done += 1
-    return done / (time.perf_counter() - start)
+    return (time.perf_counter() - start) / done
 
 
-async def closed_loop(url: str, images: list[bytes], concurrency: int, warmup_s: float,
-                      duration_s: float) -> tuple[float, list[float], Counter[str]]:
-    """``concurrency`` clients each sending the next image as soon as the last answer came.
+class ServedEngines:
+    """All ``instance_count`` engine instances of a model, driven the way the server drives them:
+    each runs whole batches on its own thread, all at once. Their joint rate is the engine's share
+    of the machine as served."""
 
-    The load tester's generator; only requests sent after the warm-up and answered before the end
-    count.
-    """
-    payloads = [Payload(f"{i}.jpg", data, "image/jpeg", 0, 0) for i, data in enumerate(images)]
-    async with LoadGenerator(url, payloads, max_outstanding=max(concurrency, 1)) as generator:
+    def __init__(self, version: ModelVersion, batch: int) -> None:
+        config = version.config
+        self.batch = batch
+        self.engines = [serving_engine(version) for _ in range(config.instance_count)]
+        self.example = self.engines[0].input_spec.example(batch, 0)
+        self.pixels = self.example.dtype == np.uint8  # uint8_input: preprocessing stops at pixels
+        for engine in self.engines:
+            for _ in range(3):
+                engine.infer(self.example)
+
+    def rate(self, seconds: float) -> float:
+        """Images/s of all instances together over ``seconds``."""
+        done = [0] * len(self.engines)
+        stop = threading.Event()
+
+        def drive(index: int) -> None:
+            while not stop.is_set():
+                self.engines[index].infer(self.example)
+                done[index] += self.batch
+
+        threads = [threading.Thread(target=drive, args=(i,)) for i in range(len(self.engines))]
         start = time.perf_counter()
-        measure_from, stop_at = start + warmup_s, start + warmup_s + duration_s
-        stop = asyncio.Event()
-        load = asyncio.create_task(generator.closed_loop(concurrency, stop))
-        await asyncio.sleep(warmup_s + duration_s)
+        for thread in threads:
+            thread.start()
+        time.sleep(seconds)
         stop.set()
-        await load
+        for thread in threads:
+            thread.join()
+        return sum(done) / (time.perf_counter() - start)
+
+    def close(self) -> None:
+        for engine in self.engines:
+            engine.close()
+
+
+@dataclass
+class _Window:
+    img_s: float
+    latencies: list[float]
+    statuses: Counter[str]
+    before: Snapshot
+    after: Snapshot
+
+
+async def _closed_window(generator: LoadGenerator, metrics_url: str, model: str, concurrency: int,
+                         warmup_s: float, duration_s: float) -> _Window:
+    """Warm up, scrape, measure, scrape: the requests sent and answered inside the window count."""
+    generator.samples.clear()
+    stop = asyncio.Event()
+    load = asyncio.create_task(generator.closed_loop(concurrency, stop))
+    await asyncio.sleep(warmup_s)
+    before = parse(await generator.get_text(metrics_url), model)
+    measure_from = time.perf_counter()
+    await asyncio.sleep(duration_s)
+    stop_at = time.perf_counter()
+    after = parse(await generator.get_text(metrics_url), model)
+    stop.set()
+    await load
     counted = [s for s in generator.samples if s.sent >= measure_from and s.done <= stop_at]
     statuses = Counter(s.status for s in counted)
-    return statuses.get("200", 0) / duration_s, [s.latency_s for s in counted], statuses
+    return _Window(statuses.get("200", 0) / (stop_at - measure_from), [s.latency_s for s in counted],
+                   statuses, before, after)
+
+
+@dataclass
+class _Round:
+    engine_img_s: float
+    preprocess_s: dict[tuple[int, int], float]
+    windows: dict[tuple[int, int], _Window]
+
+
+async def _rounds(url: str, model: str, version: ModelVersion, engines: ServedEngines,
+                  jpegs: dict[tuple[int, int], list[bytes]], concurrency: int, rounds: int, warmup_s: float,
+                  window_s: float, engine_s: float, preprocess_s: float) -> list[_Round]:
+    """Each round measures the bare engine, preprocessing per size and the server per size, back to
+    back, so each round's bound and end-to-end rate share the machine's state of that minute."""
+    measured = []
+    for _ in range(rounds):
+        # Blocking on purpose: nothing else runs while the engine and preprocessing are timed.
+        engine_img_s = engines.rate(engine_s)
+        pre = {size: preprocess_seconds(images, version, preprocess_s, engines.pixels)
+               for size, images in jpegs.items()}
+        windows = {}
+        for size, images in jpegs.items():
+            payloads = [Payload(f"{i}.jpg", data, "image/jpeg", *size) for i, data in enumerate(images)]
+            async with LoadGenerator(f"{url}/v2/models/{model}/classify", payloads,
+                                     max_outstanding=concurrency + 1) as generator:  # + the /metrics scrape
+                windows[size] = await _closed_window(generator, f"{url}/metrics", model, concurrency,
+                                                     warmup_s, window_s)
+        measured.append(_Round(engine_img_s, pre, windows))
+    return measured
+
+
+def _summed_breakdown(windows: list[_Window]) -> tuple[dict[str, float], float, float]:
+    """Stage means over all of a size's windows (histogram deltas add up)."""
+    total: dict[tuple[str, str], float] = {}
+    for window in windows:
+        for key in set(window.before.values) | set(window.after.values):
+            total[key] = total.get(key, 0.0) + window.after.values.get(key, 0.0) - window.before.values.get(key, 0.0)
+    result = breakdown(Snapshot({}), Snapshot(total))
+    return result.stage_ms, result.request_ms, result.mean_batch_size
 
 
 def run_server_bench(
     model_repo: Path,
     model: str,
     *,
-    concurrency: int = 8,
-    duration_s: float = 20.0,
-    warmup_s: float = 3.0,
-    image_size: tuple[int, int] = (500, 375),
-    engine_round_s: float = 1.0,
+    concurrency: int = 16,
+    image_sizes: tuple[tuple[int, int], ...] = ((500, 375),),
+    rounds: int = 3,
+    window_s: float = 8.0,
+    warmup_s: float = 2.0,
+    engine_s: float = 3.0,
+    preprocess_s: float = 2.0,
 ) -> ServerBenchResult:
-    """Measure engine, preprocessing and the served model; the server runs as a subprocess."""
+    """Measure the engine as served, preprocessing per size and the served model per size, in
+    ``rounds`` interleaved rounds; medians over rounds, the ratio as the median of per-round ratios."""
     repository = ModelRepository(model_repo)
     if repository.is_stale(model):
         repository.build(model)
     version = repository.version(model)
     config = version.config
-    batch = max(config.dynamic_batching.preferred_batch_sizes or [config.max_batch_size])
-    batch = min(batch, config.max_batch_size)
+    batch = min(max(config.dynamic_batching.preferred_batch_sizes or [config.max_batch_size]),
+                config.max_batch_size)
+    cores = available_cores()
+    jpegs = {size: make_jpegs(16, size) for size in image_sizes}
+    engines = ServedEngines(version, batch)
+    try:
+        with server_process(model_repo, "--model", model, "--no-build-missing", log_level="warning") as server:
+            measured = asyncio.run(_rounds(server.url, model, version, engines, jpegs, concurrency, rounds,
+                                           warmup_s, window_s, engine_s, preprocess_s))
+    finally:
+        engines.close()
 
-    engine = open_engine(version.variant, config, version.folder)  # the variant the server will run
-    engine_img_s = bench_engine(engine, [batch], rounds=3, round_s=engine_round_s)[0].images_per_s
-    engine.close()
-
-    images = make_jpegs(16, image_size)
-    pre_img_s = preprocess_rate(images, version)
-
-    with server_process(model_repo, "--model", model, "--no-build-missing", log_level="warning") as server:
-        e2e, latencies, statuses = asyncio.run(
-            closed_loop(f"{server.url}/v2/models/{model}/classify", images, concurrency, warmup_s, duration_s))
-    bound = 1.0 / (1.0 / engine_img_s + 1.0 / pre_img_s)
-    return ServerBenchResult(
-        model=model,
-        image_size=image_size,
-        concurrency=concurrency,
-        engine_batch_size=batch,
-        engine_img_s=engine_img_s,
-        preprocess_img_s_one_core=pre_img_s,
-        e2e_img_s=e2e,
-        bound_img_s=bound,
-        ratio=e2e / bound,
-        latency_ms=latency_summary_ms(latencies) if latencies else {},
-        statuses=dict(statuses),
-        environment=environment(),
-    )
+    sizes = []
+    for size in image_sizes:
+        windows = [r.windows[size] for r in measured]
+        bounds = [bound_img_s(r.engine_img_s, r.preprocess_s[size], cores) for r in measured]
+        rates = [w.img_s for w in windows]
+        latencies = [latency for w in windows for latency in w.latencies]
+        statuses: Counter[str] = Counter()
+        for w in windows:
+            statuses.update(w.statuses)
+        stage_ms, request_ms, mean_batch = _summed_breakdown(windows)
+        sizes.append(SizeResult(
+            image_size=size,
+            preprocess_ms_one_core=1000.0 * statistics.median(r.preprocess_s[size] for r in measured),
+            bound_img_s=statistics.median(bounds), e2e_img_s=statistics.median(rates), e2e_img_s_windows=rates,
+            ratio=statistics.median(rate / bound for rate, bound in zip(rates, bounds, strict=True)),
+            bound_img_s_rounds=bounds,
+            latency_ms=latency_summary_ms(latencies) if latencies else {}, statuses=dict(statuses),
+            server_stage_ms=stage_ms, server_request_ms=request_ms, mean_batch_size=mean_batch))
+    return ServerBenchResult(model=model, concurrency=concurrency, cores=cores,
+                             engine_instances=config.instance_count, engine_batch_size=batch,
+                             engine_img_s=statistics.median(r.engine_img_s for r in measured),
+                             engine_img_s_rounds=[r.engine_img_s for r in measured], sizes=sizes,
+                             environment=environment())
 
 
 def as_dict(result: ServerBenchResult) -> dict[str, Any]:
     return asdict(result)
-

@@ -17,9 +17,9 @@ from resserve.compile.accuracy import AccuracyReport, compare
 from resserve.compile.calibration import calibration_and_held_out
 from resserve.config import ModelConfig
 from resserve.contract import PreprocessContract
-from resserve.engines.base import Engine
+from resserve.engines.base import Engine, PixelInput
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
-from resserve.errors import EngineUnavailableError
+from resserve.errors import ConfigError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -119,19 +119,30 @@ def measure_accuracy(variant: Variant, config: ModelConfig, folder: Path, held_o
     return report
 
 
-def open_engine(variant: Variant, config: ModelConfig, folder: Path) -> Engine:
-    """A loaded engine for ``variant`` from a built version folder."""
+def open_engine(variant: Variant, config: ModelConfig, folder: Path, pixels: PixelInput | None = None) -> Engine:
+    """A loaded engine for ``variant`` from a built version folder.
+
+    ``pixels``: feed the engine uint8 pixels and normalize inside the model (``uint8_input``).
+    """
     artifact = variant.artifact(folder)
+    if pixels is not None and variant.engine not in ("onnxruntime", "openvino"):
+        message = f"model {config.name}: uint8_input needs the onnxruntime or openvino engine, this variant " \
+                  f"runs on {variant.engine}"
+        if config.engine != "auto":
+            raise ConfigError(f"{message}; set uint8_input: false")
+        # engine auto picked an engine per machine: the same config still serves, with float32 input.
+        log.warning("%s: serving float32 input instead", message)
+        pixels = None
     engine: Engine
     if variant.engine == "onnxruntime":
         engine = OnnxRuntimeEngine(artifact, config.device, intra_op_threads=config.intra_op_threads,
-                                   fp16=variant.precision == "fp16")
+                                   fp16=variant.precision == "fp16", pixels=pixels)
     elif variant.engine == "openvino":
         from resserve.engines.openvino import OpenVinoEngine
 
         ov = config.openvino
         engine = OpenVinoEngine(artifact, variant.precision, performance_hint=ov.performance_hint,
-                                num_streams=ov.num_streams, inference_threads=ov.inference_threads)
+                                num_streams=ov.num_streams, inference_threads=ov.inference_threads, pixels=pixels)
     elif variant.engine == "tensorrt":
         from resserve.engines.tensorrt import TensorRTEngine
 

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
-from resserve.engines.base import Engine, TensorSpec, check_batch_rows
+from resserve.engines.base import Engine, PixelInput, TensorSpec, check_batch_rows
+from resserve.engines.pixel_graph import with_pixel_input
 from resserve.errors import EngineError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
@@ -94,8 +96,10 @@ class OnnxRuntimeEngine(Engine):
         device_id: int = 0,
         fp16: bool = False,
         cache_dir: Path | None = None,
+        pixels: PixelInput | None = None,
     ) -> None:
         self.path = Path(path)
+        self.pixels = pixels
         self.requested_provider = provider
         self.intra_op_threads = intra_op_threads or available_cores()
         self.allow_spinning = allow_spinning
@@ -138,8 +142,11 @@ class OnnxRuntimeEngine(Engine):
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
         chain = self._provider_chain(provider)
         try:
+            model: str | bytes = str(self.path)
+            if self.pixels is not None:
+                model = with_pixel_input(onnx.load(str(self.path)), self.pixels).SerializeToString()
             session = ort.InferenceSession(
-                str(self.path),
+                model,
                 sess_options=options,
                 providers=[name for name, _ in chain],
                 provider_options=[opts for _, opts in chain],
@@ -206,6 +213,7 @@ class OnnxRuntimeEngine(Engine):
             provider=self.provider,
             active_providers=self.session.get_providers() if self._session else [],
             intra_op_threads=self.intra_op_threads,
+            pixel_input=self.pixels is not None,
         )
         return info
 

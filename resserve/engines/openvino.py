@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from resserve.compile.openvino import cpu_capabilities, read_sidecar, require_precision
-from resserve.engines.base import Engine, TensorSpec, check_batch_rows
+from resserve.engines.base import Engine, PixelInput, TensorSpec, check_batch_rows
 from resserve.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,10 @@ class OpenVinoEngine(Engine):
         num_streams: int | None = None,
         inference_threads: int | None = None,
         cpu_pinning: bool = False,
+        pixels: PixelInput | None = None,
     ) -> None:
         self.path = Path(path)
+        self.pixels = pixels
         self.requested_precision = precision
         self.precision: str | None = None
         if performance_hint not in HINTS:
@@ -116,6 +118,8 @@ class OpenVinoEngine(Engine):
             model = core.read_model(str(self.path))
             if len(model.inputs) != 1:
                 raise EngineError(f"expected one image input, {self.path} has {len(model.inputs)}")
+            if self.pixels is not None:
+                model = _with_pixel_input(model, self.pixels)
             compiled = core.compile_model(model, "CPU", self._config(precision))
             streams = int(compiled.get_property("NUM_STREAMS"))
             threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
@@ -174,9 +178,10 @@ class OpenVinoEngine(Engine):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if self._compiled is None:
             raise EngineError("engine is not loaded; call load() first")
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        batch = np.ascontiguousarray(batch, dtype=np.uint8 if self.pixels is not None else np.float32)
         if batch.ndim != 4 or len(batch) == 0:
-            raise EngineError(f"openvino needs a non-empty N,C,H,W batch, got shape {batch.shape}")
+            layout = "N,H,W,3 uint8" if self.pixels is not None else "N,C,H,W"
+            raise EngineError(f"openvino needs a non-empty {layout} batch, got shape {batch.shape}")
         with self._lock:
             try:
                 out = self._run(batch)
@@ -194,6 +199,7 @@ class OpenVinoEngine(Engine):
             path=str(self.path),
             precision=self.precision,
             inference_precision=actual,
+            pixel_input=self.pixels is not None,
             performance_hint=self.performance_hint,
             streams=self._streams,
             threads=self._threads,
@@ -205,3 +211,21 @@ class OpenVinoEngine(Engine):
     def close(self) -> None:
         self._requests = []
         self._compiled = None
+
+
+def _with_pixel_input(model: Any, pixels: PixelInput) -> Any:
+    """``model`` taking uint8 (N, H, W, 3) pixels, with conversion, colour swap, normalization and
+    layout change prepended by OpenVINO's PrePostProcessor (fused into the graph when compiled)."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    tensor = ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    if pixels.bgr:
+        tensor.set_color_format(ov.preprocess.ColorFormat.RGB)
+    ppp.input().model().set_layout(ov.Layout(pixels.layout))
+    steps = ppp.input().preprocess().convert_element_type(ov.Type.f32)
+    if pixels.bgr:
+        steps.convert_color(ov.preprocess.ColorFormat.BGR)
+    steps.mean(list(pixels.mean)).scale(list(pixels.std))
+    return ppp.build()

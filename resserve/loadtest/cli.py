@@ -224,6 +224,7 @@ def compare_cmd(
     rounds: Annotated[int, typer.Option(help="windows per side per rate (ABBA order)")] = 3,
     images: Annotated[Path | None, typer.Option(help="folder of images (default: generated)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the points as JSON")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a p50/p99-per-rate plot (PNG) here")] = None,
 ) -> None:
     """A/B two models of one server under the same load, interleaved window by window."""
     from resserve.loadtest.compare import compare
@@ -245,6 +246,12 @@ def compare_cmd(
                           ", ".join(f"{k}: {v}" for k, v in sorted(side.statuses.items())))
     console.print(table)
     _write_json(json_out, [p.model_dump(mode="json") for p in points])
+    if plot is not None:
+        from resserve.loadtest.report import plot_compare
+
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_compare(points, plot, f"{pair[0]} vs {pair[1]}: {rounds} interleaved {window_s:g} s windows each")
+        console.print(f"wrote {plot}")
 
 
 @loadtest_app.command("images")

@@ -16,6 +16,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt
 
+from resserve.loadtest.compare import ComparePoint
 from resserve.loadtest.measure import LoadPoint
 from resserve.loadtest.sweep import SweepResult, VariantResult
 
@@ -72,6 +73,38 @@ def plot_throughput_vs_p99(result: SweepResult, path: Path) -> Path:
                  "max Poisson rate within the bound (star)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_compare(points: list[ComparePoint], path: Path, title: str = "") -> Path:
+    """A/B comparison: p50 and p99 per offered rate for both sides (left), refusals (right)."""
+    fig, (lat_ax, err_ax) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, gridspec_kw={"width_ratios": [2, 1]})
+    rates = [p.rate_rps for p in points]
+    names = [side.model for side in points[0].sides] if points else []
+    width = 0.38
+    for index, name in enumerate(names):
+        sides = [next(s for s in p.sides if s.model == name) for p in points]
+        (line,) = lat_ax.plot(rates, [s.latency_ms.get("p99_ms", math.nan) for s in sides], marker="o",
+                              label=f"{name} p99")
+        lat_ax.plot(rates, [s.latency_ms.get("p50_ms", math.nan) for s in sides], marker="s", linestyle="--",
+                    color=line.get_color(), label=f"{name} p50")
+        refused = [sum(n for status, n in s.statuses.items() if status != "200") for s in sides]
+        err_ax.bar([i + (index - 0.5) * width for i in range(len(rates))], refused, width, color=line.get_color(),
+                   label=name)
+    lat_ax.set_yscale("log")
+    lat_ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    lat_ax.set_xlabel("offered load (requests/s, Poisson)")
+    lat_ax.set_ylabel("latency (ms, log scale)")
+    lat_ax.grid(True, which="both", alpha=0.3)
+    lat_ax.legend(fontsize=8)
+    err_ax.set_xticks(range(len(rates)), [f"{r:g}" for r in rates])
+    err_ax.set_xlabel("offered load (requests/s)")
+    err_ax.set_ylabel("requests not answered 200")
+    err_ax.legend(fontsize=8)
+    fig.suptitle(title or "A/B, interleaved windows", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

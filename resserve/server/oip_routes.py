@@ -33,10 +33,15 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
+def _datatype(dtype: np.dtype) -> str:
+    """The OIP datatype of an engine's input: FP32, or UINT8 for ``uint8_input`` models."""
+    return next(name for name, known in oip.NUMERIC_DTYPES.items() if known == dtype.newbyteorder("<"))
+
+
 def _tensor_inputs(served: ServedModel) -> list[oip.TensorMeta]:
     spec = served.engines[0].input_spec
     return [
-        oip.TensorMeta(spec.name, "FP32", list(spec.shape)),
+        oip.TensorMeta(spec.name, _datatype(spec.dtype), list(spec.shape)),
         oip.TensorMeta(IMAGE_INPUT, oip.BYTES, [-1]),
     ]
 
@@ -114,8 +119,12 @@ async def _run(state: AppState, served: ServedModel, request: oip.InferRequest) 
         state.metrics.images.labels(served.name, "ok").inc(len(images))
         return outputs
     spec = served.engines[0].input_spec
-    if tensor.datatype != "FP32":
-        raise InvalidRequestError(f"input '{tensor.name}': datatype {tensor.datatype} is not FP32 or BYTES")
+    datatype = _datatype(spec.dtype)
+    if tensor.datatype != datatype:
+        why = " (this model takes uint8 pixels after resize and crop, and normalizes them itself)" \
+            if datatype == "UINT8" else ""
+        raise InvalidRequestError(
+            f"input '{tensor.name}': datatype {tensor.datatype} is not {datatype} or BYTES{why}")
     expected = spec.shape[1:]
     if len(tensor.shape) != len(spec.shape) or tuple(tensor.shape[1:]) != expected or tensor.shape[0] < 1:
         raise InvalidRequestError(
@@ -123,7 +132,7 @@ async def _run(state: AppState, served: ServedModel, request: oip.InferRequest) 
         )
     data = tensor.data
     assert isinstance(data, np.ndarray)
-    return await state.service.infer_tensor(served, np.ascontiguousarray(data, dtype=np.float32), deadline)
+    return await state.service.infer_tensor(served, np.ascontiguousarray(data, dtype=spec.dtype), deadline)
 
 
 @router.post("/v2/models/{name}/infer")

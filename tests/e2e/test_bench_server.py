@@ -6,16 +6,30 @@ from pathlib import Path
 
 from server_harness import write_model
 
-from resserve.bench.server import run_server_bench
+from resserve.bench.server import bound_img_s, run_server_bench
 
 
-def test_bench_server_measures_all_three_and_the_ratio(model_onnx: Path, tmp_path: Path) -> None:
+def test_bound_counts_engine_cores_and_one_core_of_preprocessing() -> None:
+    # 2 cores, engine 200 img/s on both (10 ms of CPU per image), preprocessing 5 ms: 15 ms per image.
+    assert abs(bound_img_s(200.0, 0.005, 2) - 2 / 0.015) < 1e-9
+    assert bound_img_s(200.0, 0.0, 2) == 200.0
+
+
+def test_bench_server_measures_engine_preprocessing_and_http_per_size(model_onnx: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_model(repo, "r18", model_onnx)
-    result = run_server_bench(repo, "r18", concurrency=2, duration_s=1.5, warmup_s=0.5, image_size=(320, 240),
-                              engine_round_s=0.2)
-    assert result.engine_img_s > 0 and result.preprocess_img_s_one_core > 0 and result.e2e_img_s > 0
-    expected_bound = 1 / (1 / result.engine_img_s + 1 / result.preprocess_img_s_one_core)
-    assert abs(result.bound_img_s - expected_bound) < 1e-9
-    assert result.ratio == result.e2e_img_s / result.bound_img_s
-    assert set(result.statuses) == {"200"} and result.latency_ms["p50_ms"] > 0
+    result = run_server_bench(repo, "r18", concurrency=2, image_sizes=((320, 240), (640, 480)), rounds=2,
+                              window_s=0.8, warmup_s=0.3, engine_s=0.3, preprocess_s=0.3)
+    assert result.engine_img_s > 0 and result.engine_instances == 1 and len(result.engine_img_s_rounds) == 2
+    small, large = result.size(320, 240), result.size(640, 480)
+    assert large.preprocess_ms_one_core > small.preprocess_ms_one_core > 0
+    for size in (small, large):
+        assert len(size.bound_img_s_rounds) == 2 and len(size.e2e_img_s_windows) == 2 and size.e2e_img_s > 0
+        # Each round's bound comes from that round's engine rate; the ratio is per round, then the median.
+        assert size.bound_img_s_rounds[0] < result.engine_img_s_rounds[0]
+        ratios = [e / b for e, b in zip(size.e2e_img_s_windows, size.bound_img_s_rounds, strict=True)]
+        assert abs(size.ratio - sum(ratios) / 2) < 1e-9
+        assert set(size.statuses) == {"200"} and size.latency_ms["p50_ms"] > 0
+        # The server's own histograms cover the measured windows: every stage ran.
+        assert size.server_stage_ms["decode"] > 0 and size.server_stage_ms["inference"] > 0
+        assert size.mean_batch_size >= 1 and size.server_request_ms > 0

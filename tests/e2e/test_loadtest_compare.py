@@ -23,3 +23,11 @@ def test_compare_interleaves_two_models_and_reports_each(model_onnx: Path, tmp_p
     for side in point.sides:
         assert set(side.statuses) == {"200"} and side.statuses["200"] >= 8  # ~10/s over 2 x 0.8 s windows
         assert 3 < side.throughput_img_s < 20 and side.latency_ms["p99_ms"] > 0
+
+    from PIL import Image
+
+    from resserve.loadtest.report import plot_compare
+
+    png = plot_compare(points, tmp_path / "compare.png", "fixed vs adaptive")
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > 600
