@@ -225,6 +225,7 @@ def compare_cmd(
     images: Annotated[Path | None, typer.Option(help="folder of images (default: generated)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the points as JSON")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a p50/p99-per-rate plot (PNG) here")] = None,
+    target_ms: Annotated[float | None, typer.Option(help="p99 target to draw on the plot")] = None,
 ) -> None:
     """A/B two models of one server under the same load, interleaved window by window."""
     from resserve.loadtest.compare import compare
@@ -250,7 +251,8 @@ def compare_cmd(
         from resserve.loadtest.report import plot_compare
 
         plot.parent.mkdir(parents=True, exist_ok=True)
-        plot_compare(points, plot, f"{pair[0]} vs {pair[1]}: {rounds} interleaved {window_s:g} s windows each")
+        plot_compare(points, plot, f"{pair[0]} vs {pair[1]}: {rounds} interleaved {window_s:g} s windows each",
+                     target_ms)
         console.print(f"wrote {plot}")
 
 

@@ -79,8 +79,9 @@ def plot_throughput_vs_p99(result: SweepResult, path: Path) -> Path:
     return path
 
 
-def plot_compare(points: list[ComparePoint], path: Path, title: str = "") -> Path:
-    """A/B comparison: p50 and p99 per offered rate for both sides (left), refusals (right)."""
+def plot_compare(points: list[ComparePoint], path: Path, title: str = "", target_ms: float | None = None) -> Path:
+    """A/B comparison: p50 and p99 per offered rate for both sides (left), refusals (right);
+    ``target_ms`` draws a p99 target."""
     fig, (lat_ax, err_ax) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, gridspec_kw={"width_ratios": [2, 1]})
     rates = [p.rate_rps for p in points]
     names = [side.model for side in points[0].sides] if points else []
@@ -94,6 +95,10 @@ def plot_compare(points: list[ComparePoint], path: Path, title: str = "") -> Pat
         refused = [sum(n for status, n in s.statuses.items() if status != "200") for s in sides]
         err_ax.bar([i + (index - 0.5) * width for i in range(len(rates))], refused, width, color=line.get_color(),
                    label=name)
+    if target_ms:
+        lat_ax.axhline(target_ms, color="grey", linestyle=":", linewidth=1)
+        lat_ax.text(rates[0] if rates else 0, target_ms, f" p99 target {target_ms:g} ms", va="bottom", fontsize=8,
+                    color="grey")
     lat_ax.set_yscale("log")
     lat_ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     lat_ax.set_xlabel("offered load (requests/s, Poisson)")

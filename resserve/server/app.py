@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -65,6 +66,9 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await start_models(state)
+        # What exists now (modules, engines, labels) lives as long as the process: frozen, the
+        # cyclic collector stops rescanning it on every full collection of request garbage.
+        gc.freeze()
         log.info("resserve %s ready: %s", __version__, ", ".join(m.name for m in state.manager.loaded()) or "no models")
         try:
             yield

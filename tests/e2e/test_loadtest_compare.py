@@ -28,6 +28,6 @@ def test_compare_interleaves_two_models_and_reports_each(model_onnx: Path, tmp_p
 
     from resserve.loadtest.report import plot_compare
 
-    png = plot_compare(points, tmp_path / "compare.png", "fixed vs adaptive")
+    png = plot_compare(points, tmp_path / "compare.png", "fixed vs adaptive", target_ms=500)
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] > 600
