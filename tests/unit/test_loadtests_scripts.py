@@ -1,0 +1,56 @@
+"""The report helpers in loadtests/: per-thread CPU from /proc and the stage-breakdown plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+LOADTESTS = Path(__file__).parents[2] / "loadtests"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_cpu_by_thread_sees_the_busy_thread() -> None:
+    sys.path.insert(0, str(LOADTESTS))
+    try:
+        from cpu_by_thread import thread_cpu_seconds
+    finally:
+        sys.path.remove(str(LOADTESTS))
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    thread = threading.Thread(target=spin)
+    before = thread_cpu_seconds(os.getpid())
+    thread.start()
+    time.sleep(0.5)
+    after = thread_cpu_seconds(os.getpid())
+    stop.set()
+    thread.join()
+    assert thread.native_id in after and thread.native_id not in before
+    assert after[thread.native_id] >= 0.1  # the spinning thread, not the sleeping main thread
+
+
+def test_plot_stages_draws_one_bar_per_run(tmp_path: Path) -> None:
+    def run(e2e: float, inference: float) -> Path:
+        path = tmp_path / f"{e2e}.json"
+        stages = {"preprocess_wait": 5.0, "decode": 2.0, "preprocess": 2.0, "queue": 10.0, "inference": inference}
+        path.write_text(json.dumps({"sizes": [{"image_size": [500, 375], "e2e_img_s": e2e, "server_stage_ms": stages,
+                                               "server_request_ms": sum(stages.values()) + 7.0}]}))
+        return path
+
+    out = tmp_path / "stages.png"
+    done = subprocess.run([sys.executable, str(LOADTESTS / "plot_stages.py"), str(out), f"before={run(100, 40)}",
+                           f"after={run(150, 30)}"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size[0] > 500
