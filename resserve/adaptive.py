@@ -29,6 +29,10 @@ DEFAULT_HEADROOM = 0.7
 EWMA = 0.2
 # Batch up only as far as it takes for the engine to serve the arrival rate with this much spare.
 TARGET_UTILIZATION = 0.85
+# Draining a late backlog: the smallest batch whose engine time per row is within this much of the
+# cheapest per-row time. On CPUs t(b)/b flattens early (ResNet-50 int8, one thread: 5.5 ms/row at
+# batch 1, 5.0 at 8, 4.9 at 16), so near-best throughput comes at a fraction of the largest batch's latency.
+EFFICIENT_SLACK = 0.05
 
 
 @dataclass
@@ -127,14 +131,15 @@ class SloBatchPolicy:
         """The largest batch whose predicted engine time fits what is left of the oldest's budget.
 
         When not even a batch of one fits, the oldest request has missed its target whatever
-        happens: the cap is then the largest batch a fresh request could afford (capping at one
-        there would lower throughput exactly when the queue is long and never recover; the
-        largest batch allowed could take longer than the whole budget and make everyone late).
+        happens: the backlog then drains in :meth:`efficient_rows` (capping at one there lowered
+        throughput exactly when the queue was long and never recovered; the largest batch a fresh
+        request could afford made every request in it wait for the whole batch: measured at
+        capacity, p50 100 ms against the fixed batcher's 74).
         """
         left = self.budget_s - oldest_age_s
         one = self.engine.predict(1)
         if one is not None and one > left:
-            return self.cap(0.0) if oldest_age_s > 0.0 else 1
+            return self.efficient_rows(self.cap(0.0)) if oldest_age_s > 0.0 else 1
         best = 1
         for rows in range(1, self.max_batch_size + 1):
             predicted = self.engine.predict(rows)
@@ -143,6 +148,14 @@ class SloBatchPolicy:
             if predicted <= left:
                 best = rows
         return best
+
+    def efficient_rows(self, cap: int) -> int:
+        """The smallest batch (at most ``cap``) within EFFICIENT_SLACK of the cheapest time per row."""
+        per_row = {rows: t / rows for rows in range(1, cap + 1) if (t := self.engine.predict(rows)) is not None}
+        if not per_row:
+            return cap
+        best = min(per_row.values())
+        return min(rows for rows, t in per_row.items() if t <= best * (1 + EFFICIENT_SLACK))
 
     def rows_to_keep_up(self, rate: float, cap: int) -> int:
         """The smallest batch at which the instances serve ``rate`` at TARGET_UTILIZATION (cap at most)."""

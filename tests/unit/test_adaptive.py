@@ -58,8 +58,17 @@ def test_cap_is_the_largest_batch_that_fits_the_budget() -> None:
     p = policy(target_ms=110)  # budget 77 ms; t(b) = 10 + 5b ms
     assert p.cap(oldest_age_s=0.0) == 13       # t(13) = 75 ms
     assert p.cap(oldest_age_s=0.030) == 7      # 47 ms left: t(7) = 45 ms
-    assert p.cap(oldest_age_s=0.2) == 13       # already late: drain in the largest batches a fresh
-    #                                            request could afford (not 32: t(32) = 170 ms > budget)
+    # Already late: drain in the smallest batch within 5% of the cheapest time per row among those a
+    # fresh request could afford (1..13): 10/13 + 5 = 5.77 ms/row at 13, 10/10 + 5 = 6.0 at 10.
+    assert p.cap(oldest_age_s=0.2) == 10
+
+
+def test_efficient_rows_follow_the_fixed_cost() -> None:
+    cpu = SloBatchPolicy(target_s=1.0, max_batch_size=64, max_wait_s=0.05, engine=learned(a=0.0025, c=0.005))
+    assert cpu.efficient_rows(32) == 8  # small fixed cost: per-row time is flat early
+    gpu = SloBatchPolicy(target_s=1.0, max_batch_size=64, max_wait_s=0.05, engine=learned(a=0.020, c=0.0005))
+    assert gpu.efficient_rows(32) > 24  # large fixed cost: only big batches are efficient
+    assert SloBatchPolicy(target_s=1.0, max_batch_size=8, max_wait_s=0.05).efficient_rows(8) == 8  # nothing learned
 
 
 def test_cap_without_knowledge_is_the_max_batch() -> None:
@@ -139,8 +148,9 @@ async def test_queue_with_policy_caps_what_can_still_be_on_time_then_drains() ->
     await asyncio.gather(*(queue.submit(row, time.monotonic() + 5) for _ in range(200)))
     # Budget 28 ms, t(b) = 4 + 2b ms: the first batch holds at most 12 rows though 200 are waiting,
     # so its requests can still meet the target; the rest are late whatever happens, and the
-    # batcher drains them in the largest batches a fresh request could afford (12 again).
+    # batcher drains them in the smallest batch within 5% of the cheapest per-row time (about 9).
     assert max(engine.sizes) <= 12 and sum(engine.sizes) == 200
+    assert sorted(engine.sizes)[len(engine.sizes) // 2] < 12  # most of the backlog below the largest
     assert metrics.registry.get_sample_value("resserve_batcher_batch_cap", {"model": "model", "version": "1"}) >= 1
     await queue.close()
 
