@@ -150,7 +150,15 @@ class SloBatchPolicy:
         return best
 
     def efficient_rows(self, cap: int) -> int:
-        """The smallest batch (at most ``cap``) within EFFICIENT_SLACK of the cheapest time per row."""
+        """The smallest batch (at most ``cap``) within EFFICIENT_SLACK of the cheapest time per row.
+
+        Before two batch sizes have been seen, ``cap`` itself: with one size known the model assumes
+        time proportional to rows, which makes every size look equally efficient, so a backlog that
+        only ever ran batches of one kept choosing one and never learned that bigger batches are
+        cheaper (measured: 16 closed-loop clients, every batch of 1, 220 ms queueing).
+        """
+        if self.engine.fit() is None:
+            return cap
         per_row = {rows: t / rows for rows in range(1, cap + 1) if (t := self.engine.predict(rows)) is not None}
         if not per_row:
             return cap

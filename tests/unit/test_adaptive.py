@@ -71,6 +71,15 @@ def test_efficient_rows_follow_the_fixed_cost() -> None:
     assert SloBatchPolicy(target_s=1.0, max_batch_size=8, max_wait_s=0.05).efficient_rows(8) == 8  # nothing learned
 
 
+def test_a_late_backlog_explores_bigger_batches_before_two_sizes_are_known() -> None:
+    p = SloBatchPolicy(target_s=0.25, max_batch_size=32, max_wait_s=0.05)
+    for _ in range(50):
+        p.engine.observe(1, 0.021)  # only batches of one so far (a backlog drained one by one)
+    assert p.cap(oldest_age_s=0.3) == 8  # late: the largest batch a fresh request could afford (t = b * 21 ms)
+    p.engine.observe(8, 0.120)  # bigger batches turn out cheaper per row: 15 vs 21 ms
+    assert p.cap(oldest_age_s=0.3) > 1
+
+
 def test_cap_without_knowledge_is_the_max_batch() -> None:
     p = SloBatchPolicy(target_s=0.1, max_batch_size=16, max_wait_s=0.05)
     assert p.cap(0.0) == 16
