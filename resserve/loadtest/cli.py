@@ -69,6 +69,8 @@ def run_cmd(
     window_s: Annotated[float, typer.Option()] = 2.0,
     max_windows: Annotated[int, typer.Option()] = 6,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the points as JSON")] = None,
+    server_metrics: Annotated[bool, typer.Option(
+        help="scrape the server's /metrics for the stage breakdown (off for servers other than resserve)")] = True,
 ) -> None:
     """Load a running server: a closed-loop sweep, an open-loop sweep, or the max-rate search."""
     from resserve.loadtest.generator import LoadGenerator
@@ -79,7 +81,7 @@ def run_cmd(
     settings = MeasurementSettings(warmup_s=warmup_s, window_s=window_s, max_windows=max_windows)
     payloads = load_folder(images) if images else generate()
     base = url.rstrip("/")
-    scrape = {"metrics_url": f"{base}/metrics", "model": model}
+    scrape = {"metrics_url": f"{base}/metrics", "model": model} if server_metrics else {}
 
     async def run() -> list:
         async with LoadGenerator(base + endpoint.format(model=model), payloads) as generator:

@@ -1,0 +1,77 @@
+"""loadtests/peer_baseline.py, the same-machine peer: it must do the work resserve does, or the
+"2.5x the best peer" ratio would compare unlike things."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from resserve.bench.process import free_port
+from resserve.contract import PreprocessContract
+from resserve.preprocess import preprocess
+
+LOADTESTS = Path(__file__).parents[2] / "loadtests"
+
+
+@pytest.fixture(scope="module")
+def peer():
+    sys.path.insert(0, str(LOADTESTS))
+    try:
+        import peer_baseline
+    finally:
+        sys.path.remove(str(LOADTESTS))
+    return peer_baseline
+
+
+def jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_peer_preprocessing_is_resserves_exact_path(peer) -> None:
+    for size in ((500, 375), (375, 500), (1280, 960)):
+        data = jpeg(*size)
+        ours = preprocess(data, PreprocessContract())
+        theirs = peer.preprocess(data)[0]
+        assert theirs.shape == ours.shape == (3, 224, 224)
+        np.testing.assert_allclose(theirs, ours, atol=1e-5)  # same decode, resize, crop, normalize
+
+
+def test_peer_classifies_through_http_like_a_direct_session(model_onnx: Path) -> None:
+    data = jpeg(500, 375, seed=1)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(LOADTESTS / "peer_baseline.py"), str(model_onnx),
+                                "--port", str(port), "--threads", "1"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "peer did not start"
+            time.sleep(0.1)
+        response = httpx.post(f"{url}/v2/models/peer/classify", content=data,
+                              headers={"content-type": "image/jpeg"}, timeout=30)
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["results"][0]["predictions"]
+    session = ort.InferenceSession(str(model_onnx), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: preprocess(data, PreprocessContract())[None]})[0][0]
+    assert [p["index"] for p in predictions] == list(np.argsort(-logits)[:5])
