@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,20 @@ class RunningServer:
         return 0.0 if value is None else value
 
 
+def wait_until_ready(url: str, alive: Callable[[], bool], timeout_s: float) -> None:
+    """Poll ``url`` until it answers 200; RuntimeError once ``alive()`` is false or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or not alive():
+            raise RuntimeError(f"{url} did not become ready")
+        time.sleep(0.05)
+
+
 @contextmanager
 def serve_in_thread(settings: ServerSettings, start_timeout_s: float = 60.0,
                     wait_for: str = "/v2/health/ready") -> Iterator[RunningServer]:
@@ -69,17 +83,8 @@ def serve_in_thread(settings: ServerSettings, start_timeout_s: float = 60.0,
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + start_timeout_s
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}{wait_for}", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.05)
+        wait_until_ready(f"{url}{wait_for}", thread.is_alive, start_timeout_s)
         yield RunningServer(url, settings, metrics, app)
     finally:
         server.should_exit = True

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from PIL import Image
 from resserve.bench.process import free_port
 from resserve.contract import PreprocessContract
 from resserve.preprocess import preprocess
+from server_harness import wait_until_ready
 
 LOADTESTS = Path(__file__).parents[2] / "loadtests"
 
@@ -56,15 +56,7 @@ def test_peer_classifies_through_http_like_a_direct_session(model_onnx: Path) ->
                                 "--port", str(port), "--threads", "1"])
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "peer did not start"
-            time.sleep(0.1)
+        wait_until_ready(f"{url}/v2/health/ready", lambda: process.poll() is None, 60)
         response = httpx.post(f"{url}/v2/models/peer/classify", content=data,
                               headers={"content-type": "image/jpeg"}, timeout=30)
     finally:
