@@ -159,9 +159,8 @@ class SloBatchPolicy:
         """
         if self.engine.fit() is None:
             return cap
+        # With a fit, predict() answers for every row count.
         per_row = {rows: t / rows for rows in range(1, cap + 1) if (t := self.engine.predict(rows)) is not None}
-        if not per_row:
-            return cap
         best = min(per_row.values())
         return min(rows for rows, t in per_row.items() if t <= best * (1 + EFFICIENT_SLACK))
 

@@ -53,10 +53,6 @@ def nvidia_gpu_with_tensorrt() -> tuple[bool, str]:
     return tensorrt_available()
 
 
-# What OpenVINO's CPU plugin must report for a precision to run natively (no emulation).
-OPENVINO_CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "int8": "INT8"}
-
-
 @cache
 def openvino_cpu_capabilities() -> frozenset[str]:
     """OpenVINO's CPU plugin capabilities (FP32, BF16, INT8, ...); empty without OpenVINO or a CPU device."""
@@ -79,8 +75,8 @@ def resolve_engine(requested: str, precision: str) -> tuple[str, str]:
     if ok and precision in ENGINE_PRECISIONS["tensorrt"]:
         return "tensorrt", "NVIDIA GPU with TensorRT found"
     vendor, flags = cpu_vendor_and_flags()
-    capability = OPENVINO_CAPABILITY.get(precision)
-    if capability is not None and capability in openvino_cpu_capabilities():
+    # The plugin names its capabilities like the precisions, upper-cased (FP32, BF16, INT8).
+    if precision in ENGINE_PRECISIONS["openvino"] and precision.upper() in openvino_cpu_capabilities():
         extras = sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512_vnni")))
         return "openvino", (f"{vendor or 'CPU'} ({', '.join(extras) or 'no AMX/VNNI'}) runs {precision} natively "
                             f"in OpenVINO; GPU: {why_not}")

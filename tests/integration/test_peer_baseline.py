@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +11,11 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from PIL import Image
 
 from resserve.bench.process import free_port
 from resserve.contract import PreprocessContract
 from resserve.preprocess import preprocess
-from server_harness import wait_until_ready
+from server_harness import jpeg, wait_until_ready
 
 LOADTESTS = Path(__file__).parents[2] / "loadtests"
 
@@ -30,14 +28,6 @@ def peer():
     finally:
         sys.path.remove(str(LOADTESTS))
     return peer_baseline
-
-
-def jpeg(width: int, height: int, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def test_peer_preprocessing_is_resserves_exact_path(peer) -> None:
