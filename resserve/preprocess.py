@@ -52,13 +52,19 @@ _RESAMPLE = {
 }
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that transpose width and height
+DEFAULT_MAX_PIXELS = 40_000_000
+# 16-bit grey -> 8-bit, round(v * 255 / 65535) for every possible sample, looked up a tile at a time.
+_WIDE_GREY_TO_8 = ((np.arange(65536, dtype=np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+_TILE_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
 class DecodeOptions:
     """Per-server decode limits and speed/accuracy trade-offs."""
 
-    max_pixels: int = 40_000_000
+    # Caps the decoded image and the resize target alike: a thin strip can be under the cap decoded
+    # and far over it resized to the shorter side.
+    max_pixels: int = DEFAULT_MAX_PIXELS
     # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (never below the resize target). Much faster on
     # large photos, but no longer bit-identical to torchvision: opt-in.
     fast_jpeg_draft: bool = False
@@ -170,16 +176,38 @@ def _draft(image: Image.Image, contract: PreprocessContract) -> None:
         image.draft("RGB", (target_w, target_h))
 
 
+def _is_wide_grey(mode: str) -> bool:
+    return mode.startswith("I;16") or mode == "I"
+
+
+def _wide_grey_to_l(image: Image.Image, *, tile_pixels: int = _TILE_PIXELS) -> Image.Image:
+    """16-bit (I;16*) or 32-bit (I) grey -> L, 0..65535 scaled onto 0..255 with rounding.
+
+    Pillow's own I;16 -> L clips at 255 instead. Mode I is taken to hold 16-bit samples too, as
+    16-bit PNG/TIFF/PPM do; values outside 0..65535 clip. One table lookup per sample, a tile at a
+    time, so the temporaries stay small however large the image: whole-image int64 arithmetic
+    costs several times the decoded pixels.
+    """
+    width, height = image.size
+    out = np.empty((height, width), dtype=np.uint8)
+    tile_w = min(width, tile_pixels)
+    tile_h = max(1, tile_pixels // tile_w)
+    for top in range(0, height, tile_h):
+        bottom = min(top + tile_h, height)
+        for left in range(0, width, tile_w):
+            right = min(left + tile_w, width)
+            samples = np.asarray(image.crop((left, top, right, bottom)))
+            out[top:bottom, left:right] = _WIDE_GREY_TO_8[np.clip(samples, 0, 65535)]
+    return Image.fromarray(out)
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB, transparency composited on white."""
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image
-    if mode.startswith("I;16") or mode == "I":
-        # Pillow's own I;16 -> L clips at 255; scale 0..65535 onto 0..255 with rounding instead.
-        # Mode I (32-bit) is taken to hold 16-bit samples too, as 16-bit PNG/TIFF/PPM do.
-        wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
-        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    if _is_wide_grey(mode):
+        return _wide_grey_to_l(image).convert("RGB")
     if mode in _ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -216,6 +244,8 @@ def decode_image(
                     image = ImageOps.exif_transpose(image)
                 except Exception:
                     pass
+            if _is_wide_grey(image.mode):
+                image = _wide_grey_to_l(image)  # frees the wide samples before the RGB copy exists
             return _to_rgb(image)
         except ResserveError:
             raise
@@ -237,33 +267,60 @@ def _center_crop(image: Image.Image, crop_wh: tuple[int, int]) -> Image.Image:
     return image.crop((left, top, left + crop_w, top + crop_h))
 
 
-def resize_and_crop(image: Image.Image, contract: PreprocessContract) -> Image.Image:
+def resize_and_crop(
+    image: Image.Image, contract: PreprocessContract, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """torchvision ``Resize`` then ``CenterCrop`` on a PIL image, same pixels.
 
     Pillow always antialiases bilinear/bicubic/lanczos when shrinking, as torchvision does on PIL
     images whatever ``antialias`` says, so ``antialias=False`` gets the antialiased resize too
     (torchvision's tensor path would differ). The whole image is resized, then cropped:
-    ``Image.resize(box=crop window)`` is faster but not bit-identical on every size.
+    ``Image.resize(box=crop window)`` is faster but not bit-identical on every size. Only where the
+    resized whole would exceed ``max_pixels`` is the crop window resized alone, since a thin strip
+    under the decode limit can resize to tens of gigabytes; if that crop pads, the image is refused.
     """
     target = _resize_target(*image.size, contract)
-    if target != image.size:  # torchvision returns the image untouched when sizes match
-        image = image.resize(target, _RESAMPLE[contract.interpolation])
-    return _center_crop(image, contract.crop_wh)
+    if target == image.size:  # torchvision returns the image untouched when sizes match
+        return _center_crop(image, contract.crop_wh)
+    if target[0] * target[1] > max_pixels:
+        return _resize_window(image, target, contract, max_pixels)
+    return _center_crop(image.resize(target, _RESAMPLE[contract.interpolation]), contract.crop_wh)
 
 
-def resize_crop_window(image: Image.Image, contract: PreprocessContract) -> Image.Image:
-    """``resize_and_crop`` computing only the pixels the crop keeps: the crop box mapped back to
-    source coordinates, resized straight to the crop size (Pillow scales its antialiasing filter by
-    the box, so the kernel is the full resize's). Falls back to the exact path where the crop pads."""
+def _resize_window(
+    image: Image.Image, target: tuple[int, int], contract: PreprocessContract, max_pixels: int
+) -> Image.Image:
+    """The centre crop of ``image`` resized to ``target``, computing only the pixels the crop keeps.
+
+    The crop box is mapped back to source coordinates and resized straight to the crop size (Pillow
+    scales its antialiasing filter by the box, so the kernel is the full resize's). A crop that pads
+    has no such box: past ``max_pixels`` it is refused rather than resized whole.
+    """
     width, height = image.size
-    target_w, target_h = _resize_target(width, height, contract)
+    target_w, target_h = target
     crop_w, crop_h = contract.crop_wh
-    if crop_w > target_w or crop_h > target_h or (target_w, target_h) == (width, height):
-        return resize_and_crop(image, contract)
+    if crop_w > target_w or crop_h > target_h:
+        raise ImageTooLargeError(
+            f"resizing the {width}x{height} image to {target_w}x{target_h} = {target_w * target_h} pixels "
+            f"exceeds the limit of {max_pixels}, and the {crop_w}x{crop_h} crop pads it, so the resize "
+            "cannot be limited to the crop"
+        )
     left, top = round((target_w - crop_w) / 2.0), round((target_h - crop_h) / 2.0)
     scale_x, scale_y = width / target_w, height / target_h
     box = (left * scale_x, top * scale_y, (left + crop_w) * scale_x, (top + crop_h) * scale_y)
     return image.resize((crop_w, crop_h), _RESAMPLE[contract.interpolation], box=box)
+
+
+def resize_crop_window(
+    image: Image.Image, contract: PreprocessContract, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """``resize_and_crop`` computing only the pixels the crop keeps (see :func:`_resize_window`).
+    Falls back to the exact path where the crop pads or no resize is needed."""
+    target_w, target_h = target = _resize_target(*image.size, contract)
+    crop_w, crop_h = contract.crop_wh
+    if crop_w > target_w or crop_h > target_h or target == image.size:
+        return resize_and_crop(image, contract, max_pixels=max_pixels)
+    return _resize_window(image, target, contract, max_pixels)
 
 
 @functools.lru_cache(maxsize=64)
@@ -329,7 +386,8 @@ def preprocess_timed(
     start = time.perf_counter()
     image = decode_image(data, contract, options)
     decoded = time.perf_counter()
-    cropped = resize_crop_window(image, contract) if options.fast_transform else resize_and_crop(image, contract)
+    resize = resize_crop_window if options.fast_transform else resize_and_crop
+    cropped = resize(image, contract, max_pixels=options.max_pixels)
     if options.uint8_pixels:
         tensor = to_pixels(cropped)
     elif options.fast_transform:
