@@ -128,6 +128,45 @@ def test_deployment_is_what_an_operator_accepts(overlay: str, tmp_path: Path) ->
 
 @needs_kubectl
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_api_keys_come_from_a_secret_file_and_no_key_is_committed(overlay: str, tmp_path: Path) -> None:
+    docs = render(overlay)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    server = next(c for c in pod["containers"] if c["name"] == "server")
+    env = {e["name"]: e for e in server.get("env", [])}
+    assert set(env) <= {f"RESSERVE_{name.upper()}" for name in ServerSettings.model_fields}
+    keys_file = Path(env["RESSERVE_API_KEYS_FILE"]["value"])
+
+    # The file is a Secret's key, mounted read-only; a missing Secret keeps the pod from starting
+    # (not optional) rather than letting it serve without keys.
+    (mount,) = [m for m in server["volumeMounts"] if Path(m["mountPath"]) == keys_file.parent]
+    assert mount["readOnly"] is True
+    secret = {v["name"]: v for v in pod["volumes"]}[mount["name"]]["secret"]
+    (item,) = secret["items"]
+    assert item["path"] == keys_file.name and secret.get("optional", False) is False
+    mode = secret["defaultMode"]
+    assert mode & 0o040 and not mode & 0o227  # readable through fsGroup, writable by no one, not world-readable
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+    # No key value is committed: nothing renders a Secret, and the README says how to create this one.
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert not [p for p in DEPLOY.rglob("*.yaml") if re.search(r"^kind:\s*Secret\b", p.read_text(), re.M)]
+    readme = (ROOT / "README.md").read_text()
+    assert f"kubectl create secret generic {secret['secretName']} --from-file={item['key']}=" in readme
+
+    # What the server makes of it: the keys of the mounted file, the probes still keyless.
+    env_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("resserve-server"))
+    mounted = tmp_path / keys_file.name
+    mounted.write_text("key-a\nkey-b\n")  # as `kubectl create secret --from-file` stores a file
+    settings = ServerSettings(**{k.removeprefix("RESSERVE_").lower(): v for k, v in env_map["data"].items()},
+                              api_keys_file=mounted)
+    assert settings.api_keys == ["key-a", "key-b"]
+    assert settings.auth_health is False  # kubelet probes send no key
+    probes = [server[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")]
+    assert set(probes) <= {"/v2/health/ready", "/v2/health/live"}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_autoscaling_disruption_network_and_monitoring_fit_together(overlay: str) -> None:
     docs = render(overlay)
     deployment = one(docs, "Deployment")

@@ -177,7 +177,7 @@ def test_invalid_utf8_is_a_config_error(tmp_path: Path) -> None:
 
 ENV_FIELDS = ["MODEL_REPO", "HOST", "PORT", "MODELS", "PREPROCESS_THREADS", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS",
               "MAX_MULTIPART_FILES", "MAX_TOP_K", "CONTROL_TOKEN", "ALLOW_REPOSITORY_CONTROL",
-              "GRACEFUL_SHUTDOWN_S", "BUILD_MISSING"]
+              "GRACEFUL_SHUTDOWN_S", "BUILD_MISSING", "API_KEYS", "API_KEYS_FILE", "AUTH_HEALTH", "AUTH_METRICS"]
 
 
 @pytest.fixture(autouse=True)
@@ -261,3 +261,75 @@ def test_unrelated_resserve_env_vars_are_ignored(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("RESSERVE_WEIGHTS_BASE_URL", "http://mirror.local/models")
     monkeypatch.setenv("RESSERVE_SLOW", "1")
     assert ServerSettings().port == 8000
+
+
+# ---- Secrets: the control token and API keys ------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["", " ", "\t\n"])
+def test_blank_control_token_is_refused_at_start(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
+    # An unset secret substituted into a manifest: it must not turn into "Bearer <nothing>" working.
+    monkeypatch.setenv("RESSERVE_CONTROL_TOKEN", token)
+    with pytest.raises(ValidationError, match="RESSERVE_CONTROL_TOKEN is set but blank"):
+        ServerSettings()
+    with pytest.raises(ValidationError, match="blank"):
+        ServerSettings(control_token=token)
+
+
+def test_control_token_loses_surrounding_whitespace() -> None:
+    assert ServerSettings(control_token=" s3cret\n").control_token == "s3cret"
+
+
+def test_api_keys_are_off_by_default() -> None:
+    settings = ServerSettings()
+    assert settings.api_keys == [] and settings.api_keys_file is None
+    assert settings.auth_health is False and settings.auth_metrics is False
+
+
+@pytest.mark.parametrize(("value", "keys"), [
+    ('["k1", "k2"]', ["k1", "k2"]),
+    ("k1,k2", ["k1", "k2"]),
+    (" k1 , k2 ", ["k1", "k2"]),
+    ("only", ["only"]),
+    ("[]", []),
+])
+def test_api_keys_from_env_as_json_or_comma_separated(monkeypatch: pytest.MonkeyPatch, value: str,
+                                                      keys: list[str]) -> None:
+    monkeypatch.setenv("RESSERVE_API_KEYS", value)
+    monkeypatch.setenv("RESSERVE_AUTH_HEALTH", "true")
+    monkeypatch.setenv("RESSERVE_AUTH_METRICS", "1")
+    settings = ServerSettings()
+    assert settings.api_keys == keys and settings.auth_health and settings.auth_metrics
+
+
+@pytest.mark.parametrize("value", ["", " ", "k1,", "k1,,k2", '["k1", " "]', '["k1", ""]'])
+def test_blank_api_keys_are_refused_at_start(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("RESSERVE_API_KEYS", value)
+    with pytest.raises(ValidationError, match="blank keys are refused") as info:
+        ServerSettings()
+    assert "k1" not in str(info.value)  # the keys that are there are not echoed
+
+
+def test_malformed_json_api_keys_are_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESSERVE_API_KEYS", '["k1", ')
+    with pytest.raises(ValidationError, match="not one") as info:
+        ServerSettings()
+    assert "k1" not in str(info.value)
+
+
+def test_api_keys_file_adds_one_key_per_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("file-1\n\n  file-2  \nboth\n")  # blank lines (and the trailing newline) are no keys
+    monkeypatch.setenv("RESSERVE_API_KEYS_FILE", str(keys))
+    monkeypatch.setenv("RESSERVE_API_KEYS", "env-1,both")
+    assert ServerSettings().api_keys == ["env-1", "both", "file-1", "file-2"]
+
+
+@pytest.mark.parametrize(("text", "detail"), [("", "holds no key"), ("\n  \n", "holds no key"),
+                                              (None, "cannot read it")])
+def test_empty_or_missing_api_keys_file_is_refused(tmp_path: Path, text: str | None, detail: str) -> None:
+    keys = tmp_path / "keys"
+    if text is not None:
+        keys.write_text(text)
+    with pytest.raises(ValidationError, match=detail):
+        ServerSettings(api_keys_file=keys)

@@ -1,0 +1,80 @@
+"""API keys for the inference and metadata endpoints: a pure ASGI middleware, registered only when
+``api_keys`` (``RESSERVE_API_KEYS`` / ``RESSERVE_API_KEYS_FILE``) holds a key.
+
+Everything needs a key (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``) except the
+repository control endpoints, which have their own token, and, unless ``auth_health`` /
+``auth_metrics`` say otherwise, the health probes and ``/metrics``. Listing what stays open, not
+what is closed, means a route added later is covered without anyone remembering to.
+
+The check reads the headers only, before any route runs and before a byte of the body is read: an
+unauthenticated upload costs one hash. The presented key is compared with every configured key,
+all of them, as SHA-256 digests (equal lengths) with ``hmac.compare_digest``: the time taken says
+neither which key matched nor how much of one did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Sequence
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from resserve.server.errors import error_response
+
+HEALTH_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+METRICS_PATH = "/metrics"
+CONTROL_PREFIX = "/v2/repository/"  # repository control checks RESSERVE_CONTROL_TOKEN itself
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def presented_keys(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    """The keys a request offers: ``Authorization: Bearer <key>`` and ``X-API-Key: <key>`` values."""
+    found = []
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, rest = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and rest.strip():
+                found.append(rest.strip())
+        elif name == b"x-api-key" and value.strip():
+            found.append(value.strip())
+    return found
+
+
+class ApiKeyMiddleware:
+    """Answer 401 (``WWW-Authenticate: Bearer``, JSON ``{"error": ...}``) unless a configured key is given."""
+
+    def __init__(self, app: ASGIApp, keys: Sequence[str], auth_health: bool = False,
+                 auth_metrics: bool = False) -> None:
+        if not keys or any(not key.strip() for key in keys):
+            raise ValueError("ApiKeyMiddleware needs at least one key and no blank ones")
+        self.app = app
+        self._digests = [hashlib.sha256(key.encode()).digest() for key in keys]
+        self._open = frozenset((set() if auth_health else set(HEALTH_PATHS))
+                               | (set() if auth_metrics else {METRICS_PATH}))
+
+    def _exempt(self, path: str) -> bool:
+        return path in self._open or path.startswith(CONTROL_PREFIX)
+
+    def _valid(self, key: bytes) -> bool:
+        digest = hashlib.sha256(key).digest()
+        matched = False
+        for known in self._digests:  # every key, no early exit
+            matched |= hmac.compare_digest(digest, known)
+        return matched
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self._exempt(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        given = presented_keys(scope["headers"])
+        valid = [self._valid(key) for key in given]  # all of them, whatever the first says
+        if any(valid):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # before accept: the server answers 403
+            return
+        message = ("the API key is not valid" if given else
+                   "this endpoint needs an API key: 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+        await error_response(401, message, CHALLENGE)(scope, receive, send)
