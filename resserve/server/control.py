@@ -14,7 +14,8 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from resserve.errors import ForbiddenError, ModelNotFoundError, UnauthorizedError
+from resserve.errors import EngineError, ForbiddenError, ModelNotFoundError, ResserveError, UnauthorizedError
+from resserve.server.failures import record_load_failure
 from resserve.server.state import AppState, get_state
 
 router = APIRouter()
@@ -35,6 +36,17 @@ def authorize(request: Request) -> AppState:
     return state
 
 
+def _load_error(exc: Exception, message: str) -> ResserveError:
+    """What a failed load answers: the error's own kind (404, 422, 503, ...), else an engine error
+    (500), with a message that shows no server paths."""
+    if isinstance(exc, ResserveError):
+        try:
+            return type(exc)(message)
+        except TypeError:  # a subclass that wants more than a message
+            pass
+    return EngineError(message)
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
@@ -47,12 +59,18 @@ async def index(request: Request) -> Response:
     entries = []
     for name in state.repository.names():
         served = loaded.get(name)
+        failed = state.failed.get(name)
         versions = await asyncio.to_thread(state.repository.versions, name)
         if served is not None:
-            entries.append({"name": name, "version": served.version, "state": "READY" if served.serving else "UNAVAILABLE"})
+            entry = {"name": name, "version": served.version, "state": "READY" if served.serving else "UNAVAILABLE"}
+            if failed is not None:  # a reload failed; the version that was serving still does
+                entry["reason"] = f"loading the newest version failed: {failed}"
+            elif not served.engine_healthy:
+                entry["reason"] = "the engine is not answering (watchdog)"
+            entries.append(entry)
         else:
             entries.append({"name": name, "version": versions[-1] if versions else "", "state": "UNAVAILABLE",
-                            "reason": "not loaded" if versions else "not built"})
+                            "reason": failed or ("not loaded" if versions else "not built")})
     return _json(entries)
 
 
@@ -62,7 +80,11 @@ async def load(request: Request, name: str) -> Response:
     state = authorize(request)
     if name not in state.repository.names():
         raise ModelNotFoundError(f"no model {name!r} in the repository")
-    await state.manager.load(name)
+    try:
+        await state.manager.load(name)
+    except Exception as exc:  # the previous version, if any, keeps serving
+        reason = record_load_failure(state, name, exc)
+        raise _load_error(exc, f"model {name} failed to load: {reason}") from exc
     state.failed.pop(name, None)
     return _json({})
 

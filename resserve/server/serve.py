@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -49,15 +50,15 @@ class DrainingServer(uvicorn.Server):
             captured.clear()
 
 
-def run_server(settings: ServerSettings, log_level: str = "info", shutdown_delay_s: float = 0.0) -> None:
-    """Serve until a signal; returns after a clean drain."""
-    app = create_app(settings)
-    config = uvicorn.Config(
+def uvicorn_config(app: Any, settings: ServerSettings, log_level: str = "info") -> uvicorn.Config:
+    """uvicorn's settings for ``app``. ``graceful_shutdown_s`` bounds the wait for requests in
+    flight, and 0 waits for none (never uvicorn's None, which waits for ever)."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_s) or None,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,  # a float: 0.5 s is not rounded to "for ever"
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=settings.keep_alive_timeout_s,
         http=settings.http_parser,
@@ -65,4 +66,9 @@ def run_server(settings: ServerSettings, log_level: str = "info", shutdown_delay
         access_log=False,  # metrics count requests; a log line per request costs CPU at 300 rps
         log_config=None,  # keep resserve's logging setup
     )
-    DrainingServer(config, app.state.resserve, shutdown_delay_s).run()
+
+
+def run_server(settings: ServerSettings, log_level: str = "info", shutdown_delay_s: float = 0.0) -> None:
+    """Serve until a signal; returns after a clean drain."""
+    app = create_app(settings)
+    DrainingServer(uvicorn_config(app, settings, log_level), app.state.resserve, shutdown_delay_s).run()
