@@ -33,7 +33,6 @@ from resserve.errors import (
     EngineError,
     ModelNotReadyError,
     QueueFullError,
-    ResserveError,
 )
 from resserve.metrics import Metrics
 
@@ -49,6 +48,7 @@ class _Pending:
     deadline: float  # time.monotonic()
     enqueued: float = field(default_factory=time.monotonic)
     received: float = 0.0  # when the request reached the server (adaptive batching ages from here)
+    queued: bool = True  # still in the queue's deque (not yet taken into a batch, not forgotten)
 
 
 class BatchQueue:
@@ -78,11 +78,15 @@ class BatchQueue:
         self.preferred = frozenset(preferred_batch_sizes)
         self._metrics = metrics
         self._labels = (model, version)
+        # Only live entries: one whose caller gave up (deadline, disconnect) leaves at once, so it
+        # counts against neither max_queue_size nor the depth, and its rows are freed.
         self._pending: collections.deque[_Pending] = collections.deque()
+        self._pending_rows = 0
         self._arrived = asyncio.Event()
         self._closed = False
         self._workers: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
+        self._released: asyncio.Future[list[None]] | None = None  # set by close()
         self._batch_s_ewma = 0.05  # engine seconds per batch, for Retry-After
         self.engine_timeout_s = engine_timeout_s
         self._on_health = on_health
@@ -96,8 +100,8 @@ class BatchQueue:
 
     @property
     def depth(self) -> int:
-        """Requests waiting (not yet in a running batch)."""
-        return len(self._pending)
+        """Rows waiting (not yet in a running batch) whose callers still wait for them."""
+        return self._pending_rows
 
     async def start(self) -> None:
         """Start one worker per runner."""
@@ -122,9 +126,9 @@ class BatchQueue:
         if self.hung:
             raise ModelNotReadyError(f"model {self._labels[0]}: the engine is not answering (watchdog)",
                                      retry_after_s=max(1, math.ceil(self.engine_timeout_s or 1)))
-        if len(self._pending) >= self.max_queue_size:
+        if self._pending_rows + rows.shape[0] > self.max_queue_size:
             raise QueueFullError(
-                f"model {self._labels[0]}: queue full ({self.max_queue_size} requests waiting)",
+                f"model {self._labels[0]}: queue full ({self._pending_rows} of {self.max_queue_size} rows waiting)",
                 retry_after_s=self.retry_after_s(),
             )
         loop = asyncio.get_running_loop()
@@ -133,48 +137,85 @@ class BatchQueue:
         if self.policy is not None:
             self.policy.arrivals.observe(item.enqueued)
         self._pending.append(item)
+        self._pending_rows += rows.shape[0]
         self._set_depth()
         self._arrived.set()
         try:
             # asyncio.wait never cancels what it waits on, and a cancellation reaches us at once.
             await asyncio.wait({item.future}, timeout=max(0.0, deadline - time.monotonic()))
-        except asyncio.CancelledError:  # the client went away: a worker will skip it
+        except asyncio.CancelledError:  # the client went away: its entry leaves the queue now
             item.future.cancel()
+            self._forget(item)
             raise
         if not item.future.done():
             item.future.cancel()
+            if item.queued and self._metrics:
+                self._metrics.expired.labels(*self._labels).inc()
+            self._forget(item)
             raise DeadlineExceededError(
                 f"model {self._labels[0]}: deadline passed after {time.monotonic() - item.enqueued:.3f} s"
             )
         return item.future.result()
 
-    async def close(self, timeout_s: float = 30.0) -> None:
+    async def close(self, timeout_s: float = 30.0, finalizers: Sequence[Callable[[], object]] = ()) -> None:
         """Stop accepting, finish everything queued and running, then stop the workers.
 
-        Requests still queued after ``timeout_s`` fail with ModelNotReadyError.
+        Requests still queued or in a running batch after ``timeout_s`` (0: at once) fail with
+        ModelNotReadyError, which a caller may retry on a successor. An engine call cannot be
+        interrupted: ``finalizers[i]`` (engine ``i``'s close) runs on engine thread ``i`` once the
+        call it may still be making has returned, never on the event loop; :meth:`released` waits
+        for that.
         """
         self._closed = True
         self._arrived.set()
         if self._workers:
             _done, still = await asyncio.wait(self._workers, timeout=timeout_s)
-            for task in still:
-                task.cancel()
+            while still:  # each ends at its next await, failing its running batch (_work)
+                for task in still:
+                    task.cancel()
+                _done, still = await asyncio.wait(still, timeout=0.1)  # should one swallow it: again
         while self._pending:
             item = self._pending.popleft()
+            self._take(item)
             if not item.future.done():
                 item.future.set_exception(ModelNotReadyError(f"model {self._labels[0]} shut down"))
-        for executor in self._executors:
-            executor.shutdown(wait=False, cancel_futures=True)
+        if self._released is None:
+            loop = asyncio.get_running_loop()
+            calls = [loop.run_in_executor(executor, _finalize, finalizers[index] if index < len(finalizers) else None,
+                                          self._labels[0], index)
+                     for index, executor in enumerate(self._executors)]
+            for executor in self._executors:
+                executor.shutdown(wait=False)  # the finalizer queued behind the running call still runs
+            self._released = asyncio.gather(*calls)
         self._set_depth()
+
+    async def released(self, timeout_s: float | None = None) -> bool:
+        """After :meth:`close`: wait until every engine thread's last call and finalizer have returned
+        (at most ``timeout_s``); False if one is still running."""
+        if self._released is None:
+            raise RuntimeError("released() before close()")
+        done, _ = await asyncio.wait({self._released}, timeout=timeout_s)
+        return bool(done)
 
     def retry_after_s(self) -> int:
         """Seconds until the queue ahead has likely drained: what a 503 tells the client to wait."""
-        batches_ahead = math.ceil(len(self._pending) / self.max_batch_size / len(self._runners))
+        batches_ahead = math.ceil(self._pending_rows / self.max_batch_size / len(self._runners))
         return max(1, math.ceil(batches_ahead * self._batch_s_ewma))
+
+    def _forget(self, item: _Pending) -> None:
+        """Take an abandoned entry out of the queue (O(queue), bounded by max_queue_size)."""
+        if item.queued:
+            self._take(item)
+            self._pending.remove(item)
+            self._set_depth()
+
+    def _take(self, item: _Pending) -> None:
+        item.queued = False
+        self._pending_rows -= item.rows.shape[0]
 
     def _set_depth(self) -> None:
         if self._metrics:
-            self._metrics.queue_depth.labels(*self._labels).set(len(self._pending))
+            self._metrics.queue_depth.labels(*self._labels).set(self._pending_rows)
 
     def _queued_rows(self, cap: int | None = None) -> int:
         limit = self.max_batch_size if cap is None else cap
@@ -235,6 +276,7 @@ class BatchQueue:
         while self._pending and (rows == 0 or rows + self._pending[0].rows.shape[0] <= cap) \
                 and rows + self._pending[0].rows.shape[0] <= self.max_batch_size:
             item = self._pending.popleft()
+            self._take(item)
             if item.future.done():  # cancelled by its caller (deadline or disconnect)
                 continue
             if item.deadline <= now:
@@ -257,7 +299,14 @@ class BatchQueue:
             if batch is None:
                 return
             if batch:
-                await self._run(loop, runner, executor, batch)
+                try:
+                    await self._run(loop, runner, executor, batch)
+                except asyncio.CancelledError:  # close() timed out: the engine call goes on without us
+                    error = ModelNotReadyError(f"model {self._labels[0]} shut down before its batch finished")
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(error)
+                    raise
 
     async def _run(
         self, loop: asyncio.AbstractEventLoop, runner: Runner, executor: ThreadPoolExecutor, batch: list[_Pending]
@@ -278,7 +327,10 @@ class BatchQueue:
             log.error("engine failed on a batch of %d requests: %s", len(batch), exc, exc_info=True)
             if self._metrics:
                 self._metrics.engine_failures.labels(*self._labels).inc()
-            error = exc if isinstance(exc, ResserveError) else EngineError(f"engine failed: {exc}")
+            # The answer says what failed, never the engine's own words (paths, internals): the log has those.
+            error = EngineError(f"model {self._labels[0]} version {self._labels[1]}: the engine failed on this "
+                                f"request's batch ({len(batch)} requests); the server log has the details")
+            error.__cause__ = exc
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
@@ -324,6 +376,17 @@ class BatchQueue:
             if recovered and self._on_health:
                 self._on_health(True)
             log.info("model %s: the engine answered again after the watchdog fired", model)
+
+
+def _finalize(finalizer: Callable[[], object] | None, model: str, index: int) -> None:
+    """Run on an engine thread after its last batch: an engine's close, whose failure is only logged."""
+    if finalizer is None:
+        return
+    try:
+        finalizer()
+    except Exception:
+        log.exception("model %s: closing engine instance %d failed", model, index)
+
 
 def _run_batch(runner: Runner, parts: list[np.ndarray]) -> np.ndarray:
     """Concatenate, run, and check the engine kept one output row per input row."""

@@ -12,12 +12,13 @@ Example ``model_repo/resnet50/config.yaml``::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from resserve.contract import PreprocessContract
 from resserve.errors import ConfigError
@@ -66,7 +67,7 @@ class DynamicBatchingConfig(_Strict):
         description="p99 target: batch size and wait are then chosen online to meet it (adaptive batching); "
                     "max_queue_delay_ms and preferred_batch_sizes are not used")
     preferred_batch_sizes: list[int] = Field(default_factory=list)
-    max_queue_size: int = Field(256, ge=1, description="queued requests beyond this are answered 503")
+    max_queue_size: int = Field(256, ge=1, description="images (or tensor rows) queued at once; beyond, requests are answered 503")
     default_timeout_ms: float = Field(30_000, gt=0, description="deadline of a request that sets none")
 
 
@@ -166,7 +167,8 @@ def load_model_config(path: Path) -> ModelConfig:
 class ServerSettings(BaseSettings):
     """Server-wide settings; every field can be set as ``RESSERVE_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="RESSERVE_", extra="forbid")
+    # hide_input_in_errors: a bad token or key list is never echoed into a log.
+    model_config = SettingsConfigDict(env_prefix="RESSERVE_", extra="forbid", hide_input_in_errors=True)
 
     model_repo: Path = Path("model_repo")
     host: str = "127.0.0.1"
@@ -177,12 +179,75 @@ class ServerSettings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_multipart_files: int = Field(64, ge=1)
     max_top_k: int = Field(1000, ge=1)
+    max_images_per_request: int = Field(
+        64, ge=1, description="images (or tensor rows) in one request, on every protocol; never above a model's "
+        "max_queue_size; beyond: 413, checked before any decode")
+    max_decompressed_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="a gzip/deflate body may inflate to this; beyond: 413")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="request headers above this: 431")
     max_connections: int = Field(512, ge=1, description="concurrent connections and requests; beyond: 503")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
     http_parser: Literal["httptools", "h11"] = Field(
         "httptools", description="httptools is faster; h11 also caps header bytes while parsing")
     control_token: str | None = Field(None, description="bearer token for repository control endpoints")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="keys for the inference and metadata endpoints ('Authorization: Bearer <key>' or "
+                    "'X-API-Key: <key>'); several at once for rotation; a JSON list or comma-separated; "
+                    "empty: no authentication")
+    api_keys_file: Path | None = Field(
+        None, description="a file of API keys, one per line (a mounted Kubernetes Secret); added to api_keys")
+    auth_health: bool = Field(False, description="/v2/health/* need an API key too (kubelet probes send none)")
+    auth_metrics: bool = Field(False, description="/metrics needs an API key too")
     allow_repository_control: bool = Field(False, description="enable load/unload without a token")
     graceful_shutdown_s: float = Field(30.0, ge=0)
     build_missing: bool = Field(True, description="build missing or stale artifacts at start")
+
+    @field_validator("control_token")
+    @classmethod
+    def _token_not_blank(cls, token: str | None) -> str | None:
+        if token is not None and not token.strip():
+            raise ValueError("RESSERVE_CONTROL_TOKEN is set but blank (an unset secret?): a blank token would "
+                             "accept 'Authorization: Bearer ' with nothing after it; set a real token, or unset "
+                             "it to disable repository control")
+        return None if token is None else token.strip()
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, raw: Any) -> Any:
+        """``RESSERVE_API_KEYS`` as a JSON list (``["k1", "k2"]``) or comma-separated (``k1,k2``)."""
+        if not isinstance(raw, str):
+            return raw
+        if raw.strip().startswith("["):
+            try:
+                return json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"RESSERVE_API_KEYS looks like a JSON list but is not one: {exc}") from exc
+        return raw.split(",")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_not_blank(cls, keys: list[str]) -> list[str]:
+        return _checked_keys(keys, "RESSERVE_API_KEYS")
+
+    @model_validator(mode="after")
+    def _read_api_keys_file(self) -> ServerSettings:
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"RESSERVE_API_KEYS_FILE {self.api_keys_file}: cannot read it: {exc}") from exc
+            keys = [line for line in lines if line.strip()]  # a trailing newline is no key
+            if not keys:
+                raise ValueError(f"RESSERVE_API_KEYS_FILE {self.api_keys_file} holds no key (an unset secret?)")
+            self.api_keys = list(dict.fromkeys([*self.api_keys, *_checked_keys(keys, str(self.api_keys_file))]))
+        return self
+
+
+def _checked_keys(keys: list[str], source: str) -> list[str]:
+    """Keys without surrounding whitespace; a blank one is refused (it would let a bare ``Bearer`` in)."""
+    blank = [i + 1 for i, key in enumerate(keys) if not key.strip()]
+    if blank:
+        raise ValueError(f"{source}: key {', '.join(map(str, blank))} of {len(keys)} is blank (an unset secret? "
+                         "a stray comma?); blank keys are refused")
+    return [key.strip() for key in keys]

@@ -81,3 +81,11 @@ class UnsupportedMediaTypeError(ResserveError):
 
 class PayloadTooLargeError(ResserveError):
     """A request body is larger than the configured limit (HTTP 413)."""
+
+
+class TooManyImagesError(PayloadTooLargeError):
+    """A request carries more images (or tensor rows) than ``max_images_per_request`` (HTTP 413)."""
+
+
+class ClientDisconnectedError(ResserveError):
+    """The client went away before its answer was ready; its work was cancelled (HTTP 499, logged only)."""

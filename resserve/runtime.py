@@ -27,6 +27,7 @@ from resserve.export.metadata import ModelMetadata
 from resserve.faults import FaultyRunner
 from resserve.metrics import Metrics
 from resserve.preprocess import DecodeOptions
+from resserve.redact import weights_name, without_paths
 from resserve.repository import ModelRepository, ModelVersion
 
 log = logging.getLogger(__name__)
@@ -59,21 +60,21 @@ class ServedModel:
         return self.metadata.random_weights
 
     def describe(self) -> dict[str, Any]:
-        engine = self.engines[0].describe()
-        return {
+        """The ``resserve`` section of ``/v2/models/{name}``: facts about the model, files by name only."""
+        return without_paths({
             "name": self.name,
             "version": self.version,
             "ready": self.serving,
             "engine_healthy": self.engine_healthy,
-            "engine": engine,
+            "engine": self.engines[0].describe(),
             "instances": len(self.engines),
             "max_batch_size": self.config.max_batch_size,
             "arch": self.metadata.arch,
-            "weights": self.metadata.weights_source,
+            "weights": weights_name(self.metadata.weights_source),
             "random_weights": self.random_weights,
             "preprocess": self.contract.model_dump(mode="json"),
             "classes": len(self.labels),
-        }
+        })
 
 
 class ModelManager:
@@ -155,15 +156,24 @@ class ModelManager:
         await asyncio.gather(*(self._retire(m) for m in models))
 
     async def _retire(self, served: ServedModel) -> None:
-        """Drain the model's queue and release its engines."""
+        """Drain the model's queue (at most ``graceful_shutdown_s``), then release its engines.
+
+        Each engine closes on its own engine thread once the batch it may still be running has
+        returned: never under a running batch, never on the event loop (TensorRT's close waits for
+        its CUDA stream).
+        """
         served.ready = False
         current = self._models.get(served.name)
         if current is None or current.version != served.version:  # a same-version reload stays 1
             self.metrics.model_ready.labels(served.name, served.version).set(0)
-        await served.queue.close(timeout_s=self.settings.graceful_shutdown_s)
-        for engine in served.engines:
-            engine.close()
-        log.info("model %s version %s released", served.name, served.version)
+        budget_s = self.settings.graceful_shutdown_s
+        started = time.monotonic()
+        await served.queue.close(timeout_s=budget_s, finalizers=[engine.close for engine in served.engines])
+        if await served.queue.released(max(0.0, budget_s - (time.monotonic() - started))):
+            log.info("model %s version %s released", served.name, served.version)
+        else:
+            log.info("model %s version %s retired; its engines close on their own threads once their running "
+                     "batches return", served.name, served.version)
 
     def _open(self, model_version: ModelVersion) -> ServedModel:
         """Create, load and warm every instance (runs in a worker thread)."""

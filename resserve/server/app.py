@@ -23,8 +23,10 @@ from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
 from resserve.runtime import ModelManager
 from resserve.server import classify, control, health, oip_routes
+from resserve.server.auth import ApiKeyMiddleware
 from resserve.server.errors import install_error_handlers
-from resserve.server.inference import InferenceService
+from resserve.server.failures import record_load_failure
+from resserve.server.pipeline import RequestPipeline
 from resserve.server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from resserve.server.state import AppState
 
@@ -42,10 +44,10 @@ async def start_models(state: AppState) -> None:
             if settings.build_missing and await asyncio.to_thread(repository.is_stale, name):
                 await asyncio.to_thread(repository.build, name)
             await state.manager.load(name)
-        except ResserveError as exc:
-            # One broken model must not keep the others from serving; readiness stays false.
-            log.error("model %s not loaded: %s", name, exc)
-            state.failed[name] = str(exc)
+        except Exception as exc:  # not CancelledError or KeyboardInterrupt: those stop the server
+            # One broken model (a bad config, a truncated or corrupt artifact, an engine that will
+            # not open it) must not keep the others from serving; readiness stays false and says why.
+            record_load_failure(state, name, exc)
     state.started = True
 
 
@@ -60,7 +62,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         metrics=metrics,
         repository=repository,
         manager=manager,
-        service=InferenceService(settings, metrics, manager),
+        pipeline=RequestPipeline(settings, metrics, manager),
     )
 
     @asynccontextmanager
@@ -75,7 +77,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         finally:
             state.draining = True
             await state.manager.close()
-            state.service.close()
+            state.pipeline.close()
 
     app = FastAPI(title="resserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.resserve = state
@@ -84,5 +86,8 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        max_header_bytes=settings.max_header_bytes)
+    if settings.api_keys:  # inside the metrics middleware: 401s are counted too
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, auth_health=settings.auth_health,
+                           auth_metrics=settings.auth_metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -21,6 +21,7 @@ STATUS: dict[type[errors.ResserveError], int] = {
     errors.ModelNotFoundError: 404,
     errors.ImageTooLargeError: 413,
     errors.PayloadTooLargeError: 413,
+    errors.ClientDisconnectedError: 499,
     errors.UnsupportedMediaTypeError: 415,
     errors.InvalidRequestError: 422,
     errors.ConfigError: 422,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from resserve.errors import InvalidRequestError
+from resserve.errors import InvalidRequestError, TooManyImagesError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_CONTENT_TYPE = "application/json"
@@ -38,6 +38,7 @@ DEFAULT_MAX_INPUTS = 8
 # what would hurt the process. Checked on the declared shapes, before anything is allocated.
 DEFAULT_MAX_ELEMENTS = 1 << 26
 MAX_RANK = 16  # numpy stops at 64 dimensions; image models need a handful
+MAX_DIMENSION = 2**31 - 1  # Triton's dims are int64, but no tensor here has a side above int32
 
 _LENGTH = struct.Struct("<I")
 
@@ -120,8 +121,14 @@ def parse_infer_request(
     *,
     max_inputs: int = DEFAULT_MAX_INPUTS,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_images: int | None = None,
 ) -> InferRequest:
-    """Decode an infer request body; InvalidRequestError says exactly what is wrong."""
+    """Decode an infer request body; InvalidRequestError says exactly what is wrong.
+
+    ``max_images`` caps the images of an input: the elements of a BYTES input (encoded images,
+    each of which costs a decode), the first (batch) dimension of a numeric one. Checked on the
+    declared shape, before any element is framed, base64-decoded or converted.
+    """
     view = memoryview(body)
     if header_length is None:
         header, binary = view, view[len(view) :]
@@ -156,6 +163,9 @@ def parse_infer_request(
         if spec.count > max_elements:
             msg = f"shape {_fmt(spec.shape)} has {spec.count} elements, more than the limit of {max_elements}"
             raise InvalidRequestError(f"input '{spec.name}': {msg}")
+        if max_images is not None and (images := _images(spec)) > max_images:
+            raise TooManyImagesError(f"input '{spec.name}': shape {_fmt(spec.shape)} declares {images} "
+                                     f"images; at most {max_images} per request (max_images_per_request)")
     if (total := sum(s.count for s in specs)) > max_elements:
         raise InvalidRequestError(f"the inputs have {total} elements in all, more than {max_elements}")
     sizes = [s.binary_size for s in specs if s.binary_size is not None]
@@ -176,6 +186,13 @@ def parse_infer_request(
         inputs.append(InputTensor(spec.name, spec.datatype, spec.shape, data))
     outputs = _requested_outputs(doc.get("outputs"), binary_output)
     return InferRequest(request_id, inputs, outputs, binary_output, parameters)
+
+
+def _images(spec: _InputSpec) -> int:
+    """How many images an input carries: BYTES elements, or the batch dimension of a tensor."""
+    if spec.datatype == BYTES:
+        return spec.count
+    return spec.shape[0] if spec.shape else 1
 
 
 def _input_spec(raw: Any, index: int) -> _InputSpec:
@@ -200,19 +217,26 @@ def _input_spec(raw: Any, index: int) -> _InputSpec:
 def _decode_binary(spec: _InputSpec, chunk: memoryview) -> np.ndarray | list[bytes]:
     what = f"input '{spec.name}'"
     if spec.datatype == BYTES:
+        # Exactly the declared elements and not one more: the loop never runs past spec.count,
+        # which max_elements bounded, however many empty elements the body could hold.
         items: list[bytes] = []
         offset = 0
-        while offset < len(chunk):
+        for index in range(spec.count):
             if offset + 4 > len(chunk):
-                raise InvalidRequestError(f"{what}: BYTES element {len(items)} has a truncated length prefix")
+                if offset == len(chunk):
+                    raise InvalidRequestError(f"{what}: shape {_fmt(spec.shape)} needs {spec.count} "
+                                              f"elements, the data holds {index}")
+                raise InvalidRequestError(f"{what}: BYTES element {index} has a truncated length prefix")
             (length,) = _LENGTH.unpack_from(chunk, offset)
             offset += 4
             if offset + length > len(chunk):
-                msg = f"BYTES element {len(items)} declares {length} bytes, {len(chunk) - offset} remain"
+                msg = f"BYTES element {index} declares {length} bytes, {len(chunk) - offset} remain"
                 raise InvalidRequestError(f"{what}: {msg}")
             items.append(bytes(chunk[offset : offset + length]))
             offset += length
-        _check_count(what, spec, len(items))
+        if offset != len(chunk):
+            raise InvalidRequestError(f"{what}: {len(chunk) - offset} bytes are left over after the "
+                                      f"{spec.count} elements its shape {_fmt(spec.shape)} declares")
         return items
     dtype = NUMERIC_DTYPES[spec.datatype]
     if len(chunk) != (need := spec.count * dtype.itemsize):
@@ -402,6 +426,8 @@ def _shape(raw: Any, what: str) -> tuple[int, ...]:
         raise InvalidRequestError(f"{what}: shape has {len(raw)} dimensions, at most {MAX_RANK} are accepted")
     if negative := [d for d in raw if d < 0]:
         raise InvalidRequestError(f"{what}: shape {_fmt(raw)} has a negative dimension ({negative[0]})")
+    if huge := [d for d in raw if d > MAX_DIMENSION]:
+        raise InvalidRequestError(f"{what}: shape has a dimension of {huge[0]}, above {MAX_DIMENSION}")
     return tuple(raw)
 
 
@@ -414,6 +440,17 @@ def _check_unique(names: list[str], kind: str) -> None:
     if len(set(names)) != len(names):
         duplicate = next(n for i, n in enumerate(names) if n in names[:i])
         raise InvalidRequestError(f"{kind} '{duplicate}' appears more than once")
+
+
+def finite_number(value: Any) -> float | None:
+    """A JSON number as a finite float, or None (booleans, strings, NaN, a 400-digit integer)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _is_int(value: Any) -> bool:

@@ -8,7 +8,8 @@ classification extension (``parameters: {classification: k}``) the top-k as
 
 from __future__ import annotations
 
-import zlib
+import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,14 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from resserve import __version__
-from resserve.errors import InvalidRequestError, PayloadTooLargeError
+from resserve.errors import InvalidRequestError
+from resserve.redact import public_config
 from resserve.runtime import ServedModel
 from resserve.server import oip
-from resserve.server.state import AppState, get_state
+from resserve.server.body import content_encoding, decompress
+from resserve.server.disconnect import CancelOnDisconnect
+from resserve.server.pipeline import MAX_TIMEOUT_MS, RequestPipeline, Ticket
+from resserve.server.state import get_state
 
 router = APIRouter()
 
@@ -38,12 +43,55 @@ def _datatype(dtype: np.dtype) -> str:
     return next(name for name, known in oip.NUMERIC_DTYPES.items() if known == dtype.newbyteorder("<"))
 
 
-def _tensor_inputs(served: ServedModel) -> list[oip.TensorMeta]:
+def _tensor_input(served: ServedModel) -> oip.TensorMeta:
+    """The one input metadata lists: a client that sends every listed input must succeed, and
+    ``infer`` takes exactly one input, so the encoded-image input is listed apart, under
+    ``resserve.alternative_inputs``."""
     spec = served.engines[0].input_spec
-    return [
-        oip.TensorMeta(spec.name, _datatype(spec.dtype), list(spec.shape)),
-        oip.TensorMeta(IMAGE_INPUT, oip.BYTES, [-1]),
-    ]
+    return oip.TensorMeta(spec.name, _datatype(spec.dtype), list(spec.shape))
+
+
+IMAGE_INPUT_META = {"name": IMAGE_INPUT, "datatype": oip.BYTES, "shape": [-1],
+                    "description": "encoded image files instead of the tensor, preprocessed by the server"}
+
+_TENSOR_SCHEMA = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": list(oip.DATATYPES)},
+        "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+        "data": {"type": "array", "description": "row-major values; for BYTES base64 strings"},
+    },
+}
+OPENAPI_INFER: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "An Open Inference Protocol v2 inference request. With the binary tensor data extension "
+                       "the JSON header is followed by raw tensor bytes, its length in the "
+                       f"{oip.HEADER_LENGTH} header (Content-Type application/octet-stream).",
+        "content": {
+            "application/json": {"schema": {
+                "type": "object",
+                "required": ["inputs"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "parameters": {"type": "object", "properties": {
+                        "timeout": {"type": "number", "description": "deadline in microseconds"},
+                        "binary_data_output": {"type": "boolean"}}},
+                    "inputs": {"type": "array", "minItems": 1, "items": _TENSOR_SCHEMA},
+                    "outputs": {"type": "array", "items": {
+                        "type": "object", "required": ["name"],
+                        "properties": {"name": {"type": "string"}, "parameters": {"type": "object", "properties": {
+                            "binary_data": {"type": "boolean"},
+                            "classification": {"type": "integer", "minimum": 1}}}}}},
+                },
+            }},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
 
 
 @router.get("/v2")
@@ -56,9 +104,10 @@ async def server_metadata() -> Response:
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
     served = get_state(request).manager.get(name, version)
     out = served.engines[0].output_spec
-    doc = oip.model_metadata(served.name, [served.version], PLATFORM, _tensor_inputs(served),
+    doc = oip.model_metadata(served.name, [served.version], PLATFORM, [_tensor_input(served)],
                              [oip.TensorMeta(out.name, "FP32", list(out.shape))])
     doc["resserve"] = served.describe()
+    doc["resserve"]["alternative_inputs"] = [IMAGE_INPUT_META]
     return _json(doc)
 
 
@@ -73,7 +122,7 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 @router.get("/v2/models/{name}/versions/{version}/config")
 async def model_config(request: Request, name: str, version: str | None = None) -> Response:
     served = get_state(request).manager.get(name, version)
-    config = served.config.model_dump(mode="json")
+    config = public_config(served.config)  # no fault injection, no paths: files by name only
     config["platform"] = PLATFORM
     return _json(config)
 
@@ -83,41 +132,35 @@ def _read_timeout_ms(request_params: dict[str, Any]) -> float | None:
     raw = request_params.get("timeout")
     if raw is None:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
-        raise InvalidRequestError(f"parameters.timeout must be a positive number of microseconds, got {raw!r}")
-    return float(raw) / 1000.0
+    micros = oip.finite_number(raw)
+    if micros is None or micros <= 0 or micros / 1000.0 > MAX_TIMEOUT_MS:
+        shown = raw if len(repr(raw)) <= 40 else f"{repr(raw)[:40]}..."
+        raise InvalidRequestError(f"parameters.timeout must be a positive number of microseconds, at most "
+                                  f"{MAX_TIMEOUT_MS * 1000:.0f}, got {shown}")
+    return micros / 1000.0
 
 
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """gzip/deflate request bodies (tritonclient's request compression), capped at ``limit``."""
-    if encoding in ("", "identity"):
-        return body
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
-    if wbits is None:
-        raise InvalidRequestError(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidRequestError(f"cannot decompress the {encoding} body: {exc}") from exc
-    if len(out) > limit:
-        raise PayloadTooLargeError(f"decompressed body exceeds the limit of {limit} bytes")
-    return out
+def _parse(body: bytes, encoding: str, header_length: int | None, max_decompressed_bytes: int,
+           max_images: int) -> oip.InferRequest:
+    """Inflate and decode a request (runs in a worker thread: JSON, base64 and framing are CPU work)."""
+    return oip.parse_infer_request(decompress(body, encoding, max_decompressed_bytes), header_length,
+                                   max_images=max_images)
 
 
-async def _run(state: AppState, served: ServedModel, request: oip.InferRequest) -> np.ndarray:
+async def _run(pipeline: RequestPipeline, ticket: Ticket, request: oip.InferRequest) -> np.ndarray:
     if len(request.inputs) != 1:
-        raise InvalidRequestError(f"expected one input, got {len(request.inputs)}")
+        names = ", ".join(repr(t.name) for t in request.inputs)
+        raise InvalidRequestError(f"expected one input, got {len(request.inputs)} ({names}): send either "
+                                  f"the tensor or {IMAGE_INPUT!r} (encoded images), not both")
     (tensor,) = request.inputs
-    deadline = state.service.deadline(served, _read_timeout_ms(request.parameters))
+    timeout_ms = _read_timeout_ms(request.parameters)
+    served = ticket.served
     if tensor.datatype == oip.BYTES:
         images = tensor.data
         assert isinstance(images, list)
         if not images:
             raise InvalidRequestError(f"input '{tensor.name}' holds no images")
-        outputs = await state.service.infer_images(served, images, deadline)
-        state.metrics.images.labels(served.name, "ok").inc(len(images))
-        return outputs
+        return await pipeline.run_images(ticket, images, timeout_ms)
     spec = served.engines[0].input_spec
     datatype = _datatype(spec.dtype)
     if tensor.datatype != datatype:
@@ -132,30 +175,36 @@ async def _run(state: AppState, served: ServedModel, request: oip.InferRequest) 
         )
     data = tensor.data
     assert isinstance(data, np.ndarray)
-    return await state.service.infer_tensor(served, np.ascontiguousarray(data, dtype=spec.dtype), deadline)
+    return await pipeline.run_tensor(ticket, np.ascontiguousarray(data, dtype=spec.dtype), timeout_ms)
 
 
-@router.post("/v2/models/{name}/infer")
-@router.post("/v2/models/{name}/versions/{version}/infer")
+@router.post("/v2/models/{name}/infer", openapi_extra=OPENAPI_INFER)
+@router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=OPENAPI_INFER)
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """OIP v2 inference with the binary tensor data and classification extensions."""
+    received = time.monotonic()
     state = get_state(request)
+    pipeline = state.pipeline
     served = state.manager.get(name, version)
     request.state.model, request.state.version = served.name, served.version
-    with state.service.admit(served):
-        body = _decompress(await request.body(), request.headers.get("content-encoding", "").lower(),
-                           state.settings.max_body_bytes)
-        parsed = oip.parse_infer_request(body, oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH)))
+    header_length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH))
+    encoding = content_encoding(request)
+    with pipeline.admit(served, received) as ticket:
+        raw = await request.body()
+        parsed = await asyncio.to_thread(_parse, raw, encoding, header_length,
+                                         state.settings.max_decompressed_bytes, pipeline.max_images(served))
+        del raw
         out_spec = served.engines[0].output_spec
         requested = parsed.outputs or [oip.RequestedOutput(out_spec.name, parsed.binary_data_output)]
         for wanted in requested:
             if wanted.name != out_spec.name:
                 raise InvalidRequestError(f"unknown output {wanted.name!r}; the model has {out_spec.name!r}")
-        outputs = await _run(state, served, parsed)
+        async with CancelOnDisconnect(request.receive):
+            outputs = await _run(pipeline, ticket, parsed)
     results = []
     for wanted in requested:
         if wanted.classification is not None:
-            scores = state.service.scores(served, outputs)
+            scores = pipeline.scores(served, outputs)
             data = oip.classification_tensor(scores, wanted.classification, served.labels)
             k = min(wanted.classification, scores.shape[1])
             results.append(oip.OutputTensor(wanted.name, oip.BYTES, [scores.shape[0], k], data, wanted.binary))

@@ -10,7 +10,7 @@ from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
 from resserve.runtime import ModelManager
-from resserve.server.inference import InferenceService
+from resserve.server.pipeline import RequestPipeline
 
 
 @dataclass
@@ -21,23 +21,29 @@ class AppState:
     metrics: Metrics
     repository: ModelRepository
     manager: ModelManager
-    service: InferenceService
+    pipeline: RequestPipeline
     started: bool = False
     draining: bool = False
-    failed: dict[str, str] = field(default_factory=dict)  # model -> why it did not load
+    failed: dict[str, str] = field(default_factory=dict)  # model -> why its last load failed (no paths)
 
     @property
     def ready(self) -> bool:
         """Every configured model serves (strict, as Triton): a broken model keeps the pod out."""
-        return self.started and not self.draining and not self.failed and self.manager.all_ready()
+        return self.started and not self.draining and not self.unserved_failures() and self.manager.all_ready()
+
+    def unserved_failures(self) -> dict[str, str]:
+        """Models whose load failed and that serve no version: a failed reload, which leaves the
+        previous version serving, does not take the pod out (the repository index shows it)."""
+        serving = {m.name for m in self.manager.loaded()}
+        return {name: why for name, why in self.failed.items() if name not in serving}
 
     def not_ready_reason(self) -> str:
         if self.draining:
             return "draining"
         if not self.started:
             return "loading"
-        if self.failed:
-            return "; ".join(f"model {name} failed to load: {why}" for name, why in self.failed.items())
+        if failed := self.unserved_failures():
+            return "; ".join(f"model {name} failed to load: {why}" for name, why in failed.items())
         if stuck := self.manager.not_serving():
             return "; ".join(stuck)
         return "no model is loaded"

@@ -58,10 +58,10 @@ def test_limits_and_abuse(repo: Path, tmp_path: Path) -> None:
         idle.close()
         slow.close()
 
-        # Too many multipart parts: 422 naming the limit.
+        # Too many multipart parts: 413 naming the limit (images are what cost).
         files = [("file", (f"{i}.jpg", jpeg(seed=i), "image/jpeg")) for i in range(5)]
         many = httpx.post(f"{url}/v2/models/r18/classify", files=files, timeout=30)
-        assert many.status_code == 422 and "at most 4 parts" in many.json()["error"]
+        assert many.status_code == 413 and "at most 4 parts (max_multipart_files)" in many.json()["error"]
 
         # NaN in a binary OIP tensor: 422, not NaN scores.
         x = np.zeros((1, 3, 224, 224), np.float32)

@@ -16,7 +16,7 @@ from server_harness import RunningServer, encode, jpeg, serve_in_thread, write_m
 from resserve.config import ServerSettings
 from resserve.contract import imagenet_contract
 from resserve.preprocess import preprocess
-from resserve.server.inference import softmax
+from resserve.server.scores import softmax
 from resserve.synthetic import synthetic_image
 
 

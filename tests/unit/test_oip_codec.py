@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from resserve.errors import InvalidRequestError
+from resserve.errors import InvalidRequestError, TooManyImagesError
 from resserve.server.oip import (
     HEADER_LENGTH,
     OutputTensor,
@@ -18,6 +18,7 @@ from resserve.server.oip import (
     build_infer_response,
     classification_tensor,
     error_body,
+    finite_number,
     model_metadata,
     parse_header_length,
     parse_infer_request,
@@ -164,7 +165,8 @@ def test_bad_bytes_framing() -> None:
     for blob, match in [
         (struct.pack("<I", 10) + b"abc", r"element 0 declares 10 bytes, 3 remain"),
         (_bytes_tensor([b"a"]) + b"\x01\x00", r"element 1 has a truncated length prefix"),
-        (_bytes_tensor([b"a", b"b", b"c"]), r"input 'img': shape \[2\] needs 2 elements, got 3"),
+        (_bytes_tensor([b"a", b"b", b"c"]), r"input 'img': 5 bytes are left over after the 2 elements its shape"),
+        (_bytes_tensor([b"a"]), r"input 'img': shape \[2\] needs 2 elements, the data holds 1"),
     ]:
         header = {
             "inputs": [
@@ -177,6 +179,42 @@ def test_bad_bytes_framing() -> None:
             ]
         }
         _rejects(match, *_binary_request(header, blob))
+
+
+def test_bytes_framing_stops_at_the_declared_count() -> None:
+    """5 M empty elements (20 MiB) behind a shape of [2]: the loop frames two and rejects the rest."""
+    blob = b"\x00" * (20 * 1024 * 1024)
+    header = {"inputs": [{"name": "img", "shape": [2], "datatype": "BYTES",
+                          "parameters": {"binary_data_size": len(blob)}}]}
+    # The old loop built 5 M bytes objects here before it counted them (seconds of event loop).
+    _rejects(r"20971512 bytes are left over after the 2 elements", *_binary_request(header, blob))
+
+
+def test_bytes_elements_capped_before_decoding() -> None:
+    header = {"inputs": [{"name": "img", "shape": [65], "datatype": "BYTES",
+                          "data": ["!not base64!"] * 65}]}
+    with pytest.raises(TooManyImagesError, match=r"declares 65 images; at most 64 per request"):
+        parse_infer_request(_json(header), None, max_images=64)
+    # Within the cap the elements are decoded, and the bad base64 is what fails.
+    header["inputs"][0]["shape"] = [64]
+    header["inputs"][0]["data"] = ["!not base64!"] * 64
+    _rejects("element 0 is not a base64 string", _json(header), None)
+    # A tensor's images are its first dimension.
+    tensor = {"inputs": [{"name": "x", "shape": [65, 2], "datatype": "FP32", "data": [0.0] * 130}]}
+    with pytest.raises(TooManyImagesError, match=r"declares 65 images"):
+        parse_infer_request(_json(tensor), None, max_images=64)
+
+
+def test_huge_dimensions_are_refused() -> None:
+    for shape in ([10**400], [1, 2**31], [2**63, 0]):
+        body = _json({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": []}]})
+        _rejects(r"shape has a dimension of \d+, above 2147483647", body)
+
+
+def test_finite_number() -> None:
+    assert finite_number(5) == 5.0 and finite_number(2.5) == 2.5
+    for bad in (10**400, True, "5", None, float("inf"), float("nan"), [1]):
+        assert finite_number(bad) is None
 
 
 def test_header_length_problems() -> None:

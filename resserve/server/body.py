@@ -1,0 +1,59 @@
+"""Request bodies as every protocol reads them: Content-Encoding undone, with a cap of its own.
+
+A gzip body of 20 kB can inflate to 20 MiB, so decompression is capped (``max_decompressed_bytes``)
+separately from the wire limit (``max_body_bytes``, enforced while streaming by the middleware)
+and runs in a worker thread, away from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+
+from starlette.requests import Request
+
+from resserve.errors import InvalidRequestError, PayloadTooLargeError
+
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def content_encoding(request: Request) -> str:
+    """The request's Content-Encoding, lower case; "" for none or identity."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return ""
+    if encoding not in _WBITS:
+        raise InvalidRequestError(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
+    return encoding
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """gzip/deflate bodies (tritonclient's request compression) inflated to at most ``limit`` bytes.
+
+    Raw deflate streams (no zlib header), which some clients send as "deflate", are accepted too.
+    """
+    if not encoding:
+        return body
+    for wbits in (_WBITS[encoding], -zlib.MAX_WBITS) if encoding == "deflate" else (_WBITS[encoding],):
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            error = exc
+            continue
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise PayloadTooLargeError(f"the {encoding} body inflates past the limit of {limit} bytes "
+                                       "(max_decompressed_bytes)")
+        if not inflater.eof:
+            raise InvalidRequestError(f"the {encoding} body is truncated")
+        return out
+    raise InvalidRequestError(f"cannot decompress the {encoding} body: {error}")
+
+
+async def read_body(request: Request, max_decompressed_bytes: int) -> bytes:
+    """The whole body (already capped on the wire by the middleware), decompressed off the loop."""
+    body = await request.body()
+    encoding = content_encoding(request)
+    if not encoding:
+        return body
+    return await asyncio.to_thread(decompress, body, encoding, max_decompressed_bytes)

@@ -1,0 +1,200 @@
+"""The one request pipeline that every protocol adapter calls.
+
+An adapter (``classify``, OIP ``infer``, later gRPC) turns its wire format into encoded images or
+a tensor, and turns the outputs back. Everything between is here, written once: admission by
+images, the per-request image limit, deadlines, preprocessing image by image, the batch queue,
+the image counters and scores.
+
+Example::
+
+    with pipeline.admit(served, received) as ticket:
+        images = ...  # read and parse the body
+        outputs = await pipeline.run_images(ticket, images, timeout_ms)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from resserve.config import ServerSettings
+from resserve.engines.onnxruntime import available_cores
+from resserve.errors import InvalidRequestError, ModelNotReadyError, QueueFullError, TooManyImagesError
+from resserve.metrics import Metrics
+from resserve.preprocess import preprocess_timed
+from resserve.runtime import ModelManager, ServedModel
+from resserve.server.scores import softmax
+
+# A request may ask for a longer deadline than the model's default, but not an unbounded one:
+# float("1e400") is inf, and a deadline of inf keeps an entry alive for ever.
+MAX_TIMEOUT_MS = 3_600_000.0
+
+
+@dataclass
+class Ticket:
+    """A request admitted on ``served``: it holds ``images`` units of the model's admission budget."""
+
+    served: ServedModel
+    received: float  # time.monotonic() when the request arrived: the adaptive batcher ages from here
+    images: int = 1
+
+
+class RequestPipeline:
+    """Admission, preprocessing (a thread pool), batching and scores for every protocol.
+
+    Decoding and resizing run in a pool of threads (Pillow and numpy release the GIL) while the
+    engine thread runs the previous batch: on 2 cores that overlap decides throughput.
+    """
+
+    def __init__(self, settings: ServerSettings, metrics: Metrics, manager: ModelManager) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.manager = manager
+        self.threads = settings.preprocess_threads or available_cores()
+        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="preprocess")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def max_images(self, served: ServedModel) -> int:
+        """Images (or tensor rows) one request may carry: the setting, never above the queue."""
+        return min(self.settings.max_images_per_request, served.config.dynamic_batching.max_queue_size)
+
+    @staticmethod
+    def capacity(served: ServedModel) -> int:
+        """Images a model admits at once: its queue plus one running batch per engine instance."""
+        config = served.config
+        return config.dynamic_batching.max_queue_size + config.max_batch_size * config.instance_count
+
+    @contextlib.contextmanager
+    def admit(self, served: ServedModel, received: float) -> Iterator[Ticket]:
+        """Admission control before the body is read: one image's place, grown by :meth:`reserve`
+        once the request says how many it carries. Overload is refused with a cheap 503 instead of
+        costing a read and a decode first, and memory stays bounded whatever the offered load."""
+        self._check_room(served, 1)
+        ticket = Ticket(served, received)
+        served.admitted += 1
+        try:
+            yield ticket
+        finally:
+            served.admitted -= ticket.images
+
+    def reserve(self, ticket: Ticket, count: int) -> None:
+        """Grow (or shrink) the ticket to ``count`` images: 413 beyond the per-request limit, 503
+        when the model has no room for them now. Call before decoding anything."""
+        served = ticket.served
+        if count > (limit := self.max_images(served)):
+            raise TooManyImagesError(
+                f"the request carries {count} images; at most {limit} per request (max_images_per_request)")
+        if count > ticket.images:
+            self._check_room(served, count - ticket.images)
+        served.admitted += count - ticket.images
+        ticket.images = count
+
+    def _check_room(self, served: ServedModel, count: int) -> None:
+        if served.admitted + count > (capacity := self.capacity(served)):
+            raise QueueFullError(
+                f"model {served.name}: queue full ({served.admitted} of {capacity} images in progress)",
+                retry_after_s=served.queue.retry_after_s())
+
+    def deadline(self, ticket: Ticket, timeout_ms: float | None) -> float:
+        """Monotonic deadline: the request's own timeout, else the model's default; from arrival."""
+        if timeout_ms is not None and not (0 < timeout_ms <= MAX_TIMEOUT_MS):
+            raise InvalidRequestError(f"timeout must be in (0, {MAX_TIMEOUT_MS:.0f}] ms, got {timeout_ms:g} ms")
+        ms = timeout_ms if timeout_ms is not None else ticket.served.config.dynamic_batching.default_timeout_ms
+        return ticket.received + ms / 1000.0
+
+    async def run_images(self, ticket: Ticket, images: Sequence[bytes], timeout_ms: float | None) -> np.ndarray:
+        """Raw model outputs for encoded images, one row per image.
+
+        Each image is preprocessed and queued on its own, so the images of one request and of
+        concurrent requests batch together freely; at most ``threads`` images of a request are
+        being decoded at once, and the first failure cancels the rest.
+        """
+        if not images:
+            raise InvalidRequestError("the request holds no images")
+        self.reserve(ticket, len(images))
+        deadline = self.deadline(ticket, timeout_ms)
+        served = ticket.served
+        window = asyncio.Semaphore(self.threads)
+
+        async def one(data: bytes) -> np.ndarray:
+            async with window:
+                tensor = await self._preprocess(served, data)
+            return await self._submit(served, tensor[np.newaxis], deadline, ticket.received)
+
+        try:
+            outputs = await _all_or_first_error([one(data) for data in images])
+        except BaseException:
+            self.metrics.images.labels(served.name, "error").inc(len(images))
+            raise
+        self.metrics.images.labels(served.name, "ok").inc(len(images))
+        return np.concatenate(outputs)
+
+    async def run_tensor(self, ticket: Ticket, batch: np.ndarray, timeout_ms: float | None) -> np.ndarray:
+        """Raw model outputs for a preprocessed batch: its rows count as images everywhere."""
+        self.reserve(ticket, batch.shape[0])
+        deadline = self.deadline(ticket, timeout_ms)
+        served = ticket.served
+        try:
+            outputs = await self._submit(served, batch, deadline, ticket.received)
+        except BaseException:
+            self.metrics.images.labels(served.name, "error").inc(batch.shape[0])
+            raise
+        self.metrics.images.labels(served.name, "ok").inc(batch.shape[0])
+        return outputs
+
+    @staticmethod
+    def scores(served: ServedModel, outputs: np.ndarray) -> np.ndarray:
+        """Softmax probabilities, unless the model already ends in softmax."""
+        if served.config.softmax_in_model or served.metadata.softmax:
+            return outputs.astype(np.float32, copy=False)
+        return softmax(outputs)
+
+    async def _preprocess(self, served: ServedModel, data: bytes) -> np.ndarray:
+        """One encoded image to the model's input tensor (no batch axis), with stage metrics."""
+        loop = asyncio.get_running_loop()
+        queued = time.perf_counter()
+        tensor, decode_s, transform_s, started = await loop.run_in_executor(self.pool, _timed, data, served)
+        self.metrics.preprocess_wait.labels(served.name).observe(started - queued)
+        self.metrics.decode.labels(served.name).observe(decode_s)
+        self.metrics.preprocess.labels(served.name).observe(transform_s)
+        return tensor
+
+    async def _submit(self, served: ServedModel, rows: np.ndarray, deadline: float, received: float) -> np.ndarray:
+        """Queue rows on ``served``, or on its successor if a reload retired it meanwhile."""
+        try:
+            return await served.queue.submit(rows, deadline, received)
+        except ModelNotReadyError:
+            successor = self.manager.successor(served)
+            if successor is None:
+                raise
+            return await successor.queue.submit(rows, deadline, received)
+
+
+async def _all_or_first_error(coroutines: list) -> list[np.ndarray]:  # type: ignore[type-arg]
+    """Run every coroutine; on the first failure cancel the others and raise that failure."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coroutines]
+    except BaseExceptionGroup as group_error:
+        raise _first(group_error) from None
+    return [task.result() for task in tasks]
+
+
+def _first(group_error: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+    first = group_error.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _timed(data: bytes, served: ServedModel) -> tuple[np.ndarray, float, float, float]:
+    started = time.perf_counter()
+    tensor, decode_s, transform_s = preprocess_timed(data, served.contract, served.decode_options)
+    return tensor, decode_s, transform_s, started
+

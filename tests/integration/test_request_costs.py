@@ -1,0 +1,231 @@
+"""Every request costs what it is allowed to cost (issue 14): limits before decode, on every
+protocol, one pipeline; parsing off the event loop; dead work cancelled; truthful metadata."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+from PIL import Image
+from server_harness import RunningServer, encode, jpeg, serve_in_thread, write_model
+
+from resserve.config import ServerSettings
+
+tritonclient_http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a test dependency")
+from tritonclient.utils import InferenceServerException
+
+TINY_GIF = encode(Image.new("L", (1, 1)), "GIF")
+
+
+@pytest.fixture(scope="module")
+def server(model_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    repo = tmp_path_factory.mktemp("repo")
+    write_model(repo, "r18", model_onnx)
+    # Every batch sleeps 1.5 s: requests queue up behind it, so the queue can be watched.
+    write_model(repo, "slow", model_onnx, max_batch_size=1,
+                dynamic_batching={"max_queue_delay_ms": 0, "max_queue_size": 8},
+                fault_injection={"hang_every_n_batches": 1, "hang_s": 1.5}, engine_timeout_s=30)
+    settings = ServerSettings(model_repo=repo, max_images_per_request=16, max_decompressed_bytes=4 * 1024 * 1024)
+    with serve_in_thread(settings) as running:
+        yield running
+
+
+def decoded(server: RunningServer, model: str) -> float:
+    return server.metric("resserve_preprocess_decode_seconds_count", {"model": model})
+
+
+def infer(server: RunningServer, model: str, body: dict | bytes, **headers: str) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()  # json: 400-digit ints too
+    return httpx.post(f"{server.url}/v2/models/{model}/infer", content=content, headers=headers, timeout=30)
+
+
+def bytes_tensor(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def test_two_thousand_tiny_gifs_are_one_413_before_any_decode(server: RunningServer) -> None:
+    """The finding: 2,000 x 43-byte GIF in one BYTES request grew RSS by 1.1 GB, then got a 503
+    (which clients retry for ever). Now: 413 naming the limit, nothing decoded."""
+    before = decoded(server, "r18")
+    client = tritonclient_http.InferenceServerClient(server.url.removeprefix("http://"))
+    image = tritonclient_http.InferInput("image", [2000], "BYTES")
+    image.set_data_from_numpy(np.array([TINY_GIF] * 2000, dtype=np.object_), binary_data=True)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("r18", [image])
+    assert info.value.status() == "413"
+    assert "declares 2000 images; at most 16 per request" in info.value.message()
+    client.close()
+    # JSON (base64) framing is refused the same way, on the declared shape.
+    body = {"inputs": [{"name": "image", "shape": [2000], "datatype": "BYTES", "data": ["R0lG"] * 2000}]}
+    r = infer(server, "r18", body)
+    assert r.status_code == 413 and "max_images_per_request" in r.json()["error"]
+    assert decoded(server, "r18") == before
+
+
+def test_image_limit_on_every_protocol(server: RunningServer) -> None:
+    before = decoded(server, "r18")
+    files = [("file", (f"{i}.gif", TINY_GIF, "image/gif")) for i in range(17)]
+    r = httpx.post(f"{server.url}/v2/models/r18/classify", files=files, timeout=30)
+    assert r.status_code == 413 and "more than 16 images" in r.json()["error"]
+    rows = np.zeros((17, 3, 224, 224), np.float32)
+    header = orjson.dumps({"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
+                                       "parameters": {"binary_data_size": rows.nbytes}}]})
+    r = infer(server, "r18", header + rows.tobytes(), **{"Inference-Header-Content-Length": str(len(header))})
+    assert r.status_code == 413 and "declares 17 images; at most 16" in r.json()["error"]
+    assert decoded(server, "r18") == before
+    # At the limit both work, and their images are counted alike.
+    ok = server.metric("resserve_http_images_total", {"model": "r18", "status": "ok"})
+    small = encode(Image.new("RGB", (40, 30), "red"), "PNG")
+    r = httpx.post(f"{server.url}/v2/models/r18/classify", timeout=60,
+                   files=[("file", (f"{i}.png", small, "image/png")) for i in range(16)])
+    assert r.status_code == 200 and len(r.json()["results"]) == 16
+    assert server.metric("resserve_http_images_total", {"model": "r18", "status": "ok"}) == ok + 16
+
+
+def test_compressed_bodies(server: RunningServer) -> None:
+    # A gzip body that inflates past max_decompressed_bytes (4 MiB here): 413, cheaply.
+    bomb = gzip.compress(b"\x00" * (8 * 1024 * 1024))
+    assert len(bomb) < 20_000
+    r = infer(server, "r18", bomb, **{"Content-Encoding": "gzip", "Inference-Header-Content-Length": "10"})
+    assert r.status_code == 413 and "max_decompressed_bytes" in r.json()["error"]
+    # ~3.9 MiB of empty BYTES elements behind a shape of [1]: framing stops after one element.
+    header = orjson.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                       "parameters": {"binary_data_size": 4_000_000}}]})
+    body = gzip.compress(header + b"\x00" * 4_000_000)
+    r = infer(server, "r18", body, **{"Content-Encoding": "gzip", "Inference-Header-Content-Length": str(len(header))})
+    assert r.status_code == 422 and "left over after the 1 elements" in r.json()["error"]
+    # classify takes Content-Encoding too (it was OIP only): same pipeline, same answer.
+    image = jpeg(seed=3)
+    plain = httpx.post(f"{server.url}/v2/models/r18/classify", content=image,
+                       headers={"content-type": "image/jpeg"}, timeout=30)
+    packed = httpx.post(f"{server.url}/v2/models/r18/classify", content=gzip.compress(image),
+                        headers={"content-type": "image/jpeg", "content-encoding": "gzip"}, timeout=30)
+    assert plain.status_code == packed.status_code == 200 and plain.json() == packed.json()
+    form = httpx.Request("POST", "http://x", files=[("file", ("a.jpg", image, "image/jpeg"))])
+    multipart = httpx.post(f"{server.url}/v2/models/r18/classify", content=gzip.compress(form.read()), timeout=30,
+                           headers={"content-type": form.headers["content-type"], "content-encoding": "gzip"})
+    assert multipart.status_code == 200 and multipart.json() == plain.json()
+    bad = httpx.post(f"{server.url}/v2/models/r18/classify", content=b"\x1f\x8bnot gzip", timeout=30,
+                     headers={"content-type": "image/jpeg", "content-encoding": "gzip"})
+    assert bad.status_code == 422 and "cannot decompress" in bad.json()["error"]
+
+
+@pytest.mark.parametrize(("inputs", "parameters", "match"), [
+    ([{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}], {"timeout": 10**400},
+     "parameters.timeout must be a positive number"),
+    ([{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}], {"timeout": -5},
+     "parameters.timeout must be a positive number"),
+    ([{"name": "image", "shape": [0], "datatype": "BYTES", "data": []}], {}, "holds no images"),
+    ([{"name": "input", "shape": [0, 3, 224, 224], "datatype": "FP32", "data": []}], {}, "does not match"),
+    ([{"name": "input", "shape": [10**30, 3, 224, 224], "datatype": "FP32", "data": []}], {}, "above 2147483647"),
+    ([{"name": "input", "shape": [2**20, 2**20, 2**20], "datatype": "FP32", "data": []}], {}, "more than the limit"),
+    ([{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0.0] * 2},
+      {"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}], {}, "send either the tensor"),
+])
+def test_hostile_numbers_and_shapes_are_4xx(server: RunningServer, inputs: list, parameters: dict,
+                                            match: str) -> None:
+    r = infer(server, "r18", {"inputs": inputs, "parameters": parameters})
+    assert r.status_code == 422 and match in r.json()["error"], r.text
+
+
+def test_infinite_json_timeout_and_query_timeout(server: RunningServer) -> None:
+    body = b'{"inputs":[{"name":"image","shape":[1],"datatype":"BYTES","data":["aGk="]}],"parameters":{"timeout":1e400}}'
+    r = infer(server, "r18", body)
+    assert r.status_code == 422 and "parameters.timeout" in r.json()["error"]
+    r = httpx.post(f"{server.url}/v2/models/r18/classify?timeout_ms=1e400", content=jpeg(),
+                   headers={"content-type": "image/jpeg"}, timeout=30)
+    assert r.status_code == 422
+
+
+def test_metadata_lists_only_inputs_a_client_can_send_together(server: RunningServer) -> None:
+    """perf_analyzer-style: send every input the metadata lists, with data of the listed shape."""
+    client = tritonclient_http.InferenceServerClient(server.url.removeprefix("http://"))
+    meta = client.get_model_metadata("r18")
+    inputs = []
+    for spec in meta["inputs"]:
+        shape = [1 if d < 0 else d for d in spec["shape"]]
+        tensor = tritonclient_http.InferInput(spec["name"], shape, spec["datatype"])
+        tensor.set_data_from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+        inputs.append(tensor)
+    assert client.infer("r18", inputs).as_numpy(meta["outputs"][0]["name"]).shape == (1, 1000)
+    assert [i["name"] for i in meta["resserve"]["alternative_inputs"]] == ["image"]
+    client.close()
+
+
+def _queue_depth(server: RunningServer) -> float:
+    return server.metric("resserve_batcher_queue_depth", {"model": "slow", "version": "1"})
+
+
+def _wait(condition, timeout_s: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_disconnected_client_is_cancelled_and_its_entry_skipped(server: RunningServer) -> None:
+    """uvicorn does not cancel handlers; the pipeline watches http.disconnect itself."""
+    batches = {"model": "slow", "version": "1"}
+    before_batches = server.metric("resserve_batcher_batch_size_count", batches)
+    before_499 = server.metric("resserve_http_requests_total", {"model": "slow", "endpoint": "classify",
+                                                                 "status": "499"})
+    first: list[int] = []
+    worker = threading.Thread(target=lambda: first.append(httpx.post(
+        f"{server.url}/v2/models/slow/classify", content=jpeg(), headers={"content-type": "image/jpeg"},
+        timeout=30).status_code))
+    worker.start()
+    assert _wait(lambda: server.metric("resserve_batcher_queue_wait_seconds_count", batches) > 0
+                 or server.metric("resserve_preprocess_decode_seconds_count", {"model": "slow"}) > 0)
+    time.sleep(0.2)  # the first request is in the engine now, sleeping
+    body = jpeg(seed=5)
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(b"POST /v2/models/slow/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert _wait(lambda: _queue_depth(server) == 1), "the second request never queued"
+    sock.close()
+    assert _wait(lambda: _queue_depth(server) == 0, timeout_s=1.0), "the dead entry stayed in the queue"
+    assert _wait(lambda: server.metric("resserve_http_requests_total", {
+        "model": "slow", "endpoint": "classify", "status": "499"}) == before_499 + 1)
+    worker.join(30)
+    assert first == [200]
+    time.sleep(1.0)
+    # Only the first request's batch ran: the engine never saw the abandoned one.
+    assert server.metric("resserve_batcher_batch_size_count", batches) == before_batches + 1
+
+
+def test_deadline_counts_from_arrival(server: RunningServer) -> None:
+    """A request whose deadline passes while an engine batch runs is a 504, and leaves the queue."""
+    worker = threading.Thread(target=lambda: httpx.post(
+        f"{server.url}/v2/models/slow/classify", content=jpeg(), headers={"content-type": "image/jpeg"}, timeout=30))
+    worker.start()
+    time.sleep(0.3)
+    r = httpx.post(f"{server.url}/v2/models/slow/classify?timeout_ms=300", content=jpeg(seed=2),
+                   headers={"content-type": "image/jpeg"}, timeout=30)
+    assert r.status_code == 504
+    assert _queue_depth(server) == 0
+    worker.join(30)
+
+
+def test_server_stays_live_during_a_large_parse(server: RunningServer) -> None:
+    """A 4 MiB JSON body of numbers parses in a worker thread; liveness answers meanwhile."""
+    data = np.zeros(3 * 224 * 224 * 4).tolist()
+    body = orjson.dumps({"inputs": [{"name": "input", "shape": [4, 3, 224, 224], "datatype": "FP32", "data": data}]})
+    results: list[int] = []
+    sender = threading.Thread(target=lambda: results.append(infer(server, "r18", body).status_code))
+    sender.start()
+    live = [httpx.get(f"{server.url}/v2/health/live", timeout=5).status_code for _ in range(5)]
+    sender.join(60)
+    assert live == [200] * 5 and results == [200]

@@ -1,0 +1,87 @@
+"""The request pipeline's admission: images (not requests) are the unit, limits come before decode."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from resserve.batching import BatchQueue
+from resserve.config import ModelConfig, ServerSettings
+from resserve.errors import InvalidRequestError, QueueFullError, TooManyImagesError
+from resserve.metrics import Metrics
+from resserve.server.pipeline import MAX_TIMEOUT_MS, RequestPipeline
+
+
+def served_model(max_queue_size: int = 8, max_batch_size: int = 2, instances: int = 1) -> Any:
+    config = ModelConfig.model_validate({
+        "name": "m", "source": {"onnx": "model.onnx"}, "max_batch_size": max_batch_size,
+        "instance_count": instances, "dynamic_batching": {"max_queue_size": max_queue_size}})
+    queue = BatchQueue([lambda batch: batch], max_batch_size=max_batch_size, max_queue_delay_ms=0,
+                       max_queue_size=max_queue_size)
+    return SimpleNamespace(name="m", config=config, queue=queue, admitted=0)
+
+
+@pytest.fixture
+def pipeline() -> Any:
+    pipeline = RequestPipeline(ServerSettings(max_images_per_request=4, preprocess_threads=1), Metrics(), None)  # type: ignore[arg-type]
+    yield pipeline
+    pipeline.close()
+
+
+def test_images_are_the_unit_of_admission(pipeline: RequestPipeline) -> None:
+    served = served_model(max_queue_size=8, max_batch_size=2)  # capacity 8 + 2 = 10 images
+    with pipeline.admit(served, 0.0) as a:
+        pipeline.reserve(a, 4)
+        with pipeline.admit(served, 0.0) as b:
+            pipeline.reserve(b, 4)
+            assert served.admitted == 8
+            with pipeline.admit(served, 0.0) as c:  # a ninth image still fits ...
+                with pytest.raises(QueueFullError, match="queue full \\(9 of 10 images in progress\\)"):
+                    pipeline.reserve(c, 3)  # ... but not three: refused, the ticket keeps its one place
+                assert served.admitted == 9
+            pipeline.reserve(b, 1)  # shrinking gives places back
+            assert served.admitted == 5
+    assert served.admitted == 0
+
+
+def test_full_model_refuses_before_the_body_is_read(pipeline: RequestPipeline) -> None:
+    served = served_model(max_queue_size=1, max_batch_size=1)
+    with pipeline.admit(served, 0.0) as a, pipeline.admit(served, 0.0):
+        with pytest.raises(QueueFullError) as info, pipeline.admit(served, 0.0):
+            pass
+        assert info.value.retry_after_s >= 1
+        pipeline.reserve(a, 1)
+    assert served.admitted == 0
+
+
+def test_too_many_images_is_413_not_503(pipeline: RequestPipeline) -> None:
+    served = served_model(max_queue_size=64)
+    with pipeline.admit(served, 0.0) as ticket:
+        with pytest.raises(TooManyImagesError, match="carries 5 images; at most 4 per request"):
+            pipeline.reserve(ticket, 5)
+    # The limit never exceeds the model's queue: a request the queue could never hold is a 413 too.
+    small = served_model(max_queue_size=3, max_batch_size=1)
+    assert pipeline.max_images(small) == 3
+    with pipeline.admit(small, 0.0) as ticket, pytest.raises(TooManyImagesError, match="at most 3"):
+        pipeline.reserve(ticket, 4)
+
+
+def test_deadline_counts_from_arrival_and_is_bounded(pipeline: RequestPipeline) -> None:
+    served = served_model()
+    with pipeline.admit(served, 100.0) as ticket:
+        assert pipeline.deadline(ticket, 250.0) == pytest.approx(100.25)
+        assert pipeline.deadline(ticket, None) == pytest.approx(100.0 + 30.0)
+        for bad in (0.0, -1.0, float("inf"), float("nan"), MAX_TIMEOUT_MS * 2):
+            with pytest.raises(InvalidRequestError, match="timeout must be in"):
+                pipeline.deadline(ticket, bad)
+
+
+async def test_tensor_rows_count_as_images(pipeline: RequestPipeline) -> None:
+    served = served_model()
+    with pipeline.admit(served, 0.0) as ticket, pytest.raises(TooManyImagesError, match="carries 5 images"):
+        await pipeline.run_tensor(ticket, np.zeros((5, 3), dtype=np.float32), None)
+    with pipeline.admit(served, 0.0) as ticket, pytest.raises(InvalidRequestError, match="holds no images"):
+        await pipeline.run_images(ticket, [], None)
