@@ -117,10 +117,6 @@ class BatchQueue:
         ``deadline`` (monotonic) passes first, EngineError when the batch's engine call fails.
         Inputs larger than ``max_batch_size`` are split and their outputs joined.
         """
-        if rows.shape[0] > self.max_batch_size:
-            chunks = [rows[i : i + self.max_batch_size] for i in range(0, rows.shape[0], self.max_batch_size)]
-            parts = await asyncio.gather(*(self.submit(chunk, deadline, received) for chunk in chunks))
-            return np.concatenate(parts)
         if self._closed:
             raise ModelNotReadyError(f"model {self._labels[0]} is draining or unloaded")
         if self.hung:
@@ -131,6 +127,16 @@ class BatchQueue:
                 f"model {self._labels[0]}: queue full ({self._pending_rows} of {self.max_queue_size} rows waiting)",
                 retry_after_s=self.retry_after_s(),
             )
+        if rows.shape[0] > self.max_batch_size:
+            chunks = [rows[i : i + self.max_batch_size] for i in range(0, rows.shape[0], self.max_batch_size)]
+            # The whole input was checked against the queue above; should a chunk fail all the same,
+            # the others are cancelled, not run for nobody.
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(self.submit(chunk, deadline, received)) for chunk in chunks]
+            except BaseExceptionGroup as failed:
+                raise failed.exceptions[0] from None
+            return np.concatenate([task.result() for task in tasks])
         loop = asyncio.get_running_loop()
         item = _Pending(rows, loop.create_future(), deadline)
         item.received = item.enqueued if received is None else min(received, item.enqueued)

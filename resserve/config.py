@@ -182,6 +182,8 @@ class ServerSettings(BaseSettings):
     max_images_per_request: int = Field(
         64, ge=1, description="images (or tensor rows) in one request, on every protocol; never above a model's "
         "max_queue_size; beyond: 413, checked before any decode")
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="a request body must arrive whole within this from the request's start; beyond: 408")
     max_decompressed_bytes: int = Field(
         20 * 1024 * 1024, ge=1024, description="a gzip/deflate body may inflate to this; beyond: 413")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="request headers above this: 431")

@@ -89,3 +89,7 @@ class TooManyImagesError(PayloadTooLargeError):
 
 class ClientDisconnectedError(ResserveError):
     """The client went away before its answer was ready; its work was cancelled (HTTP 499, logged only)."""
+
+
+class RequestTimeoutError(ResserveError):
+    """The request body did not arrive within ``body_timeout_s`` (HTTP 408)."""

@@ -84,10 +84,10 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     install_error_handlers(app)
     for module in (health, classify, oip_routes, control):
         app.include_router(module.router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
                        max_header_bytes=settings.max_header_bytes)
     if settings.api_keys:  # inside the metrics middleware: 401s are counted too
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, auth_health=settings.auth_health,
-                           auth_metrics=settings.auth_metrics)
+                           auth_metrics=settings.auth_metrics, control_has_token=settings.control_token is not None)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -2,7 +2,8 @@
 ``api_keys`` (``RESSERVE_API_KEYS`` / ``RESSERVE_API_KEYS_FILE``) holds a key.
 
 Everything needs a key (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``) except the
-repository control endpoints, which have their own token, and, unless ``auth_health`` /
+repository control endpoints when they have a token of their own (``RESSERVE_CONTROL_TOKEN``;
+control allowed without a token needs an API key like everything else), and, unless ``auth_health`` /
 ``auth_metrics`` say otherwise, the health probes and ``/metrics``. Listing what stays open, not
 what is closed, means a route added later is covered without anyone remembering to.
 
@@ -45,16 +46,17 @@ class ApiKeyMiddleware:
     """Answer 401 (``WWW-Authenticate: Bearer``, JSON ``{"error": ...}``) unless a configured key is given."""
 
     def __init__(self, app: ASGIApp, keys: Sequence[str], auth_health: bool = False,
-                 auth_metrics: bool = False) -> None:
+                 auth_metrics: bool = False, control_has_token: bool = True) -> None:
         if not keys or any(not key.strip() for key in keys):
             raise ValueError("ApiKeyMiddleware needs at least one key and no blank ones")
         self.app = app
         self._digests = [hashlib.sha256(key.encode()).digest() for key in keys]
         self._open = frozenset((set() if auth_health else set(HEALTH_PATHS))
                                | (set() if auth_metrics else {METRICS_PATH}))
+        self._control_open = control_has_token
 
     def _exempt(self, path: str) -> bool:
-        return path in self._open or path.startswith(CONTROL_PREFIX)
+        return path in self._open or (self._control_open and path.startswith(CONTROL_PREFIX))
 
     def _valid(self, key: bytes) -> bool:
         digest = hashlib.sha256(key).digest()

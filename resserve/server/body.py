@@ -50,9 +50,15 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     raise InvalidRequestError(f"cannot decompress the {encoding} body: {error}")
 
 
+async def read_raw(request: Request) -> bytes:
+    """The whole body as sent (capped on the wire by the middleware). Unlike ``request.body()``
+    the request keeps no copy, so the caller can let it go once it is parsed."""
+    return b"".join([chunk async for chunk in request.stream()])
+
+
 async def read_body(request: Request, max_decompressed_bytes: int) -> bytes:
-    """The whole body (already capped on the wire by the middleware), decompressed off the loop."""
-    body = await request.body()
+    """The whole body, decompressed off the loop."""
+    body = await read_raw(request)
     encoding = content_encoding(request)
     if not encoding:
         return body

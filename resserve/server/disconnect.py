@@ -52,8 +52,8 @@ class CancelOnDisconnect:
         assert self._watcher is not None and self._task is not None
         self._watcher.cancel()
         if self.disconnected:
-            # Our own cancel, not the server's: take it back so that the handler can finish.
-            self._task.uncancel()
-            if exc_type is asyncio.CancelledError or exc is None:
+            # Take our own cancel back. If someone else cancelled too (the server shutting down),
+            # theirs stands and the CancelledError goes on; otherwise the handler ends in a 499.
+            if self._task.uncancel() == 0 and (exc_type is asyncio.CancelledError or exc is None):
                 raise ClientDisconnectedError("the client disconnected; its request was cancelled")
         return False

@@ -8,6 +8,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from resserve import errors
@@ -22,6 +23,7 @@ STATUS: dict[type[errors.ResserveError], int] = {
     errors.ImageTooLargeError: 413,
     errors.PayloadTooLargeError: 413,
     errors.ClientDisconnectedError: 499,
+    errors.RequestTimeoutError: 408,
     errors.UnsupportedMediaTypeError: 415,
     errors.InvalidRequestError: 422,
     errors.ConfigError: 422,
@@ -78,5 +80,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(errors.ResserveError, on_resserve_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    async def on_disconnect(_request: Request, _exc: Exception) -> Response:
+        # The client went away mid-upload: nobody reads this answer, and it is no server error.
+        return response_for(errors.ClientDisconnectedError("the client disconnected while sending the body"))
+
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_resserve_error)

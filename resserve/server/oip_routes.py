@@ -22,7 +22,7 @@ from resserve.errors import InvalidRequestError
 from resserve.redact import public_config
 from resserve.runtime import ServedModel
 from resserve.server import oip
-from resserve.server.body import content_encoding, decompress
+from resserve.server.body import content_encoding, decompress, read_raw
 from resserve.server.disconnect import CancelOnDisconnect
 from resserve.server.pipeline import MAX_TIMEOUT_MS, RequestPipeline, Ticket
 from resserve.server.state import get_state
@@ -190,10 +190,10 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     header_length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH))
     encoding = content_encoding(request)
     with pipeline.admit(served, received) as ticket:
-        raw = await request.body()
+        raw = await read_raw(request)
         parsed = await asyncio.to_thread(_parse, raw, encoding, header_length,
                                          state.settings.max_decompressed_bytes, pipeline.max_images(served))
-        del raw
+        del raw  # the parsed request holds what it needs (binary tensors are views of it)
         out_spec = served.engines[0].output_spec
         requested = parsed.outputs or [oip.RequestedOutput(out_spec.name, parsed.binary_data_output)]
         for wanted in requested:

@@ -42,7 +42,7 @@ class Ticket:
 
     served: ServedModel
     received: float  # time.monotonic() when the request arrived: the adaptive batcher ages from here
-    images: int = 1
+    images: int = 0
 
 
 class RequestPipeline:
@@ -74,12 +74,11 @@ class RequestPipeline:
 
     @contextlib.contextmanager
     def admit(self, served: ServedModel, received: float) -> Iterator[Ticket]:
-        """Admission control before the body is read: one image's place, grown by :meth:`reserve`
-        once the request says how many it carries. Overload is refused with a cheap 503 instead of
-        costing a read and a decode first, and memory stays bounded whatever the offered load."""
+        """Admission control: a model with no room is refused before the body is read (a cheap 503,
+        no read, no decode). Places are taken by :meth:`reserve` once the body has been read and
+        says how many images it carries, so a client that uploads slowly holds none."""
         self._check_room(served, 1)
         ticket = Ticket(served, received)
-        served.admitted += 1
         try:
             yield ticket
         finally:

@@ -229,3 +229,47 @@ def test_server_stays_live_during_a_large_parse(server: RunningServer) -> None:
     live = [httpx.get(f"{server.url}/v2/health/live", timeout=5).status_code for _ in range(5)]
     sender.join(60)
     assert live == [200] * 5 and results == [200]
+
+
+@pytest.fixture(scope="module")
+def strict_server(model_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    repo = tmp_path_factory.mktemp("repo")
+    write_model(repo, "tiny", model_onnx, max_batch_size=1, dynamic_batching={"max_queue_size": 1})
+    with serve_in_thread(ServerSettings(model_repo=repo, body_timeout_s=1.5)) as running:
+        yield running
+
+
+def _slow_upload(url: str, path: str, total: int) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                 f"Content-Length: {total}\r\n\r\n".encode() + b"\xff\xd8")
+    return sock
+
+
+def test_slow_uploads_hold_no_places_and_end_in_408(strict_server: RunningServer) -> None:
+    """Uploads that trickle in do not fill a model's admission (capacity 2 here): a normal request
+    still gets in, and the slow ones are answered 408 after body_timeout_s."""
+    url = strict_server.url
+    slow = [_slow_upload(url, "/v2/models/tiny/classify", 100_000) for _ in range(4)]
+    time.sleep(0.2)
+    r = httpx.post(f"{url}/v2/models/tiny/classify", content=jpeg(), headers={"content-type": "image/jpeg"},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    for sock in slow:
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert b"body_timeout_s" in answer
+        sock.close()
+
+
+def test_a_client_gone_mid_upload_is_499_not_500(strict_server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    labels = {"model": "tiny", "endpoint": "infer", "status": "499"}
+    before = strict_server.metric("resserve_http_requests_total", labels)
+    sock = _slow_upload(strict_server.url, "/v2/models/tiny/infer", 50_000)
+    time.sleep(0.2)
+    sock.close()
+    assert _wait(lambda: strict_server.metric("resserve_http_requests_total", labels) == before + 1)
+    assert strict_server.metric("resserve_http_requests_total",
+                                {"model": "tiny", "endpoint": "infer", "status": "500"}) == 0
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -54,6 +54,16 @@ async def test_health_metrics_and_control_stay_open_by_default() -> None:
             assert (await http.get(path)).status_code == 200, path
 
 
+async def test_control_without_a_token_of_its_own_needs_an_api_key() -> None:
+    """allow_repository_control with no control token: load/unload must not be the one open door."""
+    http, inner = client(control_has_token=False)
+    async with http:
+        for path in ("/v2/repository/index", "/v2/repository/models/r18/unload"):
+            assert (await http.post(path)).status_code == 401, path
+            assert (await http.post(path, headers={"x-api-key": "old-key"})).status_code == 200
+        assert inner.calls == 2
+
+
 async def test_health_and_metrics_can_be_guarded() -> None:
     http, _ = client(auth_health=True, auth_metrics=True)
     async with http:

@@ -217,6 +217,17 @@ async def test_abandoned_entries_leave_the_queue_and_free_their_places() -> None
     await queue.close()
 
 
+async def test_a_refused_chunk_cancels_its_siblings() -> None:
+    """An input split into chunks is all or nothing: one refused chunk, and the rest never run."""
+    engine = RecordingEngine()
+    queue = await make_queue(engine, max_batch_size=2, max_queue_size=3, max_queue_delay_ms=0)
+    with pytest.raises(QueueFullError):
+        await queue.submit(rows(1, 2, 3, 4), soon())
+    await asyncio.sleep(0.05)
+    assert engine.batches == [] and queue.depth == 0
+    await queue.close()
+
+
 async def test_queue_size_counts_rows() -> None:
     engine = RecordingEngine()
     engine.gate.clear()

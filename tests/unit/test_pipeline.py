@@ -38,10 +38,13 @@ def test_images_are_the_unit_of_admission(pipeline: RequestPipeline) -> None:
         with pipeline.admit(served, 0.0) as b:
             pipeline.reserve(b, 4)
             assert served.admitted == 8
-            with pipeline.admit(served, 0.0) as c:  # a ninth image still fits ...
-                with pytest.raises(QueueFullError, match="queue full \\(9 of 10 images in progress\\)"):
-                    pipeline.reserve(c, 3)  # ... but not three: refused, the ticket keeps its one place
-                assert served.admitted == 9
+            with pipeline.admit(served, 0.0) as c:  # two more images still fit ...
+                assert served.admitted == 8  # (admission alone takes no place: the body is unread)
+                with pytest.raises(QueueFullError, match="queue full \\(8 of 10 images in progress\\)"):
+                    pipeline.reserve(c, 3)  # ... but not three: refused, nothing taken
+                assert served.admitted == 8
+                pipeline.reserve(c, 2)
+                assert served.admitted == 10
             pipeline.reserve(b, 1)  # shrinking gives places back
             assert served.admitted == 5
     assert served.admitted == 0
@@ -49,11 +52,12 @@ def test_images_are_the_unit_of_admission(pipeline: RequestPipeline) -> None:
 
 def test_full_model_refuses_before_the_body_is_read(pipeline: RequestPipeline) -> None:
     served = served_model(max_queue_size=1, max_batch_size=1)
-    with pipeline.admit(served, 0.0) as a, pipeline.admit(served, 0.0):
+    with pipeline.admit(served, 0.0) as a, pipeline.admit(served, 0.0) as b:
+        pipeline.reserve(a, 1)
+        pipeline.reserve(b, 1)
         with pytest.raises(QueueFullError) as info, pipeline.admit(served, 0.0):
             pass
         assert info.value.retry_after_s >= 1
-        pipeline.reserve(a, 1)
     assert served.admitted == 0
 
 
