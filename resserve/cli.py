@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
+from resserve.console import configure_logging, make_console
 from resserve.errors import ResserveError
 from resserve.loadtest.cli import loadtest_app
 
@@ -23,7 +22,7 @@ app = typer.Typer(help="Serve ResNet-family image classifiers fast.", no_args_is
 bench_app = typer.Typer(help="Benchmarks: the bare engine and the server.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(loadtest_app, name="loadtest")
-console = Console()
+console = make_console()
 log = logging.getLogger("resserve")
 
 
@@ -32,11 +31,7 @@ def main(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Set up logging for every command."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
+    configure_logging(log_level)
     # The exporter's optimizer passes log every step at INFO.
     for noisy in ("onnxscript", "onnx_ir", "torch", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from resserve.console import make_console
 from resserve.errors import ResserveError
 
 loadtest_app = typer.Typer(help="Load tests: closed/open loop, max-rate search, variant sweeps, reports.",
                            no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 def _floats(text: str, what: str) -> list[float]:
