@@ -32,6 +32,7 @@ build: install
 
 test: install
 	$(BIN)/ruff check resserve tests loadtests
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-slow: install

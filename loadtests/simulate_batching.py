@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from resserve.adaptive import SloBatchPolicy
-from resserve.batching import BatchQueue
+from resserve.serving.adaptive import SloBatchPolicy
+from resserve.serving.batching import BatchQueue
 
 
 class SimulatedEngine:

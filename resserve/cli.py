@@ -69,7 +69,7 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17)")] = 18,
 ) -> None:
     """Export a ResNet to ONNX with every BatchNorm folded, checked against torch."""
-    from resserve.export.to_onnx import export_onnx
+    from resserve.build.export import export_onnx
     from resserve.labels import load_labels
     from resserve.models.weights import load_model
 
@@ -99,7 +99,7 @@ def optimize(
     check_parity: Annotated[bool, typer.Option(help="compare outputs with the source graph")] = True,
 ) -> None:
     """Fold BatchNorm and per-channel affine ops into convolutions of a third-party ONNX graph."""
-    from resserve.export.onnx_fold import optimize_onnx
+    from resserve.build.onnx_fold import optimize_onnx
 
     try:
         stats = optimize_onnx(src, output, check_parity=check_parity)
@@ -117,7 +117,7 @@ def describe(
 ) -> None:
     """What a model is: arch, weights, preprocessing, labels; for a repository model also its
     engine, precision and accuracy report."""
-    from resserve.export.metadata import read_metadata
+    from resserve.metadata import read_metadata
 
     if model.is_dir():
         from resserve.repository import ModelRepository
@@ -147,14 +147,16 @@ def build(
     force: Annotated[bool, typer.Option(help="rebuild even when up to date")] = False,
 ) -> None:
     """Build every model's artifact that is missing or stale (config or source changed)."""
+    from resserve.build.pipeline import BuildPipeline
     from resserve.repository import ModelRepository
 
     try:
         repository = ModelRepository(model_repo)
+        builder = BuildPipeline(repository)
         names = model or repository.names()
         for name in names:
             with console.status(f"[bold]{name}[/]: checking", spinner="dots") as status:
-                repository.build(name, force=force, progress=lambda msg: status.update(msg) or console.print(msg))
+                builder.build(name, force=force, progress=lambda msg: status.update(msg) or console.print(msg))
     except ResserveError as exc:
         raise _fail(exc) from exc
 
@@ -219,8 +221,14 @@ def serve(
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise _fail(ResserveError(f"bad server settings: {problems}")) from exc
     try:
+        builder = None
+        if settings.build_missing:  # the build code (and torch, for exports) only where it builds
+            from resserve.build.pipeline import BuildPipeline
+            from resserve.repository import ModelRepository
+
+            builder = BuildPipeline(ModelRepository(settings.model_repo))
         run_server(settings, log_level=logging.getLevelName(logging.getLogger().level).lower(),
-                   shutdown_delay_s=shutdown_delay_s)
+                   shutdown_delay_s=shutdown_delay_s, builder=builder)
     except ResserveError as exc:
         raise _fail(exc) from exc
 
@@ -315,7 +323,7 @@ def bench_server_cmd(
 
     Bound = cores / (cores / engine img/s + preprocess s per image on one core); each round
     measures engine, preprocessing and server back to back."""
-    from resserve.bench.server import as_dict, run_server_bench
+    from resserve.loadtest.server_bench import as_dict, run_server_bench
 
     sizes = []
     for text in image_size or ["500x375"]:

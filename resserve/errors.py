@@ -23,6 +23,10 @@ class ParityError(ExportError):
     """Two implementations of the same model disagree beyond the stated tolerance."""
 
 
+class AccuracyError(ResserveError):
+    """A compiled variant agrees with its fp32 reference less than the configured floor."""
+
+
 class EngineUnavailableError(ResserveError):
     """The requested engine or execution provider is not installed or has no device."""
 

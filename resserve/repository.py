@@ -1,49 +1,27 @@
-"""The model repository: ``<root>/<name>/config.yaml`` plus built ``<root>/<name>/<version>/`` folders.
+"""The model repository, read only: ``<root>/<name>/config.yaml`` plus built ``<root>/<name>/<version>/``.
 
-A version folder holds the folded fp32 ``model.onnx`` (the reference), the engine's artifact for
-other variants (see :mod:`resserve.compile.variants`), ``accuracy.json`` for them, and
-``build.json``. ``build.json`` records a content hash of what the build depends on (source,
-engine, precision, the source file's bytes), so a build runs only when one of those changed.
-Builds write to a temporary folder and rename it into place, so a crash never leaves a
-half-written version that the server would load. Variants of one source (``resnet50``,
-``resnet50-int8``, ...) share one export through ``<root>/.build-cache``.
+A catalog: model names, their configs, built versions and, for each version, its contract and
+labels. A version folder holds the folded fp32 ``model.onnx`` (the reference), the engine's
+artifact for other variants (paths in :mod:`resserve.engines.factory`), ``accuracy.json`` for
+them, and ``build.json`` (what built it). Building and the stale check are
+:mod:`resserve.build.pipeline`; serving reads the catalog and never builds.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
 
-from resserve import __version__
-from resserve.compile.accuracy import AccuracyReport
-from resserve.compile.variants import REFERENCE, Variant, compile_variant
 from resserve.config import ModelConfig, load_model_config
 from resserve.contract import PreprocessContract, imagenet_contract
-from resserve.engines.select import resolve_engine
+from resserve.engines.factory import REFERENCE, Variant, resolve_variant
 from resserve.errors import ConfigError, ModelNotFoundError
-from resserve.export.metadata import ModelMetadata, read_metadata
-from resserve.files import sha256_file
 from resserve.labels import default_labels, load_labels
-
-log = logging.getLogger(__name__)
+from resserve.metadata import AccuracyReport, ModelMetadata, read_metadata
 
 ARTIFACT = REFERENCE  # every version has the folded fp32 ONNX; other artifacts sit beside it
 BUILD_RECORD = "build.json"
-CACHE_FOLDER = ".build-cache"
-DEFAULT_VERSION = "1"
-BUILD_FIELDS: dict[str, Any] = {"source": True, "engine": True, "precision": True}  # what an artifact depends on
-# Reduced precisions also depend on their calibration and held-out images (int8 ranges, the
-# accuracy report). The agreement floor is a check, not an input: changing it rebuilds nothing.
-REDUCED_PRECISION_FIELDS = {**BUILD_FIELDS, "calibration": {"images": True, "count": True, "held_out": True}}
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -135,187 +113,8 @@ class ModelRepository:
             record = json.loads((folder / BUILD_RECORD).read_text())
             variant = Variant(record["engine"], record["precision"])
         except (OSError, ValueError, KeyError, TypeError):
-            variant = self.variant(config)
+            variant = resolve_variant(config)
         return ModelVersion(config, folder, chosen, read_metadata(folder / ARTIFACT), variant)
-
-    @staticmethod
-    def variant(config: ModelConfig) -> Variant:
-        """The engine (``auto`` resolved for this machine) and precision a build produces."""
-        engine, why = resolve_engine(config.engine, config.precision)
-        if config.engine == "auto":
-            log.info("model %s: engine auto -> %s (%s)", config.name, engine, why)
-        return Variant(engine, config.precision)
-
-    def content_hash(self, config: ModelConfig) -> str:
-        """What a build depends on: source, engine, precision, the source's bytes, the resserve version;
-        and, below fp32, the calibration settings.
-
-        Serving-only settings (batching, labels, instances, preprocessing) are read at load time:
-        changing them needs a reload, not a rebuild.
-        """
-        digest = hashlib.sha256()
-        fields = BUILD_FIELDS if config.precision == "fp32" else REDUCED_PRECISION_FIELDS
-        digest.update(config.model_dump_json(include=fields).encode())
-        digest.update(self.variant(config).name.encode())  # `auto` may resolve differently elsewhere
-        digest.update(__version__.encode())
-        digest.update(self._source_hash(config).encode())
-        return digest.hexdigest()
-
-    def _source_hash(self, config: ModelConfig) -> str:
-        """The source alone: what the folded fp32 export depends on (the build cache's key)."""
-        digest = hashlib.sha256()
-        digest.update(config.source.model_dump_json().encode())
-        digest.update(__version__.encode())
-        source = config.source
-        local = source.onnx or (source.weights if source.weights and not source.weights.startswith("torchvision:")
-                                else None)
-        if local:
-            path = self._source_path(config.name, local)
-            if not path.is_file():
-                raise ConfigError(f"model {config.name}: source file {path} does not exist")
-            digest.update(sha256_file(path).encode())
-        return digest.hexdigest()
-
-    def is_stale(self, name: str) -> bool:
-        """True when the newest version is missing or was built from other inputs."""
-        config = self.config(name)
-        versions = self.versions(name)
-        if not versions:
-            return True
-        record = self.root / name / versions[-1] / BUILD_RECORD
-        try:
-            built = json.loads(record.read_text())
-            built_hash, fell_back = built["content_hash"], built.get("random_fallback", False)
-        except (OSError, ValueError, KeyError, TypeError):
-            return True
-        if fell_back and _weights_obtainable(config):
-            log.info("%s: weights %s are now available; rebuilding the random-weights fallback", name,
-                     config.source.weights)
-            return True
-        return built_hash != self.content_hash(config)
-
-    def build(self, name: str, *, force: bool = False, progress: Progress | None = None) -> Path:
-        """Build the newest version of ``name`` if stale (or ``force``); returns its folder."""
-        config = self.config(name)
-        say = progress or (lambda message: log.info("%s", message))
-        versions = self.versions(name)
-        target = self.root / name / (versions[-1] if versions else DEFAULT_VERSION)
-        if not force and not self.is_stale(name):
-            say(f"{name}: up to date ({target})")
-            return target
-        content_hash = self.content_hash(config)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=self.root / name))
-        variant = self.variant(config)
-        try:
-            say(f"{name}: building {config.source.arch or config.source.onnx} (folded fp32 reference) -> {target}")
-            fell_back = self._build_reference(config, staging, with_weights=variant.engine == "torch")
-            report = None
-            if not variant.is_reference:
-                say(f"{name}: compiling {variant.name}")
-                metadata = read_metadata(staging / ARTIFACT)
-                contract = config.preprocess or metadata.preprocess or imagenet_contract()
-                images = config.calibration.images
-                report = compile_variant(variant, config, staging, contract,
-                                         self._source_path(name, images) if images else None)
-            record = {
-                "content_hash": content_hash,
-                "engine": variant.engine,
-                "precision": variant.precision,
-                "random_fallback": fell_back,
-                "accuracy": report.model_dump() if report else None,
-                "resserve_version": __version__,
-                "config": config.model_dump(mode="json"),
-            }
-            (staging / BUILD_RECORD).write_text(json.dumps(record, indent=2))
-            if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        say(f"{name}: built {variant.artifact(target)}" + (f"; {report.summary()}" if report else ""))
-        return target
-
-    def _source_path(self, name: str, relative: str) -> Path:
-        """A source file named in config.yaml, relative to the model's folder (absolute paths as given)."""
-        return (self.root / name / relative).resolve()
-
-    def _build_reference(self, config: ModelConfig, folder: Path, *, with_weights: bool = False) -> bool:
-        """Write the folded fp32 ``model.onnx`` (through the build cache when possible).
-
-        Returns True when configured weights were unobtainable and random ones were used.
-        ``with_weights`` also writes the weights as ``model.safetensors`` (the torch engine's input).
-        """
-        output = folder / ARTIFACT
-        source = config.source
-        if source.onnx:
-            from resserve.export.onnx_fold import optimize_onnx
-
-            optimize_onnx(self._source_path(config.name, source.onnx), output)
-            return False
-        cache = self.root / CACHE_FOLDER
-        key = self._source_hash(config)
-        cached, cached_record = cache / f"{key}.onnx", cache / f"{key}.json"
-        if not with_weights and cached.is_file() and cached_record.is_file():
-            fell_back = bool(json.loads(cached_record.read_text()).get("random_fallback"))
-            if not (fell_back and _weights_obtainable(config)):
-                log.info("model %s: reusing the export of the same source from %s", config.name, cache)
-                shutil.copyfile(cached, output)
-                return fell_back
-        fell_back = self._export(config, output, folder / "model.safetensors" if with_weights else None)
-        cache.mkdir(exist_ok=True)
-        shutil.copyfile(output, cached)
-        cached_record.write_text(json.dumps({"model": config.name, "random_fallback": fell_back}))
-        return fell_back
-
-    def _export(self, config: ModelConfig, output: Path, weights_out: Path | None) -> bool:
-        source = config.source
-        try:
-            from resserve.export.to_onnx import export_onnx
-            from resserve.models.weights import load_model
-        except ImportError as exc:
-            raise ConfigError(
-                f"model {config.name}: building from PyTorch weights needs torch: pip install 'resserve[export]' ({exc})"
-            ) from exc
-        from resserve.errors import WeightsError
-
-        assert source.arch is not None  # the config validator guarantees arch or onnx
-        weights = source.weights
-        if weights and not weights.startswith("torchvision:"):
-            weights = str(self._source_path(config.name, weights))
-        fell_back = False
-        try:
-            loaded = load_model(source.arch, weights, random_weights=source.random_weights, seed=source.seed,
-                                num_classes=source.num_classes)
-        except WeightsError as exc:
-            if not (source.fallback_random and weights):
-                raise
-            log.warning("model %s: cannot use weights %s (%s); serving seeded RANDOM weights", config.name,
-                        weights, exc)
-            loaded = load_model(source.arch, random_weights=True, seed=source.seed, num_classes=source.num_classes)
-            fell_back = True
-        export_onnx(loaded, output, seed=source.seed)
-        if weights_out is not None:
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in loaded.model.state_dict().items()}, str(weights_out))
-        return fell_back
-
-
-def _weights_obtainable(config: ModelConfig) -> bool:
-    """Whether the configured torchvision weights file now sits in a local cache."""
-    weights = config.source.weights or ""
-    if not weights.startswith("torchvision:"):
-        return False
-    try:
-        import torch
-
-        from resserve.models.weights import cache_dir, parse_torchvision_name
-    except ImportError:
-        return False
-    entry = parse_torchvision_name(weights)
-    candidates = (cache_dir() / "weights" / entry.file_name,
-                  Path(torch.hub.get_dir()) / "checkpoints" / entry.file_name)
-    return any(p.is_file() for p in candidates)
 
 
 def _safe_name(name: str) -> bool:

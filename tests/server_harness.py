@@ -17,8 +17,10 @@ from PIL import Image
 
 from resserve.bench.process import ServerProcess, free_port
 from resserve.bench.process import server_process as bench_server_process
+from resserve.build.pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.metrics import Metrics
+from resserve.repository import ModelRepository
 from resserve.server.app import create_app
 from resserve.synthetic import synthetic_image
 
@@ -40,6 +42,11 @@ def write_model(repo: Path, name: str, onnx_source: Path, **overrides: Any) -> P
             config[key] = value
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     return folder
+
+
+def builder_for(settings: ServerSettings) -> BuildPipeline | None:
+    """What ``resserve serve`` passes to create_app: a build pipeline when build_missing is on."""
+    return BuildPipeline(ModelRepository(settings.model_repo)) if settings.build_missing else None
 
 
 class RunningServer:
@@ -75,7 +82,7 @@ def serve_in_thread(settings: ServerSettings, start_timeout_s: float = 60.0,
                     wait_for: str = "/v2/health/ready") -> Iterator[RunningServer]:
     """Run create_app(settings) under uvicorn in a thread; yields once ``wait_for`` answers 200."""
     metrics = Metrics()
-    app = create_app(settings, metrics)
+    app = create_app(settings, metrics, builder_for(settings))
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
                             log_config=None, timeout_graceful_shutdown=10)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from resserve.bench.engine import BatchResult, bench_engine, environment
-from resserve.compile.variants import open_engine
+from resserve.build.pipeline import BuildPipeline
+from resserve.engines.factory import open_engine
 from resserve.repository import ModelRepository
 
 
@@ -33,9 +34,10 @@ def bench_variants(repository: ModelRepository, models: list[str], batch_sizes: 
                    round_s: float = 1.0, build: bool = True) -> list[VariantResult]:
     """Build (if stale and allowed), load and measure each model of the repository in turn."""
     out = []
+    builder = BuildPipeline(repository)
     for name in models:
-        if build and repository.is_stale(name):
-            repository.build(name)
+        if build and builder.is_stale(name):
+            builder.build(name)
         version = repository.version(name)
         engine = open_engine(version.variant, version.config, version.folder)
         try:

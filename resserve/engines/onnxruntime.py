@@ -8,7 +8,6 @@ that is absent is an error that says how to get it, never a silent CPU fallback.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import onnx
 import onnxruntime as ort
 
 from resserve.engines.base import Engine, PixelInput, TensorSpec, check_batch_rows
+from resserve.engines.hardware import available_cores
 from resserve.engines.pixel_graph import with_pixel_input
 from resserve.errors import EngineError, EngineUnavailableError
 
@@ -34,14 +34,6 @@ _ORT_DTYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(int8)": np.int8,
 }
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (respects cgroup/affinity limits, unlike cpu_count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def resolve_provider(requested: str) -> str:

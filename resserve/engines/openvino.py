@@ -1,4 +1,4 @@
-"""OpenVINO CPU engine over an IR made by :func:`resserve.compile.openvino.compile_openvino`.
+"""OpenVINO CPU engine over an IR made by :func:`resserve.build.openvino.compile_openvino`.
 
 Two ways to use the cores. ``LATENCY`` (the default): one stream, one synchronous request that
 uses every thread. ``THROUGHPUT``: OpenVINO makes several streams of fewer threads each, and a
@@ -13,21 +13,50 @@ image cannot be split across streams. THROUGHPUT is for many-core hosts.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 
-from resserve.compile.openvino import cpu_capabilities, read_sidecar, require_precision
 from resserve.engines.base import Engine, PixelInput, TensorSpec, check_batch_rows
-from resserve.errors import ConfigError, EngineError
+from resserve.engines.hardware import cpu_capabilities, cpu_supports_bf16
+from resserve.errors import ConfigError, EngineError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
 
 PerformanceHint = Literal["THROUGHPUT", "LATENCY"]
 HINTS = ("THROUGHPUT", "LATENCY")
+Precision = Literal["fp32", "bf16", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+SIDECAR_FILE = "openvino.json"  # beside model.xml: the builder writes it, the engine reads the precision
+NO_BF16_MESSAGE = "this CPU has no AMX/AVX512-BF16; use fp32 or int8"
+
+
+def require_precision(precision: str) -> Precision:
+    """Validate ``precision`` and check this CPU can run it; raise a clear error otherwise."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown OpenVINO precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and not cpu_supports_bf16():
+        caps = ", ".join(cpu_capabilities()["optimization_capabilities"])
+        raise EngineUnavailableError(
+            f"bf16 requested but {NO_BF16_MESSAGE} (OpenVINO CPU capabilities: {caps})"
+        )
+    return cast(Precision, precision)
+
+
+def read_sidecar(model_xml: Path) -> dict[str, Any]:
+    """The ``openvino.json`` written beside ``model_xml``, or ``{}`` when there is none."""
+    path = Path(model_xml).parent / SIDECAR_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    return data if isinstance(data, dict) else {}
 
 
 def _spec(port: Any) -> TensorSpec:

@@ -1,4 +1,4 @@
-"""TensorRT engine: runs a ``model.plan`` built by :func:`resserve.compile.tensorrt.build_plan`.
+"""TensorRT engine: runs a ``model.plan`` built by :func:`resserve.build.tensorrt.build_plan`.
 
 Plans are tied to the TensorRT version and GPU model that built them, so ``load`` reads the
 ``plan.json`` beside the plan first and refuses a mismatch with a message that says to rebuild,
@@ -15,17 +15,105 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
-from resserve.compile.tensorrt import PlanRecord, gpu_identity, plan_matches, require_tensorrt, trt_logger
 from resserve.engines.base import Engine, TensorSpec, check_batch_rows
+from resserve.engines.hardware import gpu_identity, require_tensorrt
 from resserve.errors import EngineError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+PLAN_FILE = "model.plan"
+RECORD_FILE = "plan.json"
+
+
+@dataclass(frozen=True)
+class ProfileShapes:
+    """The optimization profile's (min, opt, max) input shapes, NCHW."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+class PlanRecord(BaseModel):
+    """``plan.json``: what built the plan, so a loader can tell whether it may run it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    trt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: Precision
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
+    onnx_sha256: str
+    calibration_sha256: str | None = None
+
+    @property
+    def shapes(self) -> ProfileShapes:
+        return ProfileShapes(self.min_shape, self.opt_shape, self.max_shape)
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / RECORD_FILE
+        path.write_text(self.model_dump_json(indent=2))
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> PlanRecord | None:
+        path = Path(folder) / RECORD_FILE
+        return cls.model_validate(json.loads(path.read_text())) if path.is_file() else None
+
+
+def plan_matches(record: PlanRecord, *, trt_version: str, gpu_name: str, compute_capability: str,
+                 key: str | None = None) -> tuple[bool, str]:
+    """Whether this TensorRT and GPU may run ``record``'s plan (and, given ``key``, reuse it)."""
+    if record.trt_version != trt_version:
+        return False, f"plan built with TensorRT {record.trt_version}, this is TensorRT {trt_version}"
+    if record.compute_capability != compute_capability:
+        return False, (f"plan built for compute capability {record.compute_capability}, "
+                       f"this GPU has {compute_capability}")
+    if record.gpu_name != gpu_name:
+        return False, f"plan built on {record.gpu_name}, this GPU is {gpu_name}"
+    if key is not None and record.key != key:
+        return False, "plan built from other inputs (ONNX file, precision, shapes or calibration data)"
+    return True, "plan matches"
+
+
+_LOGGER: Any = None
+
+
+def trt_logger() -> Any:
+    """One process-wide TensorRT logger that forwards to Python logging (TRT wants a single one)."""
+    global _LOGGER
+    if _LOGGER is None:
+        import tensorrt as trt
+
+        class _Forward(trt.ILogger):  # type: ignore[misc]
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+
+            def log(self, severity: Any, msg: str) -> None:
+                if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
+                    log.error("TensorRT: %s", msg)
+                elif severity == trt.ILogger.WARNING:
+                    log.warning("TensorRT: %s", msg)
+                else:
+                    log.debug("TensorRT: %s", msg)
+
+        _LOGGER = _Forward()
+    return _LOGGER
 
 
 class TensorRTEngine(Engine):

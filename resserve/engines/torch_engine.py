@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from resserve.engines.base import Engine, TensorSpec, check_batch_rows
+from resserve.engines.hardware import torch_cpu_bf16
 from resserve.errors import ConfigError, EngineError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
@@ -38,19 +39,6 @@ def graph_batch_size(rows: int, sizes: Sequence[int]) -> int:
     if index == len(ordered):
         raise EngineError(f"batch of {rows} exceeds the largest CUDA graph size {ordered[-1]}")
     return ordered[index]
-
-
-def cpu_bf16_supported() -> tuple[bool, str]:
-    """Native bf16 on this CPU (AVX512-BF16 or AMX); without it bf16 is emulated and slower than fp32."""
-    import torch
-
-    names = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, but what torch itself uses
-    probes = [getattr(torch.cpu, name, None) for name in names]
-    if all(p is None for p in probes):
-        return True, "this torch cannot tell; bf16 allowed"
-    if any(p is not None and p() for p in probes):
-        return True, "AVX512-BF16/AMX present"
-    return False, "this CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated and slower than fp32"
 
 
 class TorchEngine(Engine):
@@ -113,7 +101,7 @@ class TorchEngine(Engine):
             raise EngineUnavailableError("torch engine: fp16 on CPU is not supported (few CPU fp16 kernels, "
                                          "slower than fp32); use bf16 or fp32 on CPU, or fp16 on device cuda")
         if self.device == "cpu" and self.precision == "bf16":
-            ok, why = cpu_bf16_supported()
+            ok, why = torch_cpu_bf16()
             if not ok:
                 raise EngineUnavailableError(f"torch engine: bf16 on CPU: {why}; use fp32")
         if self.device == "cuda" and self.precision == "bf16" and not torch.cuda.is_bf16_supported():
@@ -122,7 +110,7 @@ class TorchEngine(Engine):
     def load(self) -> None:
         import torch
 
-        from resserve.export.fold import fold_batchnorms
+        from resserve.models.fold import fold_batchnorms
         from resserve.models.weights import load_model
 
         self._check_device()

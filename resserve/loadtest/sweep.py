@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from resserve.bench.engine import environment
 from resserve.bench.process import server_process
+from resserve.build.pipeline import BuildPipeline
 from resserve.errors import ConfigError
 from resserve.loadtest.generator import Arrival, LoadGenerator
 from resserve.loadtest.images import DEFAULT_SIZES, Payload, generate, load_folder
@@ -229,9 +230,10 @@ def run_variant(sweep: SweepConfig, variant: VariantSpec, payloads: list[Payload
     result = VariantResult(label=variant.name(), model=variant.model)
     repo = ModelRepository(sweep.model_repo)
     try:
-        if repo.is_stale(variant.model):
+        builder = BuildPipeline(repo)
+        if builder.is_stale(variant.model):
             say(f"{variant.model}: building")
-            repo.build(variant.model, progress=say)
+            builder.build(variant.model, progress=say)
         version = repo.version(variant.model)
         record = json.loads((version.folder / BUILD_RECORD).read_text())
         result.engine, result.precision = version.variant.engine, version.variant.precision

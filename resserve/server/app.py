@@ -1,5 +1,8 @@
 """``create_app()``: the FastAPI application with its lifespan (build, load, warm, drain).
 
+Building is passed in (``builder``), never imported: the server package imports no build code
+and no torch, so the runtime image needs neither.
+
 Example::
 
     app = create_app(ServerSettings(model_repo=Path("model_repo")))
@@ -21,28 +24,29 @@ from resserve.config import ServerSettings
 from resserve.errors import ResserveError
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
-from resserve.runtime import ModelManager
 from resserve.server import classify, control, health, oip_routes
 from resserve.server.auth import ApiKeyMiddleware
 from resserve.server.errors import install_error_handlers
 from resserve.server.failures import record_load_failure
-from resserve.server.pipeline import RequestPipeline
 from resserve.server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from resserve.server.pipeline import RequestPipeline
 from resserve.server.state import AppState
+from resserve.serving.manager import ModelBuilder, ModelManager
 
 log = logging.getLogger(__name__)
 
 
 async def start_models(state: AppState) -> None:
-    """Build what is missing or stale (if allowed), then load and warm every configured model."""
-    repository, settings = state.repository, state.settings
+    """Build what is missing or stale (if allowed and a builder was given), then load and warm
+    every configured model."""
+    repository, settings, builder = state.repository, state.settings, state.builder
     names = settings.models or repository.names()
     if not names:
         raise ResserveError(f"model repository {repository.root} has no models (no */config.yaml)")
     for name in names:
         try:
-            if settings.build_missing and await asyncio.to_thread(repository.is_stale, name):
-                await asyncio.to_thread(repository.build, name)
+            if settings.build_missing and builder is not None and await asyncio.to_thread(builder.is_stale, name):
+                await asyncio.to_thread(builder.build, name)
             await state.manager.load(name)
         except Exception as exc:  # not CancelledError or KeyboardInterrupt: those stop the server
             # One broken model (a bad config, a truncated or corrupt artifact, an engine that will
@@ -51,8 +55,14 @@ async def start_models(state: AppState) -> None:
     state.started = True
 
 
-def create_app(settings: ServerSettings | None = None, metrics: Metrics | None = None) -> FastAPI:
-    """The resserve application; tests pass their own settings and a fresh metrics registry."""
+def create_app(settings: ServerSettings | None = None, metrics: Metrics | None = None,
+               builder: ModelBuilder | None = None) -> FastAPI:
+    """The resserve application; tests pass their own settings and a fresh metrics registry.
+
+    ``builder`` builds missing or stale models at start when ``settings.build_missing`` is on
+    (``resserve serve`` passes :class:`resserve.build.pipeline.BuildPipeline`); without one,
+    only built versions load.
+    """
     settings = settings or ServerSettings()
     metrics = metrics or Metrics()
     repository = ModelRepository(settings.model_repo)
@@ -63,6 +73,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         repository=repository,
         manager=manager,
         pipeline=RequestPipeline(settings, metrics, manager),
+        builder=builder,
     )
 
     @asynccontextmanager

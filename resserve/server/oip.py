@@ -377,11 +377,6 @@ def classification_tensor(scores: np.ndarray, k: int, labels: Sequence[str]) -> 
     return result
 
 
-def error_body(message: str) -> bytes:
-    """An error response body. tritonclient reads `error` from it, and cannot decode any other shape."""
-    return _dumps({"error": message})
-
-
 def server_metadata(version: str, extensions: list[str]) -> dict[str, Any]:
     """The body of `GET /v2`."""
     return {"name": "resserve", "version": version, "extensions": list(extensions)}

@@ -20,12 +20,12 @@ from starlette.responses import Response
 from resserve import __version__
 from resserve.errors import InvalidRequestError
 from resserve.redact import public_config
-from resserve.runtime import ServedModel
 from resserve.server import oip
 from resserve.server.body import content_encoding, decompress, read_raw
 from resserve.server.disconnect import CancelOnDisconnect
 from resserve.server.pipeline import MAX_TIMEOUT_MS, RequestPipeline, Ticket
 from resserve.server.state import get_state
+from resserve.serving.manager import ServedModel
 
 router = APIRouter()
 

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from resserve.config import ServerSettings
-from resserve.engines.onnxruntime import available_cores
+from resserve.engines.hardware import available_cores
 from resserve.errors import InvalidRequestError, ModelNotReadyError, QueueFullError, TooManyImagesError
 from resserve.metrics import Metrics
 from resserve.preprocess import preprocess_timed
-from resserve.runtime import ModelManager, ServedModel
 from resserve.server.scores import softmax
+from resserve.serving.manager import ModelManager, ServedModel
 
 # A request may ask for a longer deadline than the model's default, but not an unbounded one:
 # float("1e400") is inf, and a deadline of inf keeps an entry alive for ever.

@@ -9,8 +9,8 @@ from starlette.requests import Request
 from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
-from resserve.runtime import ModelManager
 from resserve.server.pipeline import RequestPipeline
+from resserve.serving.manager import ModelBuilder, ModelManager
 
 
 @dataclass
@@ -22,6 +22,7 @@ class AppState:
     repository: ModelRepository
     manager: ModelManager
     pipeline: RequestPipeline
+    builder: ModelBuilder | None = None  # builds missing or stale models at start (build_missing)
     started: bool = False
     draining: bool = False
     failed: dict[str, str] = field(default_factory=dict)  # model -> why its last load failed (no paths)

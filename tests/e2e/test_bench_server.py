@@ -6,7 +6,7 @@ from pathlib import Path
 
 from server_harness import write_model
 
-from resserve.bench.server import bound_img_s, run_server_bench
+from resserve.loadtest.server_bench import bound_img_s, run_server_bench
 
 
 def test_bound_counts_engine_cores_and_one_core_of_preprocessing() -> None:

@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 from server_harness import server_process, write_model
 
+from resserve.build.pipeline import BuildPipeline
 from resserve.loadtest.report import BATCH_PLOT, STAGES_PLOT, THROUGHPUT_PLOT, write_report
 from resserve.loadtest.sweep import SweepConfig, SweepResult, VariantSpec, overlay_repo, run_sweep
 from resserve.repository import ModelRepository
@@ -23,7 +24,7 @@ def repo(model_onnx: Path, tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     write_model(repo, "r18", model_onnx, max_batch_size=8,
                 dynamic_batching={"max_queue_delay_ms": 2, "preferred_batch_sizes": [4, 8]})
-    ModelRepository(repo).build("r18")
+    BuildPipeline(ModelRepository(repo)).build("r18")
     return repo
 
 
@@ -35,7 +36,7 @@ def test_overlay_repo_links_artifacts_and_edits_serving_settings(repo: Path, tmp
     assert config.dynamic_batching.preferred_batch_sizes == [4]  # 8 dropped: above the new max
     assert (overlay / "r18" / "1").is_symlink()
     # Serving settings do not enter the build hash: the overlay needs no rebuild.
-    assert not ModelRepository(overlay).is_stale("r18")
+    assert not BuildPipeline(ModelRepository(overlay)).is_stale("r18")
     assert yaml.safe_load((repo / "r18" / "config.yaml").read_text())["max_batch_size"] == 8  # original untouched
 
 

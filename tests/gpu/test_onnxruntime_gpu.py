@@ -7,9 +7,9 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
+from resserve.build.export import export_onnx
+from resserve.build.parity import compare_logits
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
-from resserve.export.parity import compare_logits
-from resserve.export.to_onnx import export_onnx
 from resserve.models.weights import load_model
 from resserve.synthetic import synthetic_batch
 

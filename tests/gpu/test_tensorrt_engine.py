@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resserve.compile.accuracy import compare
-from resserve.compile.calibration import calibration_and_held_out
-from resserve.compile.tensorrt import PLAN_FILE, RECORD_FILE, TIMING_CACHE_FILE, PlanRecord, build_plan
+from resserve.build.accuracy import compare
+from resserve.build.calibration import calibration_and_held_out
+from resserve.build.export import export_onnx
+from resserve.build.parity import compare_logits
+from resserve.build.tensorrt import TIMING_CACHE_FILE, build_plan
 from resserve.contract import imagenet_contract
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
-from resserve.engines.tensorrt import TensorRTEngine
+from resserve.engines.tensorrt import PLAN_FILE, RECORD_FILE, PlanRecord, TensorRTEngine
 from resserve.errors import EngineUnavailableError
-from resserve.export.parity import compare_logits
-from resserve.export.to_onnx import export_onnx
 from resserve.files import sha256_file
 from resserve.models.weights import load_model
 from resserve.synthetic import synthetic_batch

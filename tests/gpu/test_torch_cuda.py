@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from resserve.build.parity import compare_logits
 from resserve.engines.torch_engine import TorchEngine
-from resserve.export.parity import compare_logits
 from resserve.synthetic import synthetic_batch
 
 pytestmark = pytest.mark.gpu

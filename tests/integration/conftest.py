@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from resserve.export.to_onnx import ExportReport, export_onnx
+from resserve.build.export import ExportReport, export_onnx
 from resserve.models.weights import LoadedModel, load_model
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from resserve.build.export import ExportReport
+from resserve.build.pipeline import BuildPipeline
 from resserve.cli import app
-from resserve.export.metadata import read_metadata
-from resserve.export.to_onnx import ExportReport
+from resserve.metadata import read_metadata
 
 runner = CliRunner()
 
@@ -87,6 +88,6 @@ def test_wait_models_returns_once_every_model_is_built(model_onnx: Path, tmp_pat
     write_model(repo, "r18", model_onnx)
     result = runner.invoke(app, ["wait-models", str(repo), "--timeout-s", "0.3", "--interval-s", "0.1"])
     assert result.exit_code == 1 and "still not built" in result.output and "r18" in result.output
-    ModelRepository(repo).build("r18")
+    BuildPipeline(ModelRepository(repo)).build("r18")
     result = runner.invoke(app, ["wait-models", str(repo), "--timeout-s", "5", "--interval-s", "0.1"])
     assert result.exit_code == 0 and "built: r18" in result.output

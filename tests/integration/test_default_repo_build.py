@@ -13,6 +13,7 @@ import httpx
 import pytest
 from server_harness import jpeg, serve_in_thread
 
+from resserve.build.pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.repository import ModelRepository
 
@@ -30,8 +31,9 @@ def test_every_shipped_variant_builds_reports_accuracy_and_serves(tmp_path: Path
         (root / config.parent.name).mkdir()
         shutil.copy(config, root / config.parent.name / "config.yaml")
     repository = ModelRepository(root)
+    builder = BuildPipeline(repository)
     for name in repository.names():
-        repository.build(name)
+        builder.build(name)
         version = repository.version(name)
         assert version.artifact.is_file()
         if not version.variant.is_reference:

@@ -9,19 +9,18 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from resserve.engines import create_engine
+from resserve.build.export import ExportReport
+from resserve.build.parity import compare_logits
+from resserve.engines.factory import Variant
 from resserve.engines.onnxruntime import OnnxRuntimeEngine, resolve_provider
 from resserve.errors import EngineError, EngineUnavailableError
-from resserve.export.parity import compare_logits
-from resserve.export.to_onnx import ExportReport
 from resserve.models.weights import LoadedModel
 from resserve.synthetic import synthetic_batch
 
 
 @pytest.fixture(scope="module")
 def engine(resnet18_onnx: ExportReport) -> OnnxRuntimeEngine:
-    engine = create_engine("onnxruntime", resnet18_onnx.path, provider="cpu", intra_op_threads=2)
-    assert isinstance(engine, OnnxRuntimeEngine)
+    engine = OnnxRuntimeEngine(resnet18_onnx.path, provider="cpu", intra_op_threads=2)
     engine.load()
     return engine
 
@@ -68,6 +67,6 @@ def test_missing_file_and_unknown_engine(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="does not exist; run `resserve build`"):
         OnnxRuntimeEngine(tmp_path / "absent.onnx").load()
     with pytest.raises(EngineUnavailableError, match="unknown engine 'tflite'"):
-        create_engine("tflite", tmp_path / "m.tflite")
+        Variant("tflite", "fp32").artifact(tmp_path)
     with pytest.raises(EngineError, match="not loaded"):
         OnnxRuntimeEngine(tmp_path / "absent.onnx").infer(np.zeros((1, 3, 224, 224), np.float32))

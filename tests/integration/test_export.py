@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from resserve.build.export import ExportReport, export_onnx
+from resserve.build.parity import compare_logits
 from resserve.errors import ExportError
-from resserve.export.metadata import read_metadata
-from resserve.export.parity import compare_logits
-from resserve.export.to_onnx import ExportReport, export_onnx
+from resserve.metadata import read_metadata
 from resserve.models.resnet import build_resnet
 from resserve.models.weights import LoadedModel, load_model
 from resserve.synthetic import synthetic_batch

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 import onnx
-from server_harness import jpeg, serve_in_thread, wait_until_ready, write_model
+from server_harness import builder_for, jpeg, serve_in_thread, wait_until_ready, write_model
 
 from resserve.bench.process import free_port
+from resserve.build.pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
@@ -61,11 +62,11 @@ def corrupt_weights(artifact: Path) -> None:
 def built_copies(root: Path, model_onnx: Path, names: list[str]) -> None:
     """``good`` built once; every other name gets the same built version (not stale: no rebuild)."""
     write_model(root, "good", model_onnx)
-    ModelRepository(root).build("good")
+    BuildPipeline(ModelRepository(root)).build("good")
     for name in names:
         write_model(root, name, model_onnx)
         shutil.copytree(root / "good" / "1", root / name / "1")
-    assert not any(ModelRepository(root).is_stale(name) for name in names)
+    assert not any(BuildPipeline(ModelRepository(root)).is_stale(name) for name in names)
 
 
 def test_corrupt_artifacts_fail_only_their_models(model_onnx: Path, tmp_path: Path) -> None:
@@ -118,7 +119,7 @@ def test_graceful_shutdown_0_does_not_wait_for_a_stuck_batch(model_onnx: Path, t
     write_model(tmp_path, "stuck", model_onnx, dynamic_batching={"max_queue_delay_ms": 0},
                 fault_injection={"hang_every_n_batches": 1, "hang_s": hang_s})
     settings = ServerSettings(model_repo=tmp_path, port=free_port(), graceful_shutdown_s=0)
-    app = create_app(settings, Metrics())
+    app = create_app(settings, Metrics(), builder_for(settings))
     server = DrainingServer(uvicorn_config(app, settings, log_level="warning"), app.state.resserve, 0)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

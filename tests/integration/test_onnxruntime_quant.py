@@ -14,14 +14,14 @@ import numpy as np
 import onnx
 import pytest
 
-from resserve.compile.accuracy import compare
-from resserve.compile.calibration import calibration_and_held_out
-from resserve.compile.onnxruntime_quant import BatchCalibrationReader, convert_fp16, quantize_int8
+from resserve.build.accuracy import compare
+from resserve.build.calibration import calibration_and_held_out
+from resserve.build.export import export_onnx
+from resserve.build.ort_quant import BatchCalibrationReader, convert_fp16, quantize_int8
+from resserve.build.parity import compare_logits
 from resserve.contract import imagenet_contract
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
 from resserve.errors import ExportError
-from resserve.export.parity import compare_logits
-from resserve.export.to_onnx import export_onnx
 from resserve.models.weights import load_model
 
 MIN_COSINE = 0.998
@@ -176,8 +176,8 @@ def test_fp16_runs_on_cpu_close_to_fp32(
 
 def test_calibration_count_that_is_not_a_multiple_of_the_chunk(resnet18_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """300 placeholder images in chunks of 8 once failed inside ORT's strided calibration."""
-    from resserve.compile.calibration import load_batch
-    from resserve.compile.onnxruntime_quant import quantize_int8
+    from resserve.build.calibration import load_batch
+    from resserve.build.ort_quant import quantize_int8
     from resserve.contract import imagenet_contract
 
     images = load_batch(imagenet_contract(), 13)

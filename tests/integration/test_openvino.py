@@ -16,19 +16,16 @@ import pytest
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino nncf)")
 pytest.importorskip("nncf", reason="nncf is not installed (pip install nncf), needed for int8")
 
-from resserve.compile.accuracy import AccuracyReport, compare
-from resserve.compile.calibration import calibration_and_held_out
-from resserve.compile.openvino import (
-    SIDECAR_FILE,
-    compile_openvino,
-    cpu_capabilities,
-    cpu_supports_bf16,
-)
+from resserve.build.accuracy import compare
+from resserve.build.calibration import calibration_and_held_out
+from resserve.build.export import ExportReport
+from resserve.build.openvino import compile_openvino
 from resserve.contract import imagenet_contract
+from resserve.engines.hardware import cpu_capabilities, cpu_supports_bf16
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
-from resserve.engines.openvino import OpenVinoEngine
+from resserve.engines.openvino import SIDECAR_FILE, OpenVinoEngine
 from resserve.errors import ConfigError, EngineError, EngineUnavailableError
-from resserve.export.to_onnx import ExportReport
+from resserve.metadata import AccuracyReport
 
 Images = tuple[np.ndarray, np.ndarray]  # calibration, held-out
 CALIBRATION_IMAGES = 32
@@ -172,7 +169,7 @@ def test_bf16_agrees_with_fp32(fp32_xml: Path, reference: OnnxRuntimeEngine,
 def test_bf16_without_cpu_support_is_a_clear_error(fp32_xml: Path, onnx_path: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # The only stand-in in this module: the capability query, to reach the non-AMX branch here.
-    monkeypatch.setattr("resserve.compile.openvino._cpu_properties", lambda: (("FP32", "INT8"), "old CPU"))
+    monkeypatch.setattr("resserve.engines.hardware._cpu_properties", lambda: (("FP32", "INT8"), "old CPU"))
     with pytest.raises(EngineUnavailableError, match="no AMX/AVX512-BF16; use fp32 or int8"):
         OpenVinoEngine(fp32_xml, "bf16").load()
     with pytest.raises(EngineUnavailableError, match="no AMX/AVX512-BF16"):

@@ -11,10 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from resserve.build.onnx_fold import optimize_onnx
+from resserve.build.parity import compare_logits
 from resserve.cli import app
-from resserve.export.metadata import read_metadata
-from resserve.export.onnx_fold import optimize_onnx
-from resserve.export.parity import compare_logits
+from resserve.metadata import read_metadata
 from resserve.models.weights import LoadedModel
 from resserve.synthetic import synthetic_batch
 

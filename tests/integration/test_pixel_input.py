@@ -16,10 +16,10 @@ import pytest
 from pydantic import ValidationError
 from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
-from resserve.compile.variants import Variant, open_engine
 from resserve.config import ModelConfig, ServerSettings
 from resserve.contract import PreprocessContract, imagenet_contract
 from resserve.engines.base import PixelInput
+from resserve.engines.factory import Variant, open_engine
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
 from resserve.engines.pixel_graph import with_pixel_input
 from resserve.errors import ConfigError, EngineError
@@ -106,7 +106,7 @@ def test_engines_without_pixel_input_are_refused_clearly(tmp_path: Path) -> None
 
 def test_openvino_engine_normalizes_pixels_with_its_preprocessor(model_onnx: Path, tmp_path: Path) -> None:
     pytest.importorskip("openvino", reason="openvino is not installed")
-    from resserve.compile.openvino import compile_openvino
+    from resserve.build.openvino import compile_openvino
     from resserve.engines.openvino import OpenVinoEngine
 
     xml = compile_openvino(model_onnx, tmp_path / "ov", "fp32")

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from resserve.compile.accuracy import agreement
+from resserve.build.accuracy import agreement
+from resserve.build.export import ExportReport
+from resserve.build.parity import compare_logits, relative_max_diff
+from resserve.engines.hardware import torch_cpu_bf16
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
-from resserve.engines.torch_engine import TorchEngine, cpu_bf16_supported, graph_batch_size
+from resserve.engines.torch_engine import TorchEngine, graph_batch_size
 from resserve.errors import ConfigError, EngineError, EngineUnavailableError
-from resserve.export.parity import compare_logits, relative_max_diff
-from resserve.export.to_onnx import ExportReport
 from resserve.synthetic import synthetic_batch
 
 # bf16 keeps 8 significant bits; through ResNet-18 that is 2-5% of the largest logit (measured).
@@ -48,7 +49,7 @@ def test_channels_last_does_not_change_the_function(fp32_engine: TorchEngine) ->
 def top1_agreement_beyond_ties(reference: np.ndarray, candidate: np.ndarray, atol: float) -> float:
     """Top-1 agreement where a flip counts only if the reference tells the two classes apart.
 
-    The project's parity rule for swaps (see resserve/export/parity.py), applied to top-1.
+    The project's parity rule for swaps (see resserve/build/parity.py), applied to top-1.
     """
     ref, cand = reference.argmax(1), candidate.argmax(1)
     rows = np.arange(len(reference))
@@ -57,7 +58,7 @@ def top1_agreement_beyond_ties(reference: np.ndarray, candidate: np.ndarray, ato
 
 
 def test_bf16_agrees_with_fp32(fp32_engine: TorchEngine, images: np.ndarray) -> None:
-    ok, why = cpu_bf16_supported()
+    ok, why = torch_cpu_bf16()
     if not ok:
         pytest.skip(f"bf16: {why}")
     engine = TorchEngine("resnet18", random_weights_seed=0, precision="bf16")

@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from resserve.build.pipeline import BuildPipeline
 from resserve.errors import ExportError
 from resserve.repository import ModelRepository
 
@@ -49,7 +50,7 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path: Path, secre
     source = _model_with_external_weights(repo / "evil")
     _point_external_data_at(source, os.path.relpath(secret, source.parent))
     with pytest.raises(ExportError, match="outside the directory"):
-        ModelRepository(repo).build("evil")
+        BuildPipeline(ModelRepository(repo)).build("evil")
     assert ModelRepository(repo).versions("evil") == []
 
 
@@ -59,11 +60,11 @@ def test_external_data_through_a_symlink_is_refused(tmp_path: Path, secret: Path
     (source.parent / "w.bin").unlink()
     (source.parent / "w.bin").symlink_to(secret)
     with pytest.raises(ExportError, match="symbolic link"):
-        ModelRepository(repo).build("sym")
+        BuildPipeline(ModelRepository(repo)).build("sym")
 
 
 def test_external_data_inside_the_folder_builds(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     _model_with_external_weights(repo / "fine")
-    folder = ModelRepository(repo).build("fine")
+    folder = BuildPipeline(ModelRepository(repo)).build("fine")
     assert (folder / "model.onnx").is_file()

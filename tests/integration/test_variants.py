@@ -13,6 +13,7 @@ from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 from typer.testing import CliRunner
 
 from resserve.bench.matrix import bench_variants, markdown
+from resserve.build.pipeline import BuildPipeline
 from resserve.cli import app
 from resserve.config import ServerSettings
 from resserve.engines.select import resolve_engine
@@ -35,8 +36,9 @@ def repo(model_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelRep
     for name, settings in VARIANTS.items():
         write_model(root, name, model_onnx, calibration=SMALL_CALIBRATION, **settings)
     repository = ModelRepository(root)
+    builder = BuildPipeline(repository)
     for name in repository.names():
-        repository.build(name)
+        builder.build(name)
     return repository
 
 

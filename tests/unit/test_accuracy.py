@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resserve.compile.accuracy import AccuracyError, AccuracyReport, agreement
+from resserve.build.accuracy import agreement
+from resserve.errors import AccuracyError
+from resserve.metadata import AccuracyReport
 
 
 def test_agreement_measures() -> None:

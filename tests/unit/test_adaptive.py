@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from resserve.adaptive import ArrivalRate, EngineTimeModel, SloBatchPolicy
-from resserve.batching import BatchQueue
 from resserve.metrics import Metrics
+from resserve.serving.adaptive import ArrivalRate, EngineTimeModel, SloBatchPolicy
+from resserve.serving.batching import BatchQueue
 
 
 def learned(a: float = 0.010, c: float = 0.005, sizes: tuple[int, ...] = (1, 2, 4, 8)) -> EngineTimeModel:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from resserve.batching import BatchQueue
 from resserve.errors import DeadlineExceededError, EngineError, ModelNotReadyError, QueueFullError
 from resserve.metrics import Metrics
+from resserve.serving.batching import BatchQueue
 
 
 class RecordingEngine:

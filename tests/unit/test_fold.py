@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from resserve.build.parity import compare_logits, relative_max_diff
 from resserve.errors import ExportError
-from resserve.export.fold import fold_batchnorms, fold_conv_bn
-from resserve.export.parity import compare_logits, relative_max_diff
+from resserve.models.fold import fold_batchnorms, fold_conv_bn
 from resserve.models.weights import load_model
 from resserve.synthetic import synthetic_batch
 

@@ -10,14 +10,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from resserve.errors import ExportError, ParityError
-from resserve.export.onnx_fold import (
+from resserve.build.onnx_fold import (
     FoldStats,
     _input_shape,
     compare_onnx_outputs,
     fold_graph,
     optimize_onnx,
 )
+from resserve.errors import ExportError, ParityError
 
 RNG_SEED = 1234
 C_IN, C_OUT = 8, 8

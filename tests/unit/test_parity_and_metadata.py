@@ -8,10 +8,10 @@ import pytest
 from onnx import helper
 from pydantic import ValidationError
 
+from resserve.build.parity import compare_logits, relative_max_diff, top5_agree
 from resserve.contract import PreprocessContract, imagenet_contract
 from resserve.errors import ParityError
-from resserve.export.metadata import ModelMetadata, write_metadata
-from resserve.export.parity import compare_logits, relative_max_diff, top5_agree
+from resserve.metadata import ModelMetadata, write_metadata
 
 
 def test_relative_max_diff() -> None:

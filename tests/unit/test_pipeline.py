@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from resserve.batching import BatchQueue
 from resserve.config import ModelConfig, ServerSettings
 from resserve.errors import InvalidRequestError, QueueFullError, TooManyImagesError
 from resserve.metrics import Metrics
 from resserve.server.pipeline import MAX_TIMEOUT_MS, RequestPipeline
+from resserve.serving.batching import BatchQueue
 
 
 def served_model(max_queue_size: int = 8, max_batch_size: int = 2, instances: int = 1) -> Any:

@@ -14,9 +14,10 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+from resserve.build.pipeline import BuildPipeline
 from resserve.contract import PreprocessContract, imagenet_contract
 from resserve.errors import ConfigError, ExportError, ModelNotFoundError
-from resserve.export.metadata import ModelMetadata, read_metadata
+from resserve.metadata import ModelMetadata, read_metadata
 from resserve.repository import ARTIFACT, BUILD_RECORD, ModelRepository
 
 NUM_CLASSES = 10
@@ -147,14 +148,15 @@ def test_unknown_and_traversal_names_are_not_found(repo_root: Path, tmp_path: Pa
     write_config(tmp_path / "outside", {"source": {"onnx": "source.onnx"}})
     write_config(tmp_path, {"source": {"onnx": "source.onnx"}})  # <root>/../config.yaml
     repo = ModelRepository(repo_root)
+    builder = BuildPipeline(repo)
     with pytest.raises(ModelNotFoundError):
         repo.config(name)
     with pytest.raises(ModelNotFoundError):
-        repo.build(name)
+        builder.build(name)
     with pytest.raises(ModelNotFoundError):
         repo.version(name)
     with pytest.raises(ModelNotFoundError):
-        repo.is_stale(name)
+        builder.is_stale(name)
 
 
 def test_a_broken_config_is_a_config_error_not_a_missing_model(repo_root: Path) -> None:
@@ -168,21 +170,22 @@ def test_a_broken_config_is_a_config_error_not_a_missing_model(repo_root: Path) 
 def test_build_creates_a_version_with_artifact_and_record(repo_root: Path, onnx_model) -> None:
     folder = onnx_model("tiny")
     repo = ModelRepository(repo_root)
-    assert repo.versions("tiny") == [] and repo.is_stale("tiny")
+    builder = BuildPipeline(repo)
+    assert repo.versions("tiny") == [] and builder.is_stale("tiny")
     said, say = messages()
-    target = repo.build("tiny", progress=say)
+    target = builder.build("tiny", progress=say)
     assert target == folder / "1"
     assert (target / ARTIFACT).is_file() and (target / BUILD_RECORD).is_file()
     assert any("building" in m for m in said) and any("built" in m for m in said)
     record = json.loads((target / BUILD_RECORD).read_text())
-    assert record["content_hash"] == repo.content_hash(repo.config("tiny"))
+    assert record["content_hash"] == builder.content_hash(repo.config("tiny"))
     assert record["random_fallback"] is False
     assert record["config"]["max_batch_size"] == 8
     # The artifact is the folded graph: no BatchNormalization left, marked folded.
     artifact = onnx.load(str(target / ARTIFACT))
     assert "BatchNormalization" not in [n.op_type for n in artifact.graph.node]
     assert read_metadata(target / ARTIFACT).folded
-    assert repo.versions("tiny") == ["1"] and not repo.is_stale("tiny")
+    assert repo.versions("tiny") == ["1"] and not builder.is_stale("tiny")
     # Nothing but the version and the inputs: no staging folder left behind.
     assert sorted(p.name for p in folder.iterdir()) == ["1", "config.yaml", "source.onnx"]
 
@@ -190,11 +193,12 @@ def test_build_creates_a_version_with_artifact_and_record(repo_root: Path, onnx_
 def test_second_build_is_up_to_date_and_does_not_rebuild(repo_root: Path, onnx_model) -> None:
     onnx_model("tiny")
     repo = ModelRepository(repo_root)
-    target = repo.build("tiny")
+    builder = BuildPipeline(repo)
+    target = builder.build("tiny")
     artifact, record = target / ARTIFACT, target / BUILD_RECORD
     stamps = (artifact.stat().st_mtime_ns, artifact.stat().st_ino, record.stat().st_mtime_ns)
     said, say = messages()
-    assert repo.build("tiny", progress=say) == target
+    assert builder.build("tiny", progress=say) == target
     assert said == [f"tiny: up to date ({target})"]
     assert (artifact.stat().st_mtime_ns, artifact.stat().st_ino, record.stat().st_mtime_ns) == stamps
 
@@ -208,63 +212,68 @@ def backdate(path: Path) -> int:
 def test_changing_the_config_makes_it_stale_and_rebuilds(repo_root: Path, onnx_model) -> None:
     folder = onnx_model("tiny")
     repo = ModelRepository(repo_root)
-    target = repo.build("tiny")
+    builder = BuildPipeline(repo)
+    target = builder.build("tiny")
     old_hash = json.loads((target / BUILD_RECORD).read_text())["content_hash"]
     old_mtime = backdate(target / ARTIFACT)
     write_config(folder, {"source": {"onnx": "source.onnx"}, "max_batch_size": 4})
-    assert not repo.is_stale("tiny")  # a serving setting: read at load, no rebuild
+    assert not builder.is_stale("tiny")  # a serving setting: read at load, no rebuild
     write_config(folder, {"source": {"onnx": "source.onnx", "seed": 3}, "max_batch_size": 4})
-    assert repo.is_stale("tiny")
+    assert builder.is_stale("tiny")
     said, say = messages()
-    assert repo.build("tiny", progress=say) == target
+    assert builder.build("tiny", progress=say) == target
     assert any("building" in m for m in said)
     assert (target / ARTIFACT).stat().st_mtime_ns != old_mtime
     record = json.loads((target / BUILD_RECORD).read_text())
     assert record["content_hash"] != old_hash and record["config"]["max_batch_size"] == 4
-    assert not repo.is_stale("tiny")
+    assert not builder.is_stale("tiny")
     assert repo.versions("tiny") == ["1"]
 
 
 def test_calibration_settings_rebuild_reduced_precision_models_only(repo_root: Path, onnx_model) -> None:
     repo = ModelRepository(repo_root)
+    builder = BuildPipeline(repo)
     fp32 = repo.config(onnx_model("a").name)
     int8 = fp32.model_copy(update={"precision": "int8"})
     more_held_out = {"calibration": fp32.calibration.model_copy(update={"held_out": 800})}
-    assert repo.content_hash(fp32.model_copy(update=more_held_out)) == repo.content_hash(fp32)
-    assert repo.content_hash(int8.model_copy(update=more_held_out)) != repo.content_hash(int8)
+    assert builder.content_hash(fp32.model_copy(update=more_held_out)) == builder.content_hash(fp32)
+    assert builder.content_hash(int8.model_copy(update=more_held_out)) != builder.content_hash(int8)
     lower_floor = {"calibration": int8.calibration.model_copy(update={"min_top1_agreement": 0.5})}
-    assert repo.content_hash(int8.model_copy(update=lower_floor)) == repo.content_hash(int8)  # a check, not an input
+    assert builder.content_hash(int8.model_copy(update=lower_floor)) == builder.content_hash(int8)  # a check, not an input
 
 
 def test_comments_and_formatting_in_config_do_not_make_it_stale(repo_root: Path, onnx_model) -> None:
     folder = onnx_model("tiny")
     repo = ModelRepository(repo_root)
-    repo.build("tiny")
+    builder = BuildPipeline(repo)
+    builder.build("tiny")
     (folder / "config.yaml").write_text(
         "# same values, other spelling\nmax_batch_size:   8\nsource:\n  onnx: source.onnx\nengine: onnxruntime\n"
     )
-    assert not repo.is_stale("tiny")
+    assert not builder.is_stale("tiny")
 
 
 def test_changing_the_source_onnx_bytes_makes_it_stale(repo_root: Path, onnx_model) -> None:
     folder = onnx_model("tiny", seed=0)
     repo = ModelRepository(repo_root)
-    target = repo.build("tiny")
+    builder = BuildPipeline(repo)
+    target = builder.build("tiny")
     before = (target / ARTIFACT).read_bytes()
     tiny_classifier(folder / "source.onnx", seed=1)  # same config, other weights
-    assert repo.is_stale("tiny")
-    repo.build("tiny")
+    assert builder.is_stale("tiny")
+    builder.build("tiny")
     assert (target / ARTIFACT).read_bytes() != before
-    assert not repo.is_stale("tiny")
+    assert not builder.is_stale("tiny")
 
 
 def test_force_rebuilds_an_up_to_date_model(repo_root: Path, onnx_model) -> None:
     onnx_model("tiny")
     repo = ModelRepository(repo_root)
-    target = repo.build("tiny")
+    builder = BuildPipeline(repo)
+    target = builder.build("tiny")
     old_mtime = backdate(target / ARTIFACT)
     said, say = messages()
-    repo.build("tiny", force=True, progress=say)
+    builder.build("tiny", force=True, progress=say)
     assert any("building" in m for m in said)
     assert (target / ARTIFACT).stat().st_mtime_ns != old_mtime
 
@@ -273,30 +282,32 @@ def test_force_rebuilds_an_up_to_date_model(repo_root: Path, onnx_model) -> None
 def test_a_missing_or_damaged_build_record_makes_it_stale(repo_root: Path, onnx_model, damage: str) -> None:
     onnx_model("tiny")
     repo = ModelRepository(repo_root)
-    record = repo.build("tiny") / BUILD_RECORD
+    builder = BuildPipeline(repo)
+    record = builder.build("tiny") / BUILD_RECORD
     if damage == "delete":
         record.unlink()
     elif damage == "garbage":
         record.write_text("{not json")
     else:
         record.write_text(json.dumps({"random_fallback": False}))
-    assert repo.is_stale("tiny")
-    repo.build("tiny")
-    assert not repo.is_stale("tiny")
+    assert builder.is_stale("tiny")
+    builder.build("tiny")
+    assert not builder.is_stale("tiny")
 
 
 def test_missing_source_file_is_a_config_error_naming_it(repo_root: Path) -> None:
     write_config(repo_root / "tiny", {"source": {"onnx": "absent.onnx"}})
     repo = ModelRepository(repo_root)
+    builder = BuildPipeline(repo)
     with pytest.raises(ConfigError, match="absent.onnx"):
-        repo.build("tiny")
+        builder.build("tiny")
     assert sorted(p.name for p in (repo_root / "tiny").iterdir()) == ["config.yaml"]
 
 
 def test_absolute_source_path_is_used_as_given(repo_root: Path, tmp_path: Path) -> None:
     source = tiny_classifier(tmp_path / "elsewhere" / "model.onnx")
     write_config(repo_root / "tiny", {"source": {"onnx": str(source)}})
-    target = ModelRepository(repo_root).build("tiny")
+    target = BuildPipeline(ModelRepository(repo_root)).build("tiny")
     assert (target / ARTIFACT).is_file()
 
 
@@ -305,10 +316,11 @@ def test_a_failing_build_leaves_no_version_and_no_staging(repo_root: Path) -> No
     write_config(folder, {"source": {"onnx": "source.onnx"}})
     (folder / "source.onnx").write_bytes(b"this is not an ONNX protobuf \x00\x01\x02" * 10)
     repo = ModelRepository(repo_root)
+    builder = BuildPipeline(repo)
     with pytest.raises(ExportError, match="source.onnx"):
-        repo.build("tiny")
+        builder.build("tiny")
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "source.onnx"]
-    assert repo.versions("tiny") == [] and repo.is_stale("tiny")
+    assert repo.versions("tiny") == [] and builder.is_stale("tiny")
     with pytest.raises(ModelNotFoundError, match="no built version"):
         repo.version("tiny")
 
@@ -316,13 +328,14 @@ def test_a_failing_build_leaves_no_version_and_no_staging(repo_root: Path) -> No
 def test_a_failing_rebuild_keeps_the_previous_version(repo_root: Path, onnx_model) -> None:
     folder = onnx_model("tiny")
     repo = ModelRepository(repo_root)
-    target = repo.build("tiny")
+    builder = BuildPipeline(repo)
+    target = builder.build("tiny")
     artifact = (target / ARTIFACT).read_bytes()
     record = (target / BUILD_RECORD).read_text()
     (folder / "source.onnx").write_bytes(b"garbage")
-    assert repo.is_stale("tiny")
+    assert builder.is_stale("tiny")
     with pytest.raises(ExportError):
-        repo.build("tiny")
+        builder.build("tiny")
     assert (target / ARTIFACT).read_bytes() == artifact and (target / BUILD_RECORD).read_text() == record
     assert sorted(p.name for p in folder.iterdir()) == ["1", "config.yaml", "source.onnx"]
     assert repo.version("tiny").version == "1"
@@ -333,7 +346,8 @@ def test_a_failing_rebuild_keeps_the_previous_version(repo_root: Path, onnx_mode
 def test_version_picks_the_newest_numeric_folder_with_an_artifact(repo_root: Path, onnx_model) -> None:
     folder = onnx_model("tiny")
     repo = ModelRepository(repo_root)
-    built = repo.build("tiny")
+    builder = BuildPipeline(repo)
+    built = builder.build("tiny")
     for name in ("2", "10", "latest", ".tiny-build-leftover"):
         shutil.copytree(built, folder / name)
     (folder / "11").mkdir()  # a numeric folder without model.onnx is not a version
@@ -348,7 +362,7 @@ def test_version_picks_the_newest_numeric_folder_with_an_artifact(repo_root: Pat
         with pytest.raises(ModelNotFoundError, match="no version"):
             repo.version("tiny", missing)
     # A build goes to the newest version, in place.
-    assert repo.build("tiny", force=True) == folder / "10"
+    assert builder.build("tiny", force=True) == folder / "10"
 
 
 def test_version_of_an_unbuilt_model_is_not_found(repo_root: Path, onnx_model) -> None:
@@ -364,7 +378,8 @@ def test_labels_from_the_config_file(repo_root: Path, onnx_model) -> None:
     names = [f"thing {i}" for i in range(NUM_CLASSES)]
     (folder / "labels.txt").write_text("\n".join(names) + "\n\n")
     repo = ModelRepository(repo_root)
-    repo.build("tiny")
+    builder = BuildPipeline(repo)
+    builder.build("tiny")
     assert repo.version("tiny").labels(NUM_CLASSES) == names
 
 
@@ -372,7 +387,8 @@ def test_label_file_with_the_wrong_count_is_a_config_error(repo_root: Path, onnx
     folder = onnx_model("tiny", labels="labels.txt")
     (folder / "labels.txt").write_text("\n".join(f"c{i}" for i in range(NUM_CLASSES - 1)))
     repo = ModelRepository(repo_root)
-    repo.build("tiny")
+    builder = BuildPipeline(repo)
+    builder.build("tiny")
     with pytest.raises(ConfigError, match=f"9 labels for {NUM_CLASSES} classes"):
         repo.version("tiny").labels(NUM_CLASSES)
 
@@ -380,7 +396,8 @@ def test_label_file_with_the_wrong_count_is_a_config_error(repo_root: Path, onnx
 def test_missing_label_file_is_a_config_error(repo_root: Path, onnx_model) -> None:
     onnx_model("tiny", labels="labels.txt")
     repo = ModelRepository(repo_root)
-    repo.build("tiny")
+    builder = BuildPipeline(repo)
+    builder.build("tiny")
     with pytest.raises(ConfigError, match="labels.txt"):
         repo.version("tiny").labels(NUM_CLASSES)
 
@@ -390,8 +407,9 @@ def test_labels_recorded_in_the_model_then_defaults(repo_root: Path, onnx_model)
     onnx_model("with_labels", props=ModelMetadata(labels=recorded, num_classes=NUM_CLASSES).to_props())
     onnx_model("plain")
     repo = ModelRepository(repo_root)
-    repo.build("with_labels")
-    repo.build("plain")
+    builder = BuildPipeline(repo)
+    builder.build("with_labels")
+    builder.build("plain")
     assert repo.version("with_labels").labels(NUM_CLASSES) == recorded
     assert repo.version("plain").labels(NUM_CLASSES) == [f"class_{i}" for i in range(NUM_CLASSES)]
     with pytest.raises(ConfigError, match="10 labels for 5 classes"):
@@ -403,7 +421,8 @@ def test_config_labels_beat_recorded_labels(repo_root: Path, onnx_model) -> None
     folder = onnx_model("tiny", labels="mine.txt", props=ModelMetadata(labels=recorded).to_props())
     (folder / "mine.txt").write_text("\n".join(f"mine {i}" for i in range(NUM_CLASSES)))
     repo = ModelRepository(repo_root)
-    repo.build("tiny")
+    builder = BuildPipeline(repo)
+    builder.build("tiny")
     assert repo.version("tiny").labels(NUM_CLASSES)[0] == "mine 0"
 
 
@@ -416,8 +435,9 @@ def test_contract_precedence_config_then_metadata_then_default(repo_root: Path, 
     onnx_model("metadata", props=props)
     onnx_model("default")
     repo = ModelRepository(repo_root)
+    builder = BuildPipeline(repo)
     for name in ("config_wins", "metadata", "default"):
-        repo.build(name)
+        builder.build(name)
     assert repo.version("config_wins").contract == PreprocessContract(resize_size=300, crop_size=224,
                                                                       color_order="BGR")
     assert repo.version("metadata").metadata.preprocess == recorded
@@ -441,8 +461,9 @@ def test_random_fallback_is_recorded_and_goes_stale_when_the_weights_appear(
     weights = "torchvision:ResNet18_Weights.IMAGENET1K_V1"
     write_config(repo_root / "r18", {"source": {"arch": "resnet18", "weights": weights, "fallback_random": True}})
     repo = ModelRepository(repo_root)
+    builder = BuildPipeline(repo)
 
-    target = repo.build("r18")
+    target = builder.build("r18")
 
     record = json.loads((target / BUILD_RECORD).read_text())
     assert record["random_fallback"] is True
@@ -450,18 +471,18 @@ def test_random_fallback_is_recorded_and_goes_stale_when_the_weights_appear(
     assert metadata.random_weights is True and metadata.weights_kind == "random" and metadata.arch == "resnet18"
     assert not list((cache / "weights").glob("*.part")), "a failed download must not leave partial files"
     # Still offline: the fallback is up to date, no rebuild at every start.
-    assert not repo.is_stale("r18")
+    assert not builder.is_stale("r18")
 
     # The weights file turns up in the hub cache, then in resserve's cache: time to rebuild.
     (hub / "checkpoints").mkdir(parents=True)
     hub_copy = hub / "checkpoints" / "resnet18-f37072fd.pth"
     hub_copy.write_bytes(b"placeholder: only its presence is checked here")
-    assert repo.is_stale("r18")
+    assert builder.is_stale("r18")
     hub_copy.unlink()
-    assert not repo.is_stale("r18")
+    assert not builder.is_stale("r18")
     (cache / "weights").mkdir(parents=True, exist_ok=True)
     (cache / "weights" / "resnet18-f37072fd.pth").write_bytes(b"placeholder")
-    assert repo.is_stale("r18")
+    assert builder.is_stale("r18")
 
 
 def test_weights_without_fallback_fail_the_build_cleanly(
@@ -477,6 +498,7 @@ def test_weights_without_fallback_fail_the_build_cleanly(
     write_config(repo_root / "r18", {"source": {"arch": "resnet18",
                                                 "weights": "torchvision:ResNet18_Weights.IMAGENET1K_V1"}})
     repo = ModelRepository(repo_root)
+    builder = BuildPipeline(repo)
     with pytest.raises(WeightsError, match="resnet18-f37072fd.pth"):
-        repo.build("r18")
+        builder.build("r18")
     assert sorted(p.name for p in (repo_root / "r18").iterdir()) == ["config.yaml"]

@@ -14,20 +14,22 @@ from typing import Any
 import numpy as np
 import pytest
 
-from resserve.compile.tensorrt import (
-    PLAN_FILE,
-    RECORD_FILE,
-    PlanRecord,
-    ProfileShapes,
+from resserve.build.tensorrt import (
     build_plan,
     calibration_batch_size,
     calibration_batches,
     plan_cache_key,
-    plan_matches,
     profile_shapes,
-    tensorrt_available,
 )
-from resserve.engines.tensorrt import TensorRTEngine
+from resserve.engines.hardware import tensorrt_available
+from resserve.engines.tensorrt import (
+    PLAN_FILE,
+    RECORD_FILE,
+    PlanRecord,
+    ProfileShapes,
+    TensorRTEngine,
+    plan_matches,
+)
 from resserve.errors import ConfigError, EngineUnavailableError
 
 SHAPES = ProfileShapes((1, 3, 224, 224), (8, 3, 224, 224), (16, 3, 224, 224))

@@ -1,8 +1,15 @@
-"""The one place that maps (engine, precision) to an artifact, how to build it and how to open it.
+"""Open an engine from a built artifact: the one map from (engine, precision) to file and engine.
 
 Every version folder holds the folded fp32 ``model.onnx`` (the reference every variant is built
-from and measured against) plus, for other variants, the engine's own artifact and an
-``accuracy.json`` comparing it with the reference on held-out images.
+from and measured against) plus, for other variants, the engine's own artifact. The builder
+(:mod:`resserve.build.variants`) writes to the paths named here and the server opens them here,
+so the two never disagree about where an artifact lives.
+
+Example::
+
+    variant = resolve_variant(config)                   # engine auto resolved for this machine
+    engine = open_engine(variant, config, Path("model_repo/resnet50/1"))
+    logits = engine.infer(np.zeros((8, 3, 224, 224), np.float32))
 """
 
 from __future__ import annotations
@@ -11,14 +18,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from resserve.compile.accuracy import AccuracyReport, compare
-from resserve.compile.calibration import calibration_and_held_out
 from resserve.config import ModelConfig
-from resserve.contract import PreprocessContract
 from resserve.engines.base import Engine, PixelInput
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
+from resserve.engines.select import resolve_engine
 from resserve.errors import ConfigError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
@@ -61,62 +64,12 @@ class Variant:
         raise EngineUnavailableError(f"unknown engine {self.engine!r}")
 
 
-def compile_variant(variant: Variant, config: ModelConfig, folder: Path, contract: PreprocessContract,
-                    calibration_dir: Path | None) -> AccuracyReport | None:
-    """Build ``variant`` from ``folder/model.onnx``; returns its accuracy report (None for the reference)."""
-    if variant.is_reference:
-        return None
-    reference = folder / REFERENCE
-    cal = config.calibration
-    calibration, held_out = calibration_and_held_out(
-        contract, cal.count if variant.needs_calibration else 1, cal.held_out, calibration_dir)
-    target = variant.artifact(folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if variant.engine == "onnxruntime":
-        if variant.precision == "int8":
-            from resserve.compile.onnxruntime_quant import quantize_int8
-
-            quantize_int8(reference, target, calibration)
-        else:
-            from resserve.compile.onnxruntime_quant import convert_fp16
-
-            convert_fp16(reference, target)
-            log.info("%s: fp16 runs on the CUDA provider; no CPU accuracy report", config.name)
-            return None
-    elif variant.engine == "openvino":
-        from resserve.compile.openvino import compile_openvino
-
-        compile_openvino(reference, target.parent, variant.precision,  # type: ignore[arg-type]
-                         calibration if variant.needs_calibration else None)
-    elif variant.engine == "tensorrt":
-        from resserve.compile.tensorrt import build_plan
-
-        build_plan(reference, target.parent, precision=variant.precision,  # type: ignore[arg-type]
-                   max_batch_size=config.max_batch_size,
-                   preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
-                   calibration=calibration if variant.needs_calibration else None)
-    elif variant.engine == "torch":
-        # The torch engine runs the source model itself; its artifact is written by the exporter.
-        pass
-    return measure_accuracy(variant, config, folder, held_out)
-
-
-def measure_accuracy(variant: Variant, config: ModelConfig, folder: Path, held_out: np.ndarray) -> AccuracyReport:
-    """Agreement of the built variant with the fp32 reference on held-out images; enforce the floor."""
-    reference = OnnxRuntimeEngine(folder / REFERENCE, "cpu")
-    reference.load()
-    candidate = open_engine(variant, config, folder)
-    try:
-        images = f"{config.calibration.images}" if config.calibration.images else "generated image-like placeholders"
-        report = compare(reference, candidate, held_out, variant=f"{config.name} ({variant.name})",
-                         reference_name="onnxruntime-fp32", method=f"held-out images: {images}")
-    finally:
-        candidate.close()
-        reference.close()
-    report.write(folder)
-    log.info("%s", report.summary())
-    report.check(config.calibration.min_top1_agreement)
-    return report
+def resolve_variant(config: ModelConfig) -> Variant:
+    """The engine (``auto`` resolved for this machine) and precision a build of ``config`` produces."""
+    engine, why = resolve_engine(config.engine, config.precision)
+    if config.engine == "auto":
+        log.info("model %s: engine auto -> %s (%s)", config.name, engine, why)
+    return Variant(engine, config.precision)
 
 
 def open_engine(variant: Variant, config: ModelConfig, folder: Path, pixels: PixelInput | None = None) -> Engine:

@@ -14,35 +14,30 @@ import json
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
+from resserve.engines.hardware import gpu_identity, require_tensorrt
+from resserve.engines.tensorrt import (
+    PLAN_FILE,
+    PRECISIONS,
+    RECORD_FILE,
+    PlanRecord,
+    Precision,
+    ProfileShapes,
+    plan_matches,
+    trt_logger,
+)
 from resserve.errors import ConfigError, EngineUnavailableError, ExportError
 from resserve.files import sha256_file
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
-PLAN_FILE = "model.plan"
-RECORD_FILE = "plan.json"
 TIMING_CACHE_FILE = "timing.cache"
-MIN_TRT = (8, 6)  # set_input_shape / execute_async_v3 / the named-tensor API
 MAX_CALIBRATION_BATCH = 16
 _KEY_SCHEMA = 1
-
-
-@dataclass(frozen=True)
-class ProfileShapes:
-    """The optimization profile's (min, opt, max) input shapes, NCHW."""
-
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
 
 
 def profile_shapes(input_shape_chw: tuple[int, int, int], max_batch_size: int,
@@ -76,52 +71,6 @@ def plan_cache_key(onnx_sha256: str, precision: str, shapes: ProfileShapes, trt_
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-class PlanRecord(BaseModel):
-    """``plan.json``: what built the plan, so a loader can tell whether it may run it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    key: str
-    trt_version: str
-    gpu_name: str
-    compute_capability: str
-    precision: Precision
-    min_shape: tuple[int, ...]
-    opt_shape: tuple[int, ...]
-    max_shape: tuple[int, ...]
-    onnx_sha256: str
-    calibration_sha256: str | None = None
-
-    @property
-    def shapes(self) -> ProfileShapes:
-        return ProfileShapes(self.min_shape, self.opt_shape, self.max_shape)
-
-    def write(self, folder: Path) -> Path:
-        path = Path(folder) / RECORD_FILE
-        path.write_text(self.model_dump_json(indent=2))
-        return path
-
-    @classmethod
-    def read(cls, folder: Path) -> PlanRecord | None:
-        path = Path(folder) / RECORD_FILE
-        return cls.model_validate(json.loads(path.read_text())) if path.is_file() else None
-
-
-def plan_matches(record: PlanRecord, *, trt_version: str, gpu_name: str, compute_capability: str,
-                 key: str | None = None) -> tuple[bool, str]:
-    """Whether this TensorRT and GPU may run ``record``'s plan (and, given ``key``, reuse it)."""
-    if record.trt_version != trt_version:
-        return False, f"plan built with TensorRT {record.trt_version}, this is TensorRT {trt_version}"
-    if record.compute_capability != compute_capability:
-        return False, (f"plan built for compute capability {record.compute_capability}, "
-                       f"this GPU has {compute_capability}")
-    if record.gpu_name != gpu_name:
-        return False, f"plan built on {record.gpu_name}, this GPU is {gpu_name}"
-    if key is not None and record.key != key:
-        return False, "plan built from other inputs (ONNX file, precision, shapes or calibration data)"
-    return True, "plan matches"
-
-
 def calibration_batch_size(image_count: int, max_batch_size: int) -> int:
     """Calibration batch: at most the profile's max and 16 (memory), at most the image count."""
     return max(1, min(image_count, max_batch_size, MAX_CALIBRATION_BATCH))
@@ -144,66 +93,6 @@ def calibration_batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndar
         log.info("calibration: dropping the last %d images (not a full batch)", len(images) - full)
     for start in range(0, full, batch_size):
         yield np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)
-
-
-def tensorrt_available() -> tuple[bool, str]:
-    """(True, version) where TensorRT and a CUDA GPU (through torch) are usable, else (False, why)."""
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError, RuntimeError) as exc:  # OSError, RuntimeError: missing CUDA libraries
-        return False, (f"the TensorRT Python package is not importable ({exc}); install it with "
-                       "pip install 'resserve[gpu]' on a machine with an NVIDIA GPU")
-    version = tuple(int(p) for p in trt.__version__.split(".")[:2])
-    if version < MIN_TRT:
-        return False, f"TensorRT {trt.__version__} is too old; resserve needs >= {MIN_TRT[0]}.{MIN_TRT[1]}"
-    try:
-        import torch
-    except ImportError:
-        return False, "torch is not installed; resserve's TensorRT paths use torch's CUDA memory and streams"
-    if not torch.cuda.is_available():
-        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        return False, f"torch {torch.__version__} ({build}) sees no CUDA GPU"
-    return True, f"TensorRT {trt.__version__}"
-
-
-def require_tensorrt(action: str) -> None:
-    """Raise EngineUnavailableError naming ``action`` when TensorRT or CUDA is missing."""
-    ok, why = tensorrt_available()
-    if not ok:
-        raise EngineUnavailableError(f"cannot {action}: {why}")
-
-
-def gpu_identity(device_id: int = 0) -> tuple[str, str]:
-    """(GPU name, compute capability "major.minor") of ``device_id``, through torch."""
-    import torch
-
-    major, minor = torch.cuda.get_device_capability(device_id)
-    return torch.cuda.get_device_name(device_id), f"{major}.{minor}"
-
-
-_LOGGER: Any = None
-
-
-def trt_logger() -> Any:
-    """One process-wide TensorRT logger that forwards to Python logging (TRT wants a single one)."""
-    global _LOGGER
-    if _LOGGER is None:
-        import tensorrt as trt
-
-        class _Forward(trt.ILogger):  # type: ignore[misc]
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-
-            def log(self, severity: Any, msg: str) -> None:
-                if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
-                    log.error("TensorRT: %s", msg)
-                elif severity == trt.ILogger.WARNING:
-                    log.warning("TensorRT: %s", msg)
-                else:
-                    log.debug("TensorRT: %s", msg)
-
-        _LOGGER = _Forward()
-    return _LOGGER
 
 
 def _fast(builder: Any, attribute: str, capability: str) -> bool:

@@ -9,79 +9,24 @@ the caller has already preprocessed.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal
 
 import numpy as np
 
-from resserve.errors import ConfigError, EngineUnavailableError, ExportError
+from resserve.engines.openvino import SIDECAR_FILE, Precision, require_precision
+from resserve.errors import ConfigError, ExportError
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "bf16", "int8"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 PRESETS = ("performance", "mixed")
 MODEL_FILE = "model.xml"
-SIDECAR_FILE = "openvino.json"
 RT_INFO_KEY = ["resserve", "precision"]
 # Calibrating one image per item keeps memory flat for any calibration size and lets NNCF's
 # subset_size count images, not batches.
 CALIBRATION_ITEM_BATCH = 1
-NO_BF16_MESSAGE = "this CPU has no AMX/AVX512-BF16; use fp32 or int8"
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_properties() -> tuple[tuple[str, ...], str]:
-    """OPTIMIZATION_CAPABILITIES and the device name; cached because the hardware cannot change."""
-    import openvino as ov
-
-    core = ov.Core()
-    caps = tuple(str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    return caps, str(core.get_property("CPU", "FULL_DEVICE_NAME"))
-
-
-def cpu_capabilities() -> dict[str, Any]:
-    """What OpenVINO's CPU plugin says it can run natively here (bf16 needs AMX or AVX512-BF16)."""
-    caps, device = _cpu_properties()
-    return {
-        "device": device,
-        "optimization_capabilities": list(caps),
-        "fp32": "FP32" in caps,
-        "bf16": "BF16" in caps,
-        "int8": "INT8" in caps,
-    }
-
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU runs bf16 natively; elsewhere a bf16 hint would be emulated or refused."""
-    return bool(cpu_capabilities()["bf16"])
-
-
-def require_precision(precision: str) -> Precision:
-    """Validate ``precision`` and check this CPU can run it; raise a clear error otherwise."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown OpenVINO precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "bf16" and not cpu_supports_bf16():
-        caps = ", ".join(cpu_capabilities()["optimization_capabilities"])
-        raise EngineUnavailableError(
-            f"bf16 requested but {NO_BF16_MESSAGE} (OpenVINO CPU capabilities: {caps})"
-        )
-    return cast(Precision, precision)
-
-
-def read_sidecar(model_xml: Path) -> dict[str, Any]:
-    """The ``openvino.json`` written beside ``model_xml``, or ``{}`` when there is none."""
-    path = Path(model_xml).parent / SIDECAR_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-    return data if isinstance(data, dict) else {}
 
 
 def _check_calibration(calibration: np.ndarray | None) -> np.ndarray:

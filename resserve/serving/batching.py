@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from resserve.adaptive import SloBatchPolicy
 from resserve.errors import (
     DeadlineExceededError,
     EngineError,
@@ -35,6 +34,7 @@ from resserve.errors import (
     QueueFullError,
 )
 from resserve.metrics import Metrics
+from resserve.serving.adaptive import SloBatchPolicy
 
 log = logging.getLogger(__name__)
 

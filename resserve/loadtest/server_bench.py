@@ -30,13 +30,14 @@ import numpy as np
 from resserve.bench.engine import environment
 from resserve.bench.process import server_process
 from resserve.bench.stats import latency_summary_ms
-from resserve.engines.onnxruntime import available_cores
+from resserve.build.pipeline import BuildPipeline
+from resserve.engines.hardware import available_cores
 from resserve.loadtest.generator import LoadGenerator
 from resserve.loadtest.images import Payload
 from resserve.loadtest.server_metrics import Snapshot, breakdown, parse
 from resserve.preprocess import DecodeOptions, preprocess
 from resserve.repository import ModelRepository, ModelVersion
-from resserve.runtime import serving_engine
+from resserve.serving.manager import serving_engine
 from resserve.synthetic import synthetic_image
 
 
@@ -229,8 +230,9 @@ def run_server_bench(
     """Measure the engine as served, preprocessing per size and the served model per size, in
     ``rounds`` interleaved rounds; medians over rounds, the ratio as the median of per-round ratios."""
     repository = ModelRepository(model_repo)
-    if repository.is_stale(model):
-        repository.build(model)
+    builder = BuildPipeline(repository)
+    if builder.is_stale(model):
+        builder.build(model)
     version = repository.version(model)
     config = version.config
     batch = min(max(config.dynamic_batching.preferred_batch_sizes or [config.max_batch_size]),

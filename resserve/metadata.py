@@ -1,7 +1,9 @@
-"""What an exported ONNX file says about itself (``metadata_props``), read without torch.
+"""What a built artifact says about itself, read without torch or build code.
 
-The server, the repository and ``resserve describe`` read this; the exporter writes it. Keys are
-prefixed ``resserve.`` so they sit beside other tools' metadata without clashing.
+The ONNX file's ``metadata_props`` (:class:`ModelMetadata`: keys prefixed ``resserve.`` so they sit
+beside other tools' metadata without clashing) and, for a reduced-precision variant, its
+``accuracy.json`` (:class:`AccuracyReport`). The server, the repository and ``resserve describe``
+read these; the build pipeline writes them.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import onnx
 from pydantic import BaseModel, ConfigDict
 
 from resserve.contract import PreprocessContract
+from resserve.errors import AccuracyError
 
 PREFIX = "resserve."
+REPORT_FILE = "accuracy.json"
 
 
 class ModelMetadata(BaseModel):
@@ -71,3 +75,40 @@ def read_metadata(path: Path) -> ModelMetadata:
     """Metadata of an ONNX file, without loading its weights."""
     model = onnx.load(str(path), load_external_data=False)
     return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
+
+
+class AccuracyReport(BaseModel):
+    """Agreement of ``variant`` with ``reference`` on ``images`` held-out images (``accuracy.json``).
+
+    Top-1 and top-5 agreement (does the variant pick the reference's class, is the reference's
+    class in the variant's top 5) and the mean cosine similarity of the logit vectors; measured by
+    :func:`resserve.build.accuracy.compare`.
+    """
+
+    variant: str
+    reference: str
+    images: int
+    top1_agreement: float
+    top5_agreement: float
+    cosine_mean: float
+    cosine_min: float
+    method: str
+
+    def summary(self) -> str:
+        return (f"{self.variant} vs {self.reference} on {self.images} held-out images: top-1 "
+                f"{self.top1_agreement:.2%}, top-5 {self.top5_agreement:.2%}, cosine {self.cosine_mean:.5f}")
+
+    def check(self, min_top1: float) -> None:
+        """Raise AccuracyError when top-1 agreement is under ``min_top1``."""
+        if self.top1_agreement < min_top1:
+            raise AccuracyError(f"accuracy floor {min_top1:.2%} not met: {self.summary()}")
+
+    def write(self, folder: Path) -> Path:
+        path = folder / REPORT_FILE
+        path.write_text(self.model_dump_json(indent=2))
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> AccuracyReport | None:
+        path = folder / REPORT_FILE
+        return cls.model_validate(json.loads(path.read_text())) if path.is_file() else None

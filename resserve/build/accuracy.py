@@ -1,59 +1,17 @@
 """Accuracy of a reduced-precision variant against its fp32 reference, on held-out images.
 
 Top-1 and top-5 agreement (does the variant pick the reference's class, is the reference's
-class in the variant's top 5) and the mean cosine similarity of the logit vectors. Written next
-to the artifact as ``accuracy.json``, shown by ``resserve describe``; a build below the floor
-fails with the report in the message.
+class in the variant's top 5) and the mean cosine similarity of the logit vectors. The report
+(:class:`resserve.metadata.AccuracyReport`) is written next to the artifact as ``accuracy.json``
+and shown by ``resserve describe``; a build below the floor fails with the report in the message.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
-from pydantic import BaseModel
 
 from resserve.engines.base import Engine
-from resserve.errors import ResserveError
-
-REPORT_FILE = "accuracy.json"
-
-
-class AccuracyError(ResserveError):
-    """A compiled variant agrees with its fp32 reference less than the configured floor."""
-
-
-class AccuracyReport(BaseModel):
-    """Agreement of ``variant`` with ``reference`` on ``images`` held-out images."""
-
-    variant: str
-    reference: str
-    images: int
-    top1_agreement: float
-    top5_agreement: float
-    cosine_mean: float
-    cosine_min: float
-    method: str
-
-    def summary(self) -> str:
-        return (f"{self.variant} vs {self.reference} on {self.images} held-out images: top-1 "
-                f"{self.top1_agreement:.2%}, top-5 {self.top5_agreement:.2%}, cosine {self.cosine_mean:.5f}")
-
-    def check(self, min_top1: float) -> None:
-        """Raise AccuracyError when top-1 agreement is under ``min_top1``."""
-        if self.top1_agreement < min_top1:
-            raise AccuracyError(f"accuracy floor {min_top1:.2%} not met: {self.summary()}")
-
-    def write(self, folder: Path) -> Path:
-        path = folder / REPORT_FILE
-        path.write_text(self.model_dump_json(indent=2))
-        return path
-
-    @classmethod
-    def read(cls, folder: Path) -> AccuracyReport | None:
-        path = folder / REPORT_FILE
-        return cls.model_validate(json.loads(path.read_text())) if path.is_file() else None
+from resserve.metadata import AccuracyReport
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float, np.ndarray]:

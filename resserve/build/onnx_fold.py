@@ -1,6 +1,6 @@
 """Fold per-channel affine ops into the convolutions before them, directly on an ONNX graph.
 
-resserve's own exports are folded in torch (:mod:`resserve.export.fold`); this module is for ONNX
+resserve's own exports are folded in torch (:mod:`resserve.models.fold`); this module is for ONNX
 files resserve did not export (tf2onnx and other converters), where only the graph is available.
 ``BatchNormalization`` and constant per-output-channel ``Mul``/``Add``/``Sub``/``Div`` after a
 ``Conv`` are the map ``y -> s * y + t`` per channel, so they fold into the weight
@@ -20,8 +20,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from resserve.build.parity import compare_logits
 from resserve.errors import ExportError, ParityError
-from resserve.export.parity import compare_logits
 
 _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 _AFFINE_OPS = frozenset({"Mul", "Div", "Add", "Sub"})

@@ -186,7 +186,7 @@ def quantize_int8(
                 calibrate_method=_METHODS[method],
                 calibration_providers=["CPUExecutionProvider"],
                 extra_options={"CalibStridedMinMax": _stride(len(reader))},
-                # The classifier head stays fp32 (see resserve.compile.openvino: same reason).
+                # The classifier head stays fp32 (see resserve.build.openvino: same reason).
                 nodes_to_exclude=[n.name for n in onnx.load(str(prepared)).graph.node
                                   if n.op_type in ("Gemm", "MatMul")],
             )

@@ -11,26 +11,43 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
-from resserve.adaptive import SloBatchPolicy
-from resserve.batching import BatchQueue, Runner
-from resserve.compile.variants import open_engine
 from resserve.config import ModelConfig, ServerSettings
 from resserve.contract import PreprocessContract
-from resserve.engines import Engine
-from resserve.engines.base import PixelInput
+from resserve.engines.base import Engine, PixelInput
+from resserve.engines.factory import open_engine
 from resserve.errors import ModelNotFoundError, ModelNotReadyError
-from resserve.export.metadata import ModelMetadata
-from resserve.faults import FaultyRunner
+from resserve.metadata import ModelMetadata
 from resserve.metrics import Metrics
 from resserve.preprocess import DecodeOptions
 from resserve.redact import weights_name, without_paths
 from resserve.repository import ModelRepository, ModelVersion
+from resserve.serving.adaptive import SloBatchPolicy
+from resserve.serving.batching import BatchQueue, Runner
+from resserve.serving.faults import FaultyRunner
 
 log = logging.getLogger(__name__)
+
+
+class ModelBuilder(Protocol):
+    """Builds a model's missing or stale version before it is loaded.
+
+    :class:`resserve.build.pipeline.BuildPipeline` is one. Serving never imports the build code:
+    whoever starts the server (``resserve serve``) passes a builder in, or none, and then only
+    built versions are served.
+    """
+
+    def is_stale(self, name: str) -> bool:
+        """Whether ``name`` has no built version or one built from other inputs."""
+        ...
+
+    def build(self, name: str) -> Path:
+        """Build ``name``'s newest version; returns its folder."""
+        ...
 
 
 @dataclass

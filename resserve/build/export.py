@@ -24,11 +24,11 @@ import onnxruntime as ort
 import torch
 
 from resserve import __version__
+from resserve.build.parity import DEFAULT_RTOL, ParityResult, compare_logits
 from resserve.errors import ExportError
-from resserve.export.fold import fold_batchnorms
-from resserve.export.metadata import ModelMetadata, write_metadata
-from resserve.export.parity import DEFAULT_RTOL, ParityResult, compare_logits
 from resserve.labels import default_labels
+from resserve.metadata import ModelMetadata, write_metadata
+from resserve.models.fold import fold_batchnorms
 from resserve.models.weights import LoadedModel
 from resserve.synthetic import synthetic_batch
 

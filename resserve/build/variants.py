@@ -1,0 +1,82 @@
+"""Build each variant from the folded fp32 reference, then measure it against that reference.
+
+Every version folder holds the folded fp32 ``model.onnx`` (the reference every variant is built
+from and measured against) plus, for other variants, the engine's own artifact (at the path
+:class:`resserve.engines.factory.Variant` names) and an ``accuracy.json`` comparing it with the
+reference on held-out images.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from resserve.build.accuracy import compare
+from resserve.build.calibration import calibration_and_held_out
+from resserve.config import ModelConfig
+from resserve.contract import PreprocessContract
+from resserve.engines.factory import REFERENCE, Variant, open_engine
+from resserve.engines.onnxruntime import OnnxRuntimeEngine
+from resserve.metadata import AccuracyReport
+
+log = logging.getLogger(__name__)
+
+
+def compile_variant(variant: Variant, config: ModelConfig, folder: Path, contract: PreprocessContract,
+                    calibration_dir: Path | None) -> AccuracyReport | None:
+    """Build ``variant`` from ``folder/model.onnx``; returns its accuracy report (None for the reference)."""
+    if variant.is_reference:
+        return None
+    reference = folder / REFERENCE
+    cal = config.calibration
+    calibration, held_out = calibration_and_held_out(
+        contract, cal.count if variant.needs_calibration else 1, cal.held_out, calibration_dir)
+    target = variant.artifact(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if variant.engine == "onnxruntime":
+        if variant.precision == "int8":
+            from resserve.build.ort_quant import quantize_int8
+
+            quantize_int8(reference, target, calibration)
+        else:
+            from resserve.build.ort_quant import convert_fp16
+
+            convert_fp16(reference, target)
+            log.info("%s: fp16 runs on the CUDA provider; no CPU accuracy report", config.name)
+            return None
+    elif variant.engine == "openvino":
+        from resserve.build.openvino import compile_openvino
+
+        compile_openvino(reference, target.parent, variant.precision,  # type: ignore[arg-type]
+                         calibration if variant.needs_calibration else None)
+    elif variant.engine == "tensorrt":
+        from resserve.build.tensorrt import build_plan
+
+        build_plan(reference, target.parent, precision=variant.precision,  # type: ignore[arg-type]
+                   max_batch_size=config.max_batch_size,
+                   preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
+                   calibration=calibration if variant.needs_calibration else None)
+    elif variant.engine == "torch":
+        # The torch engine runs the source model itself; its artifact is written by the exporter.
+        pass
+    return measure_accuracy(variant, config, folder, held_out)
+
+
+def measure_accuracy(variant: Variant, config: ModelConfig, folder: Path, held_out: np.ndarray) -> AccuracyReport:
+    """Agreement of the built variant with the fp32 reference on held-out images; enforce the floor."""
+    reference = OnnxRuntimeEngine(folder / REFERENCE, "cpu")
+    reference.load()
+    candidate = open_engine(variant, config, folder)
+    try:
+        images = f"{config.calibration.images}" if config.calibration.images else "generated image-like placeholders"
+        report = compare(reference, candidate, held_out, variant=f"{config.name} ({variant.name})",
+                         reference_name="onnxruntime-fp32", method=f"held-out images: {images}")
+    finally:
+        candidate.close()
+        reference.close()
+    report.write(folder)
+    log.info("%s", report.summary())
+    report.check(config.calibration.min_top1_agreement)
+    return report

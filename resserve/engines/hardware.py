@@ -1,0 +1,164 @@
+"""What this machine can run: every hardware probe, each asked once per process.
+
+The CPU (vendor, flags, cores), OpenVINO's CPU plugin (which precisions it runs natively), torch's
+CPU bf16 support, and TensorRT with a CUDA GPU (availability, the GPU's name and compute
+capability). Engines, ``engine: auto`` (:mod:`resserve.engines.select`) and the builders all ask
+here, so a probe is written once and its answer cached: the hardware does not change while the
+process runs. Optional libraries (openvino, tensorrt, torch) are imported inside the probes, so
+this module imports anywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from resserve.errors import EngineUnavailableError
+
+log = logging.getLogger(__name__)
+
+MIN_TRT = (8, 6)  # set_input_shape / execute_async_v3 / the named-tensor API
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects cgroup/affinity limits, unlike cpu_count).
+
+    Not cached: the affinity mask is the process's, and ``taskset`` may change it.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@functools.cache
+def cpu_vendor_and_flags() -> tuple[str, frozenset[str]]:
+    """CPU vendor and feature flags from /proc/cpuinfo ('' and empty off Linux)."""
+    vendor, flags = "", frozenset()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "vendor_id" and not vendor:
+                vendor = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = frozenset(value.split())
+            if vendor and flags:
+                break
+    except OSError:
+        pass
+    return vendor, flags
+
+
+# --- OpenVINO's CPU plugin -------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_properties() -> tuple[tuple[str, ...], str]:
+    """OPTIMIZATION_CAPABILITIES and the device name of OpenVINO's CPU plugin (the one query)."""
+    import openvino as ov
+
+    core = ov.Core()
+    caps = tuple(str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return caps, str(core.get_property("CPU", "FULL_DEVICE_NAME"))
+
+
+def cpu_capabilities() -> dict[str, Any]:
+    """What OpenVINO's CPU plugin says it can run natively here (bf16 needs AMX or AVX512-BF16)."""
+    caps, device = _cpu_properties()
+    return {
+        "device": device,
+        "optimization_capabilities": list(caps),
+        "fp32": "FP32" in caps,
+        "bf16": "BF16" in caps,
+        "int8": "INT8" in caps,
+    }
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU runs bf16 natively; elsewhere a bf16 hint would be emulated or refused."""
+    return bool(cpu_capabilities()["bf16"])
+
+
+@functools.cache
+def openvino_cpu_capabilities() -> frozenset[str]:
+    """OpenVINO's CPU plugin capabilities (FP32, BF16, INT8, ...); empty without OpenVINO or a CPU device."""
+    if not _installed("openvino"):
+        return frozenset()
+    try:
+        return frozenset(_cpu_properties()[0])
+    except Exception as exc:  # a broken install or an unsupported CPU: fall back, say why
+        log.warning("OpenVINO is installed but its CPU device is unusable: %s", exc)
+        return frozenset()
+
+
+# --- torch -----------------------------------------------------------------------------------
+
+
+@functools.cache
+def torch_cpu_bf16() -> tuple[bool, str]:
+    """Native bf16 on this CPU for torch (AVX512-BF16 or AMX); without it bf16 is emulated and slower than fp32."""
+    import torch
+
+    names = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, but what torch itself uses
+    probes = [getattr(torch.cpu, name, None) for name in names]
+    if all(p is None for p in probes):
+        return True, "this torch cannot tell; bf16 allowed"
+    if any(p is not None and p() for p in probes):
+        return True, "AVX512-BF16/AMX present"
+    return False, "this CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated and slower than fp32"
+
+
+# --- TensorRT and CUDA -----------------------------------------------------------------------
+
+
+@functools.cache
+def tensorrt_available() -> tuple[bool, str]:
+    """(True, version) where TensorRT and a CUDA GPU (through torch) are usable, else (False, why)."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError, RuntimeError) as exc:  # OSError, RuntimeError: missing CUDA libraries
+        return False, (f"the TensorRT Python package is not importable ({exc}); install it with "
+                       "pip install 'resserve[gpu]' on a machine with an NVIDIA GPU")
+    version = tuple(int(p) for p in trt.__version__.split(".")[:2])
+    if version < MIN_TRT:
+        return False, f"TensorRT {trt.__version__} is too old; resserve needs >= {MIN_TRT[0]}.{MIN_TRT[1]}"
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed; resserve's TensorRT paths use torch's CUDA memory and streams"
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        return False, f"torch {torch.__version__} ({build}) sees no CUDA GPU"
+    return True, f"TensorRT {trt.__version__}"
+
+
+def require_tensorrt(action: str) -> None:
+    """Raise EngineUnavailableError naming ``action`` when TensorRT or CUDA is missing."""
+    ok, why = tensorrt_available()
+    if not ok:
+        raise EngineUnavailableError(f"cannot {action}: {why}")
+
+
+@functools.cache
+def nvidia_gpu_with_tensorrt() -> tuple[bool, str]:
+    """Whether TensorRT can run here, and why not (for ``engine: auto``: no import when not installed)."""
+    if not _installed("tensorrt"):
+        return False, "TensorRT is not installed"
+    return tensorrt_available()
+
+
+@functools.cache
+def gpu_identity(device_id: int = 0) -> tuple[str, str]:
+    """(GPU name, compute capability "major.minor") of ``device_id``, through torch."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device_id)
+    return torch.cuda.get_device_name(device_id), f"{major}.{minor}"
