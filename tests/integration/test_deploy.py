@@ -147,11 +147,11 @@ def test_api_keys_come_from_a_secret_file_and_no_key_is_committed(overlay: str, 
     assert mode & 0o040 and not mode & 0o227  # readable through fsGroup, writable by no one, not world-readable
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
 
-    # No key value is committed: nothing renders a Secret, and the README says how to create this one.
+    # No key value is committed: nothing renders a Secret, and the docs say how to create this one.
     assert not [d for d in docs if d["kind"] == "Secret"]
     assert not [p for p in DEPLOY.rglob("*.yaml") if re.search(r"^kind:\s*Secret\b", p.read_text(), re.M)]
-    readme = (ROOT / "README.md").read_text()
-    assert f"kubectl create secret generic {secret['secretName']} --from-file={item['key']}=" in readme
+    docs_text = "".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    assert f"kubectl create secret generic {secret['secretName']} --from-file={item['key']}=" in docs_text
 
     # What the server makes of it: the keys of the mounted file, the probes still keyless.
     env_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("resserve-server"))
