@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -145,6 +145,9 @@ def build(
     model_repo: Annotated[Path, typer.Argument(help="the model repository folder")] = Path("model_repo"),
     model: Annotated[list[str] | None, typer.Option(help="build only these models")] = None,
     force: Annotated[bool, typer.Option(help="rebuild even when up to date")] = False,
+    events: Annotated[bool, typer.Option(
+        help="one JSON event per line on stdout ({model, event: step|done|failed, ...}), the display on "
+             "stderr, and go on past a model that fails (how resserve serve builds)")] = False,
 ) -> None:
     """Build every model's artifact that is missing or stale (config or source changed)."""
     from resserve.build.pipeline import BuildPipeline
@@ -154,11 +157,59 @@ def build(
         repository = ModelRepository(model_repo)
         builder = BuildPipeline(repository)
         names = model or repository.names()
+        if events:
+            raise typer.Exit(code=_build_with_events(builder, names, force))
         for name in names:
             with console.status(f"[bold]{name}[/]: checking", spinner="dots") as status:
                 builder.build(name, force=force, progress=lambda msg: status.update(msg) or console.print(msg))
     except ResserveError as exc:
         raise _fail(exc) from exc
+
+
+def _exit_with_parent() -> None:
+    """A server killed outright (SIGKILL) cannot stop its build process: the build stops itself
+    when its parent is gone (builds stage in a temporary folder, so nothing half-written stays)."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _build_with_events(builder: Any, names: list[str], force: bool) -> int:
+    """``build --events``: every model in turn, each one's failure its own; 1 if any failed."""
+    _exit_with_parent()
+    display = make_console(stderr=True)
+
+    def emit(name: str, event: str, **fields: str) -> None:
+        print(json.dumps({"model": name, "event": event, **fields}), flush=True)
+
+    failed = 0
+    for name in names:
+        def step(message: str, name: str = name) -> None:
+            emit(name, "step", message=message)
+            log.info("%s", message)
+
+        try:
+            if display.is_terminal:
+                with display.status(f"[bold]{name}[/]: checking", spinner="dots") as status:
+                    builder.build(name, force=force, progress=lambda m, s=status: (s.update(m), step(m)))
+            else:
+                builder.build(name, force=force, progress=step)
+        except Exception as exc:  # one model's failure is its own; the server says why
+            log.error("model %s: build failed: %s", name, exc, exc_info=exc)
+            emit(name, "failed", reason=f"{type(exc).__name__}: {exc}")
+            failed += 1
+            continue
+        emit(name, "done")
+    return 1 if failed else 0
 
 
 @app.command("wait-models")
@@ -221,12 +272,11 @@ def serve(
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise _fail(ResserveError(f"bad server settings: {problems}")) from exc
     try:
-        builder = None
-        if settings.build_missing:  # the build code (and torch, for exports) only where it builds
-            from resserve.build.pipeline import BuildPipeline
-            from resserve.repository import ModelRepository
+        from resserve.server.startup import BuildProcess
 
-            builder = BuildPipeline(ModelRepository(settings.model_repo))
+        # Builds run in a child process (`resserve build --events`) behind the open port: the server
+        # answers at once and imports neither the build code nor torch.
+        builder = BuildProcess(settings.model_repo) if settings.build_missing else None
         run_server(settings, log_level=logging.getLevelName(logging.getLogger().level).lower(),
                    shutdown_delay_s=shutdown_delay_s, builder=builder)
     except ResserveError as exc:

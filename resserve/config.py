@@ -203,7 +203,10 @@ class ServerSettings(BaseSettings):
     auth_metrics: bool = Field(False, description="/metrics needs an API key too")
     allow_repository_control: bool = Field(False, description="enable load/unload without a token")
     graceful_shutdown_s: float = Field(30.0, ge=0)
-    build_missing: bool = Field(True, description="build missing or stale artifacts at start")
+    build_missing: bool = Field(True, description="build missing or stale artifacts at start, behind the open port")
+    first_models: list[str] = Field(
+        default_factory=lambda: ["resnet50"],
+        description="built and loaded first at start (then fp32 models, then reduced precision, in repository order)")
 
     @field_validator("control_token")
     @classmethod

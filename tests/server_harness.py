@@ -79,8 +79,9 @@ def wait_until_ready(url: str, alive: Callable[[], bool], timeout_s: float) -> N
 
 @contextmanager
 def serve_in_thread(settings: ServerSettings, start_timeout_s: float = 60.0,
-                    wait_for: str = "/v2/health/ready") -> Iterator[RunningServer]:
-    """Run create_app(settings) under uvicorn in a thread; yields once ``wait_for`` answers 200."""
+                    wait_for: str = "/v2/health/ready", started: bool = True) -> Iterator[RunningServer]:
+    """Run create_app(settings) under uvicorn in a thread; yields once ``wait_for`` answers 200
+    and (with ``started``) every model has been built and loaded or has failed."""
     metrics = Metrics()
     app = create_app(settings, metrics, builder_for(settings))
     port = free_port()
@@ -92,6 +93,11 @@ def serve_in_thread(settings: ServerSettings, start_timeout_s: float = 60.0,
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(f"{url}{wait_for}", thread.is_alive, start_timeout_s)
+        deadline = time.monotonic() + start_timeout_s
+        while started and not app.state.resserve.started:  # models start behind the open port
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the models did not finish starting")
+            time.sleep(0.05)
         yield RunningServer(url, settings, metrics, app)
     finally:
         server.should_exit = True

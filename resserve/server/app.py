@@ -1,4 +1,5 @@
-"""``create_app()``: the FastAPI application with its lifespan (build, load, warm, drain).
+"""``create_app()``: the FastAPI application with its lifespan (start models behind the open
+port, drain).
 
 Building is passed in (``builder``), never imported: the server package imports no build code
 and no torch, so the runtime image needs neither.
@@ -12,7 +13,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import gc
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,41 +28,24 @@ from resserve.repository import ModelRepository
 from resserve.server import classify, control, health, oip_routes
 from resserve.server.auth import ApiKeyMiddleware
 from resserve.server.errors import install_error_handlers
-from resserve.server.failures import record_load_failure
 from resserve.server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from resserve.server.pipeline import RequestPipeline
+from resserve.server.startup import BuildSource, InProcessBuilds, start_models, startup_order
 from resserve.server.state import AppState
 from resserve.serving.manager import ModelBuilder, ModelManager
+from resserve.serving.states import ModelStates
 
 log = logging.getLogger(__name__)
 
 
-async def start_models(state: AppState) -> None:
-    """Build what is missing or stale (if allowed and a builder was given), then load and warm
-    every configured model."""
-    repository, settings, builder = state.repository, state.settings, state.builder
-    names = settings.models or repository.names()
-    if not names:
-        raise ResserveError(f"model repository {repository.root} has no models (no */config.yaml)")
-    for name in names:
-        try:
-            if settings.build_missing and builder is not None and await asyncio.to_thread(builder.is_stale, name):
-                await asyncio.to_thread(builder.build, name)
-            await state.manager.load(name)
-        except Exception as exc:  # not CancelledError or KeyboardInterrupt: those stop the server
-            # One broken model (a bad config, a truncated or corrupt artifact, an engine that will
-            # not open it) must not keep the others from serving; readiness stays false and says why.
-            record_load_failure(state, name, exc)
-    state.started = True
-
-
 def create_app(settings: ServerSettings | None = None, metrics: Metrics | None = None,
-               builder: ModelBuilder | None = None) -> FastAPI:
+               builder: ModelBuilder | BuildSource | None = None) -> FastAPI:
     """The resserve application; tests pass their own settings and a fresh metrics registry.
 
-    ``builder`` builds missing or stale models at start when ``settings.build_missing`` is on
-    (``resserve serve`` passes :class:`resserve.build.pipeline.BuildPipeline`); without one,
-    only built versions load.
+    ``builder`` builds missing or stale models behind the open port when ``settings.build_missing``
+    is on: a :class:`~resserve.server.startup.BuildProcess` (what ``resserve serve`` passes), or an
+    in-process :class:`~resserve.serving.manager.ModelBuilder` such as
+    :class:`resserve.build.pipeline.BuildPipeline`; without one, only built versions load.
     """
     settings = settings or ServerSettings()
     metrics = metrics or Metrics()
@@ -73,20 +57,30 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         repository=repository,
         manager=manager,
         pipeline=RequestPipeline(settings, metrics, manager),
-        builder=builder,
     )
+    builds: BuildSource | None = None
+    if settings.build_missing and builder is not None:
+        builds = builder if hasattr(builder, "events") else InProcessBuilds(builder)  # type: ignore[arg-type]
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await start_models(state)
-        # What exists now (modules, engines, labels) lives as long as the process: frozen, the
-        # cyclic collector stops rescanning it on every full collection of request garbage.
-        gc.freeze()
-        log.info("resserve %s ready: %s", __version__, ", ".join(m.name for m in state.manager.loaded()) or "no models")
+        names = settings.models or repository.names()
+        if not names:
+            raise ResserveError(f"model repository {repository.root} has no models (no */config.yaml)")
+        order = startup_order(repository, names, settings.first_models)
+        state.states = manager.states = ModelStates(order)
+        # The port opens now; models build and load behind it, each served once ready.
+        starting = asyncio.create_task(start_models(state, order, builds), name="start-models")
+        log.info("resserve %s listening; starting %s", __version__, ", ".join(order))
         try:
             yield
         finally:
             state.draining = True
+            if builds is not None:
+                builds.stop()
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
             await state.manager.close()
             state.pipeline.close()
 

@@ -68,6 +68,12 @@ async def index(request: Request) -> Response:
             elif not served.engine_healthy:
                 entry["reason"] = "the engine is not answering (watchdog)"
             entries.append(entry)
+        elif (starting := state.states.get(name)) is not None and starting.phase != "READY":
+            # Startup: PENDING, BUILDING (with its step), LOADING or FAILED (with the reason).
+            entry = {"name": name, "version": versions[-1] if versions else "", **starting.as_dict()}
+            if failed is not None:
+                entry["reason"] = failed
+            entries.append(entry)
         else:
             entries.append({"name": name, "version": versions[-1] if versions else "", "state": "UNAVAILABLE",
                             "reason": failed or ("not loaded" if versions else "not built")})

@@ -26,7 +26,15 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.~/:-])~?/[^\s'\"`,;:()\[\]{}<>]*")
 def load_failure_reason(exc: BaseException, root: Path) -> str:
     """``Type: message`` on one line, with paths under ``root`` relative to it and other absolute
     paths cut to their file name."""
-    message = " ".join(str(exc).split())
+    message = without_paths_under(str(exc), root)
+    kind = type(exc).__name__
+    return f"{kind}: {message}" if message else kind
+
+
+def without_paths_under(text: str, root: Path) -> str:
+    """``text`` on one line, at most MAX_REASON_CHARS, with paths under ``root`` relative to it and
+    other absolute paths cut to their file name: what an unauthenticated answer may show."""
+    message = " ".join(text.split())
     for prefix in sorted({str(root), str(root.resolve())}, key=len, reverse=True):
         escaped = re.escape(prefix.rstrip("/"))
         message = re.sub(escaped + "/", "", message)
@@ -34,8 +42,7 @@ def load_failure_reason(exc: BaseException, root: Path) -> str:
     message = _ABSOLUTE_PATH.sub(lambda match: match.group().rstrip("/").rsplit("/", 1)[-1], message)
     if len(message) > MAX_REASON_CHARS:
         message = message[: MAX_REASON_CHARS - 3] + "..."
-    kind = type(exc).__name__
-    return f"{kind}: {message}" if message else kind
+    return message
 
 
 def record_load_failure(state: AppState, name: str, exc: BaseException) -> str:

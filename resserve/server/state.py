@@ -10,7 +10,8 @@ from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
 from resserve.server.pipeline import RequestPipeline
-from resserve.serving.manager import ModelBuilder, ModelManager
+from resserve.serving.manager import ModelManager
+from resserve.serving.states import ModelStates
 
 
 @dataclass
@@ -22,8 +23,8 @@ class AppState:
     repository: ModelRepository
     manager: ModelManager
     pipeline: RequestPipeline
-    builder: ModelBuilder | None = None  # builds missing or stale models at start (build_missing)
-    started: bool = False
+    states: ModelStates = field(default_factory=lambda: ModelStates([]))  # what each model is doing
+    started: bool = False  # every configured model has been built and loaded, or has failed
     draining: bool = False
     failed: dict[str, str] = field(default_factory=dict)  # model -> why its last load failed (no paths)
 
@@ -42,7 +43,8 @@ class AppState:
         if self.draining:
             return "draining"
         if not self.started:
-            return "loading"
+            return "starting: " + "; ".join(f"model {name} {self.states.get(name).describe()}"  # type: ignore[union-attr]
+                                            for name in self.states.pending())
         if failed := self.unserved_failures():
             return "; ".join(f"model {name} failed to load: {why}" for name, why in failed.items())
         if stuck := self.manager.not_serving():

@@ -29,6 +29,7 @@ from resserve.repository import ModelRepository, ModelVersion
 from resserve.serving.adaptive import SloBatchPolicy
 from resserve.serving.batching import BatchQueue, Runner
 from resserve.serving.faults import FaultyRunner
+from resserve.serving.states import RETRY_AFTER_S, ModelStates
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class ModelManager:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
+        self.states = ModelStates([])  # startup's view, set by the server: building, loading, failed
         self._models: dict[str, ServedModel] = {}
         self._lock = asyncio.Lock()
 
@@ -108,6 +110,10 @@ class ModelManager:
         """The served model, or ModelNotFoundError / ModelNotReadyError."""
         served = self._models.get(name)
         if served is None:
+            starting = self.states.get(name)
+            if starting is not None and starting.phase != "READY":  # still starting, or failed to
+                raise ModelNotReadyError(f"model {name!r} is {starting.describe()}",
+                                         retry_after_s=RETRY_AFTER_S.get(starting.phase, 5.0))
             if name in self.repository.names():
                 raise ModelNotReadyError(f"model {name!r} is not loaded")
             raise ModelNotFoundError(f"unknown model {name!r}")

@@ -1,0 +1,153 @@
+"""Serve from the first second: the port opens at once, and the repository's models build and
+load behind it, one after another, each served as soon as it is ready.
+
+``/v2/health/live`` answers while models build; readiness, per-model readiness, the repository
+index and a request's 503 say what each model is doing (:mod:`resserve.serving.states`). Order:
+``first_models`` (the default model), then fp32 models, then the reduced-precision variants built
+from them (calibration and accuracy reports take longest), each in repository order.
+
+Builds come from a :class:`BuildSource`: ``resserve serve`` runs ``resserve build --events`` in a
+child process (:class:`BuildProcess`), so the server imports no build code or torch, shares no
+GIL with an export, and stops at once on SIGTERM; tests and embedders may pass an in-process
+:class:`~resserve.serving.manager.ModelBuilder` instead (:class:`InProcessBuilds`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from resserve.repository import ModelRepository
+from resserve.server.failures import record_load_failure, without_paths_under
+from resserve.server.state import AppState
+from resserve.serving.manager import ModelBuilder
+
+log = logging.getLogger(__name__)
+
+BuildEvent = dict[str, Any]  # {"model": name, "event": "step" | "done" | "failed", "message"/"reason": ...}
+
+
+class BuildSource(Protocol):
+    """Builds what is missing or stale, reporting as it goes; ``stop`` abandons what is left."""
+
+    def events(self, names: list[str]) -> AsyncIterator[BuildEvent]: ...
+
+    def stop(self) -> None: ...
+
+
+class InProcessBuilds:
+    """A :class:`ModelBuilder` run in a worker thread, model by model."""
+
+    def __init__(self, builder: ModelBuilder) -> None:
+        self.builder = builder
+
+    async def events(self, names: list[str]) -> AsyncIterator[BuildEvent]:
+        for name in names:
+            try:
+                if await asyncio.to_thread(self.builder.is_stale, name):
+                    yield {"model": name, "event": "step", "message": "building"}
+                    await asyncio.to_thread(self.builder.build, name)
+            except Exception as exc:  # one model's failure is its own
+                yield {"model": name, "event": "failed", "error": exc}
+                continue
+            yield {"model": name, "event": "done"}
+
+    def stop(self) -> None:
+        """A build in a thread cannot be interrupted; it ends on its own (staged, never half-written)."""
+
+
+class BuildProcess:
+    """``resserve build --events`` in a child process, over every model in order, in one go."""
+
+    def __init__(self, model_repo: Path) -> None:
+        self.model_repo = model_repo
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def events(self, names: list[str]) -> AsyncIterator[BuildEvent]:
+        command = [sys.executable, "-m", "resserve", "build", str(self.model_repo), "--events",
+                   *(f"--model={name}" for name in names)]
+        # stdout carries the events; stderr (the child's progress display and log) is the server's.
+        self.process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
+                                                            stdin=asyncio.subprocess.DEVNULL)
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # not an event (a library printing to stdout)
+            if isinstance(event, dict) and isinstance(event.get("model"), str):
+                yield event
+        code = await self.process.wait()
+        if code != 0:
+            log.warning("the build process exited with code %d", code)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()  # builds stage in a temporary folder: nothing half-written stays
+
+
+def startup_order(repository: ModelRepository, names: list[str], first: list[str]) -> list[str]:
+    """``first`` (in its order), then fp32 models, then reduced precision, each in repository order."""
+
+    def key(item: tuple[int, str]) -> tuple[int, int, int]:
+        index, name = item
+        if name in first:
+            return (0, first.index(name), index)
+        try:
+            reduced = repository.config(name).precision != "fp32"
+        except Exception:  # a bad config fails when its turn comes, with its reason
+            reduced = True
+        return (1 + int(reduced), 0, index)
+
+    return [name for _, name in sorted(enumerate(names), key=key)]
+
+
+async def _load(state: AppState, name: str) -> None:
+    state.states.set(name, "LOADING")
+    try:
+        await state.manager.load(name)
+    except Exception as exc:  # not CancelledError: shutdown stops the start
+        state.states.set(name, "FAILED", reason=record_load_failure(state, name, exc))
+        return
+    state.failed.pop(name, None)
+    state.states.set(name, "READY")
+
+
+async def start_models(state: AppState, names: list[str], builds: BuildSource | None) -> None:
+    """Build (when ``builds`` is given) and load every model in ``names``, in that order."""
+    states = state.states
+    try:
+        if builds is None:
+            for name in names:
+                await _load(state, name)
+            return
+        async for event in builds.events(names):
+            name, kind = event["model"], event.get("event")
+            if name not in names:
+                continue
+            if kind == "step":
+                states.set(name, "BUILDING", step=without_paths_under(str(event.get("message", "")),
+                                                                      state.repository.root))
+                log.info("model %s: %s", name, states.get(name).step)  # type: ignore[union-attr]
+            elif kind == "done":
+                await _load(state, name)
+            elif kind == "failed":
+                error = event.get("error") or RuntimeError(str(event.get("reason", "the build failed")))
+                states.set(name, "FAILED", reason=record_load_failure(state, name, error))
+        for name in states.pending():
+            why = RuntimeError("the build process ended before building this model")
+            states.set(name, "FAILED", reason=record_load_failure(state, name, why))
+    finally:
+        state.started = True
+        # What exists now (modules, engines, labels) lives as long as the process: frozen, the
+        # cyclic collector stops rescanning it on every full collection of request garbage.
+        gc.freeze()
+        log.info("startup finished: %s ready%s", ", ".join(n for n in names if states.get(n) and
+                                                            states.get(n).phase == "READY") or "no model",  # type: ignore[union-attr]
+                 f"; failed: {', '.join(state.failed)}" if state.failed else "")
