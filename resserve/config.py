@@ -28,6 +28,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Declared beside each field a build depends on (ModelConfig.build_spec): "always"; "reduced"
+# (below fp32: calibration and the accuracy report); an engine's name (only its artifacts depend
+# on it); "nested" (a section some of whose fields are inputs).
+def _build_input(when: str) -> dict[str, Any]:
+    return {"build_input": when}
+
+
+def _build_spec(section: BaseModel, engine: str, reduced: bool) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    for name, info in type(section).model_fields.items():
+        extra = info.json_schema_extra
+        when = extra.get("build_input") if isinstance(extra, dict) else None
+        value = getattr(section, name)
+        if when == "nested":
+            if inner := _build_spec(value, engine, reduced):
+                spec[name] = inner
+        elif when == "always" or (when == "reduced" and reduced) or when == engine:
+            spec[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    return spec
+
+
 class SourceConfig(_Strict):
     """Where the model comes from: an architecture and weights, or an ONNX file."""
 
@@ -66,7 +87,7 @@ class DynamicBatchingConfig(_Strict):
         None, gt=0, le=600_000,
         description="p99 target: batch size and wait are then chosen online to meet it (adaptive batching); "
                     "max_queue_delay_ms and preferred_batch_sizes are not used")
-    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    preferred_batch_sizes: list[int] = Field(default_factory=list, json_schema_extra=_build_input("tensorrt"))
     max_queue_size: int = Field(256, ge=1, description="images (or tensor rows) queued at once; beyond, requests are answered 503")
     default_timeout_ms: float = Field(30_000, gt=0, description="deadline of a request that sets none")
 
@@ -75,10 +96,12 @@ class CalibrationConfig(_Strict):
     """Images for int8 calibration and for the accuracy report of reduced-precision variants."""
 
     images: str | None = Field(
-        None, description="folder of images (relative to the model folder); default: generated placeholders"
+        None, description="folder of images (relative to the model folder); default: generated placeholders",
+        json_schema_extra=_build_input("reduced"),
     )
-    count: int = Field(300, ge=1, le=100_000, description="calibration images")
-    held_out: int = Field(200, ge=1, le=100_000, description="held-out images for the accuracy report")
+    count: int = Field(300, ge=1, le=100_000, description="calibration images", json_schema_extra=_build_input("reduced"))
+    held_out: int = Field(200, ge=1, le=100_000, description="held-out images for the accuracy report",
+                          json_schema_extra=_build_input("reduced"))
     min_top1_agreement: float = Field(0.99, ge=0, le=1, description="a build below this fails")
 
 
@@ -103,13 +126,16 @@ class ModelConfig(_Strict):
     """One model of the repository: ``model_repo/<name>/config.yaml``."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-    source: SourceConfig
-    engine: Literal["auto", "onnxruntime", "openvino", "tensorrt", "torch"] = "onnxruntime"
-    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
-    device: Literal["auto", "cpu", "cuda", "tensorrt"] = "cpu"
+    source: SourceConfig = Field(json_schema_extra=_build_input("always"))
+    engine: Literal["auto", "onnxruntime", "openvino", "tensorrt", "torch"] = Field(
+        "onnxruntime", json_schema_extra=_build_input("always"))
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = Field("fp32", json_schema_extra=_build_input("always"))
+    # A TensorRT plan is built for one GPU and one set of optimization profiles.
+    device: Literal["auto", "cpu", "cuda", "tensorrt"] = Field("cpu", json_schema_extra=_build_input("tensorrt"))
     intra_op_threads: int | None = Field(None, ge=1, description="default: all cores")
-    max_batch_size: int = Field(16, ge=1, le=1024)
-    dynamic_batching: DynamicBatchingConfig = Field(default_factory=DynamicBatchingConfig)
+    max_batch_size: int = Field(16, ge=1, le=1024, json_schema_extra=_build_input("tensorrt"))
+    dynamic_batching: DynamicBatchingConfig = Field(default_factory=DynamicBatchingConfig,
+                                                    json_schema_extra=_build_input("nested"))
     instance_count: int = Field(1, ge=1, le=64)
     labels: str | None = Field(None, description="label file relative to the model folder; default: from the model")
     preprocess: PreprocessContract | None = Field(None, description="default: the contract the model records")
@@ -126,8 +152,14 @@ class ModelConfig(_Strict):
     engine_timeout_s: float | None = Field(
         60.0, gt=0, description="watchdog: a batch running longer marks the model not ready until it returns")
     fault_injection: FaultInjectionConfig | None = None
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, json_schema_extra=_build_input("nested"))
     openvino: OpenVinoConfig = Field(default_factory=OpenVinoConfig)
+
+    def build_spec(self, engine: str) -> dict[str, Any]:
+        """The settings a build on ``engine`` depends on, as declared beside each field: what the
+        build's content hash covers. Everything else (batching delays, instances, labels, threads,
+        the agreement floor) is read at load: changing it needs a reload, never a rebuild."""
+        return _build_spec(self, engine, self.precision != "fp32")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

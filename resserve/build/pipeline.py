@@ -22,7 +22,6 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from resserve import __version__
 from resserve.build.variants import compile_variant
@@ -38,10 +37,6 @@ log = logging.getLogger(__name__)
 
 CACHE_FOLDER = ".build-cache"
 DEFAULT_VERSION = "1"
-BUILD_FIELDS: dict[str, Any] = {"source": True, "engine": True, "precision": True}  # what an artifact depends on
-# Reduced precisions also depend on their calibration and held-out images (int8 ranges, the
-# accuracy report). The agreement floor is a check, not an input: changing it rebuilds nothing.
-REDUCED_PRECISION_FIELDS = {**BUILD_FIELDS, "calibration": {"images": True, "count": True, "held_out": True}}
 
 Progress = Callable[[str], None]
 
@@ -54,16 +49,13 @@ class BuildPipeline:
         self.root = repository.root
 
     def content_hash(self, config: ModelConfig) -> str:
-        """What a build depends on: source, engine, precision, the source's bytes, the resserve version;
-        and, below fp32, the calibration settings.
-
-        Serving-only settings (batching, labels, instances, preprocessing) are read at load time:
-        changing them needs a reload, not a rebuild.
-        """
+        """What a build depends on: the config's ``build_spec`` for the engine it resolves to (source,
+        engine, precision; below fp32 the calibration settings; for TensorRT the batch profile and
+        device), the source's bytes and the resserve version."""
         digest = hashlib.sha256()
-        fields = BUILD_FIELDS if config.precision == "fp32" else REDUCED_PRECISION_FIELDS
-        digest.update(config.model_dump_json(include=fields).encode())
-        digest.update(resolve_variant(config).name.encode())  # `auto` may resolve differently elsewhere
+        variant = resolve_variant(config)  # `auto` may resolve differently elsewhere
+        digest.update(json.dumps(config.build_spec(variant.engine), sort_keys=True).encode())
+        digest.update(variant.name.encode())
         digest.update(__version__.encode())
         digest.update(self._source_hash(config).encode())
         return digest.hexdigest()
