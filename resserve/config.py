@@ -108,7 +108,7 @@ class CalibrationConfig(_Strict):
 class OpenVinoConfig(_Strict):
     """OpenVINO runtime options."""
 
-    performance_hint: Literal["THROUGHPUT", "LATENCY"] = "LATENCY"  # measured: ties at batch 8-16, 1.5x at batch 1
+    performance_hint: Literal["THROUGHPUT", "LATENCY"] = "LATENCY"  # why: resserve/engines/openvino.py
     num_streams: int | None = Field(None, ge=1)
     inference_threads: int | None = Field(None, ge=1)
 

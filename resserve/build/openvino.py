@@ -75,7 +75,7 @@ def _quantize(model: Any, calibration: np.ndarray, preset: str) -> Any:
         # model_type=None: a CNN, not a transformer (that would add transformer-specific ignored scopes).
         # The classifier head (the only MatMul of a ResNet, <0.1% of its FLOPs) stays fp32: its
         # input is pooled features whose picture-dependent part is small next to their common
-        # mean, and per-tensor int8 there cost 3-4 points of top-1 agreement (measured).
+        # mean, and per-tensor int8 there cost points of top-1 agreement (docs/engines-and-precision.md).
         return nncf.quantize(
             model, nncf.Dataset(items), preset=nncf_preset, subset_size=len(items), model_type=None,
             ignored_scope=nncf.IgnoredScope(types=["MatMul"], validate=False),

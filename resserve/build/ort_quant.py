@@ -2,12 +2,11 @@
 
 int8 uses ONNX Runtime's own ``quantize_static``: QDQ format, per-channel symmetric s8 weights,
 u8 activations. u8 is the default because x86 CPUs with VNNI/AMX run u8 x s8 convolutions on the
-fast path: ResNet-50 at batch 8 on 2 Sapphire Rapids cores ran ~120 img/s u8/s8, ~40 img/s s8/s8
-(no faster than fp32, ~35). ``reduce_range``, asymmetric weights and per-tensor weights changed
-nothing in speed; ``ActivationSymmetric`` was ~35% slower and less accurate, so none is exposed.
-Calibration defaults to the 99.999th percentile: closer to fp32 on held-out images than min-max
-(cosine 0.987 vs 0.983 on ResNet-18), at twice the calibration time. ORT's entropy calibrator,
-with its fixed 128 bins, gave min-max's ranges. Ranges are collected a few chunks at a time, so
+fast path (s8 x s8 was no faster than fp32). ``reduce_range``, asymmetric weights and per-tensor
+weights changed nothing in speed; ``ActivationSymmetric`` was slower and less accurate, so none
+is exposed. Calibration defaults to the 99.999th percentile: closer to fp32 on held-out images
+than min-max, at twice the calibration time; ORT's entropy calibrator, with its fixed 128 bins,
+gave min-max's ranges (figures: docs/engines-and-precision.md, Measured behind the defaults). Ranges are collected a few chunks at a time, so
 hundreds of calibration images never hold every activation in memory at once.
 
 fp16 is for the CUDA provider: weights float16, input and output kept float32 (a Cast at each

@@ -39,9 +39,9 @@ class PixelInput:
     and the layout change the model needs run inside the compiled model instead of on the host.
 
     ``mean``/``std`` are in 0-255 pixel units and ``layout`` is the layout the model itself takes.
-    Measured on one core (ResNet-50/18 int8, OpenVINO, batch 8): host normalization plus the float32
-    batch cost 10-12% of each image's engine-and-normalize time; OpenVINO folds the in-graph
-    normalization into the first quantized layer, so the logits come out bit-identical.
+    Host normalization and the float32 batch are a measurable share of each image's time on a
+    fast int8 engine (figures: docs/engines-and-precision.md, Measured behind the defaults); OpenVINO folds the in-graph normalization into
+    the first quantized layer, so the logits come out bit-identical.
     """
 
     mean: tuple[float, float, float]

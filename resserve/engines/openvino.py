@@ -5,10 +5,9 @@ uses every thread. ``THROUGHPUT``: OpenVINO makes several streams of fewer threa
 stream runs one request at a time, so ``infer`` cuts the batch into one slice per stream, runs
 the slices concurrently on their own requests and concatenates them in order.
 
-Why LATENCY by default: measured on the 2-core Sapphire Rapids machines (ResNet-50 int8, engine
-only), the two tie at batch 8 and 16 (~270-400 img/s each, run-to-run noise larger than the
-gap), while at batch 1 one stream of two threads is faster (~200-270 vs ~175-185 img/s): one
-image cannot be split across streams. THROUGHPUT is for many-core hosts.
+Why LATENCY by default: on a few cores the two tie at the batch sizes the batcher forms, while
+at batch 1 one stream of every thread is faster, since one image cannot be split across streams.
+THROUGHPUT is for many-core hosts (figures: docs/engines-and-precision.md, Measured behind the defaults).
 """
 
 from __future__ import annotations

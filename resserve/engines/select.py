@@ -1,12 +1,12 @@
 """``engine: auto``: the fastest engine this machine has for the precision, with the reason.
 
 TensorRT on NVIDIA GPUs; OpenVINO on x86 CPUs whose hardware it reports as supporting the
-precision natively (AMX or AVX-512 BF16/VNNI: on Sapphire Rapids its bf16 and int8 run 5-10x ONNX
-Runtime fp32; on AMD Zen 4, AVX-512 BF16/VNNI, it runs too); ONNX Runtime everywhere else.
+precision natively (AMX or AVX-512 BF16/VNNI), where its bf16 and int8 are the fastest CPU path;
+ONNX Runtime everywhere else.
 
 The CPU check asks OpenVINO's own CPU plugin (``OPTIMIZATION_CAPABILITIES``) rather than the
-vendor string: a first version required "GenuineIntel" and sent bf16 models on AMD EPYC to ONNX
-Runtime, which cannot build bf16 at all. The probes themselves are in :mod:`resserve.engines.hardware`.
+vendor string: AMD CPUs run OpenVINO's bf16 and int8 too, and ONNX Runtime cannot build bf16 at
+all. The probes themselves are in :mod:`resserve.engines.hardware`.
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ EWMA = 0.2
 # Batch up only as far as it takes for the engine to serve the arrival rate with this much spare.
 TARGET_UTILIZATION = 0.85
 # Draining a late backlog: the smallest batch whose engine time per row is within this much of the
-# cheapest per-row time. On CPUs t(b)/b flattens early (ResNet-50 int8, one thread: 5.5 ms/row at
-# batch 1, 5.0 at 8, 4.9 at 16), so near-best throughput comes at a fraction of the largest batch's latency.
+# cheapest per-row time. On CPUs t(b)/b flattens early, so near-best throughput comes at a
+# fraction of the largest batch's latency (figures: docs/engines-and-precision.md).
 EFFICIENT_SLACK = 0.05
 
 
@@ -133,8 +133,8 @@ class SloBatchPolicy:
         When not even a batch of one fits, the oldest request has missed its target whatever
         happens: the backlog then drains in :meth:`efficient_rows` (capping at one there lowered
         throughput exactly when the queue was long and never recovered; the largest batch a fresh
-        request could afford made every request in it wait for the whole batch: measured at
-        capacity, p50 100 ms against the fixed batcher's 74).
+        request could afford made every request in it wait for the whole batch, and the p50 at
+        capacity was worse than the fixed batcher's).
         """
         left = self.budget_s - oldest_age_s
         one = self.engine.predict(1)
@@ -155,7 +155,7 @@ class SloBatchPolicy:
         Before two batch sizes have been seen, ``cap`` itself: with one size known the model assumes
         time proportional to rows, which makes every size look equally efficient, so a backlog that
         only ever ran batches of one kept choosing one and never learned that bigger batches are
-        cheaper (measured: 16 closed-loop clients, every batch of 1, 220 ms queueing).
+        cheaper (under closed-loop load every batch stayed at one, queueing for hundreds of ms).
         """
         if self.engine.fit() is None:
             return cap

@@ -203,8 +203,8 @@ class ModelManager:
         config = model_version.config
         engines = []
         for _ in range(config.instance_count):
-            # ONNX Runtime keeps its spinning intra-op threads: measured (bench server, ResNet-50,
-            # 2 cores) to help, not to starve preprocessing: 33-34 img/s end to end with, 32 without.
+            # ONNX Runtime keeps its spinning intra-op threads: measured end to end to help, not to
+            # starve preprocessing (docs/engines-and-precision.md, Measured behind the defaults).
             engine = serving_engine(model_version)
             warm_s = engine.warmup(tuple(config.warmup_batch_sizes))
             log.info("model %s: engine warmed up in %.2f s", config.name, warm_s)
