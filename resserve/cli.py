@@ -269,8 +269,9 @@ def serve(
     try:
         settings = ServerSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise _fail(ResserveError(f"bad server settings: {problems}")) from exc
+        from resserve.config import validation_problems
+
+        raise _fail(ResserveError(f"bad server settings: {validation_problems(exc.errors())}")) from exc
     try:
         from resserve.server.startup import BuildProcess
 

@@ -13,6 +13,7 @@ Example ``model_repo/resnet50/config.yaml``::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -190,10 +191,12 @@ def load_model_config(path: Path) -> ModelConfig:
     try:
         return ModelConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(f"{path}: {validation_problems(exc.errors())}") from exc
+
+
+def validation_problems(errors: Sequence[Mapping[str, Any]]) -> str:
+    """pydantic's (or FastAPI's) errors as one line: ``field.path: message; ...``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in errors)
 
 
 class ServerSettings(BaseSettings):
