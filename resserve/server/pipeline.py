@@ -66,11 +66,6 @@ class RequestPipeline:
         """Images (or tensor rows) one request may carry: the setting, never above the queue."""
         return min(self.settings.max_images_per_request, served.config.dynamic_batching.max_queue_size)
 
-    @staticmethod
-    def capacity(served: ServedModel) -> int:
-        """Images a model admits at once: its queue plus one running batch per engine instance."""
-        config = served.config
-        return config.dynamic_batching.max_queue_size + config.max_batch_size * config.instance_count
 
     @contextlib.contextmanager
     def admit(self, served: ServedModel, received: float) -> Iterator[Ticket]:
@@ -97,7 +92,7 @@ class RequestPipeline:
         ticket.images = count
 
     def _check_room(self, served: ServedModel, count: int) -> None:
-        if served.admitted + count > (capacity := self.capacity(served)):
+        if served.admitted + count > (capacity := served.capacity):
             raise QueueFullError(
                 f"model {served.name}: queue full ({served.admitted} of {capacity} images in progress)",
                 retry_after_s=served.queue.retry_after_s())

@@ -89,9 +89,15 @@ class BatchQueue:
         self._released: asyncio.Future[list[None]] | None = None  # set by close()
         self._batch_s_ewma = 0.05  # engine seconds per batch, for Retry-After
         self.engine_timeout_s = engine_timeout_s
-        self._on_health = on_health
+        self.on_health = on_health  # told when every instance gets stuck, and when one answers again
         self._hung = 0  # runners stuck past engine_timeout_s
         self.policy = policy
+
+    def not_answering(self) -> ModelNotReadyError:
+        """The one answer while the watchdog sees every engine instance stuck: 503, retry after
+        about one ``engine_timeout_s`` (the stuck call ends by then or trips the watchdog again)."""
+        return ModelNotReadyError(f"model {self._labels[0]}: the engine is not answering (watchdog)",
+                                  retry_after_s=max(1, math.ceil(self.engine_timeout_s or 1)))
 
     @property
     def hung(self) -> bool:
@@ -120,8 +126,7 @@ class BatchQueue:
         if self._closed:
             raise ModelNotReadyError(f"model {self._labels[0]} is draining or unloaded")
         if self.hung:
-            raise ModelNotReadyError(f"model {self._labels[0]}: the engine is not answering (watchdog)",
-                                     retry_after_s=max(1, math.ceil(self.engine_timeout_s or 1)))
+            raise self.not_answering()
         if self._pending_rows + rows.shape[0] > self.max_queue_size:
             raise QueueFullError(
                 f"model {self._labels[0]}: queue full ({self._pending_rows} of {self.max_queue_size} rows waiting)",
@@ -370,8 +375,8 @@ class BatchQueue:
             if not item.future.done():
                 item.future.set_exception(error)
         self._hung += 1
-        if self.hung and self._on_health:
-            self._on_health(False)
+        if self.hung and self.on_health:
+            self.on_health(False)
         try:
             await call
         except Exception as exc:  # the batch is already answered; only the recovery matters
@@ -379,8 +384,8 @@ class BatchQueue:
         finally:
             recovered = self.hung
             self._hung -= 1
-            if recovered and self._on_health:
-                self._on_health(True)
+            if recovered and self.on_health:
+                self.on_health(True)
             log.info("model %s: the engine answered again after the watchdog fired", model)
 
 

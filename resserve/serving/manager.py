@@ -66,8 +66,17 @@ class ServedModel:
     decode_options: DecodeOptions
     loaded_at: float = field(default_factory=time.time)
     ready: bool = True
-    engine_healthy: bool = True  # false while the watchdog sees every engine instance stuck
     admitted: int = 0  # requests past admission: reading, preprocessing or queued (event-loop only)
+
+    @property
+    def capacity(self) -> int:
+        """Images the model admits at once: its queue plus one running batch per engine instance."""
+        return capacity_of(self.config)
+
+    @property
+    def engine_healthy(self) -> bool:
+        """False while the watchdog sees every engine instance stuck (the queue's own verdict)."""
+        return not self.queue.hung
 
     @property
     def serving(self) -> bool:
@@ -122,8 +131,7 @@ class ModelManager:
         if not served.ready:
             raise ModelNotReadyError(f"model {name!r} is not ready")
         if not served.engine_healthy:
-            raise ModelNotReadyError(f"model {name!r}: the engine is not answering (watchdog)",
-                                     retry_after_s=served.config.engine_timeout_s or 1.0)
+            raise served.queue.not_answering()
         return served
 
     def successor(self, served: ServedModel) -> ServedModel | None:
@@ -216,7 +224,6 @@ class ModelManager:
             log.warning("model %s: FAULT INJECTION is on (%s): for tests and drills only", config.name,
                         config.fault_injection.model_dump(exclude_none=True))
             runners = [FaultyRunner(r, config.fault_injection) for r in runners]
-        holder: list[ServedModel] = []
         policy = None
         if batching.latency_target_ms is not None:
             target_s = batching.latency_target_ms / 1000.0
@@ -226,14 +233,15 @@ class ModelManager:
             runners,
             max_batch_size=config.max_batch_size,
             max_queue_delay_ms=batching.max_queue_delay_ms,
-            max_queue_size=batching.max_queue_size,
+            # Admission (the request pipeline) is the one limit; the queue's own bound is a backstop
+            # that admitted requests never reach, so no image is refused after it was decoded.
+            max_queue_size=capacity_of(config),
             preferred_batch_sizes=batching.preferred_batch_sizes,
             metrics=self.metrics,
             model=config.name,
             version=model_version.version,
             engine_timeout_s=config.engine_timeout_s,
             policy=policy,
-            on_health=lambda healthy: self._engine_health(holder[0], healthy),
         )
         served = ServedModel(
             name=config.name,
@@ -251,14 +259,19 @@ class ModelManager:
                                          # may have resolved to one without pixel input.
                                          uint8_pixels=engines[0].input_spec.dtype == np.uint8),
         )
-        holder.append(served)
+        queue.on_health = lambda healthy: self._engine_health(served, healthy)
         return served
 
     def _engine_health(self, served: ServedModel, healthy: bool) -> None:
-        """The watchdog's verdict: a stuck engine takes the model (and the pod) out of readiness."""
-        served.engine_healthy = healthy
+        """The watchdog's verdict, kept in the metrics: a stuck engine takes the model (and the
+        pod) out of readiness (``engine_healthy`` reads the queue itself)."""
         if self._models.get(served.name) is served:
             self.metrics.model_ready.labels(served.name, served.version).set(1 if healthy else 0)
+
+
+def capacity_of(config: ModelConfig) -> int:
+    """Images a model admits at once: ``max_queue_size`` plus one running batch per instance."""
+    return config.dynamic_batching.max_queue_size + config.max_batch_size * config.instance_count
 
 
 def serving_engine(model_version: ModelVersion) -> Engine:

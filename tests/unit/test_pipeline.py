@@ -12,6 +12,7 @@ from resserve.config import ModelConfig, ServerSettings
 from resserve.errors import InvalidRequestError, QueueFullError, TooManyImagesError
 from resserve.metrics import Metrics
 from resserve.server.pipeline import MAX_TIMEOUT_MS, RequestPipeline
+from resserve.serving.manager import capacity_of
 from resserve.serving.batching import BatchQueue
 
 
@@ -21,7 +22,7 @@ def served_model(max_queue_size: int = 8, max_batch_size: int = 2, instances: in
         "instance_count": instances, "dynamic_batching": {"max_queue_size": max_queue_size}})
     queue = BatchQueue([lambda batch: batch], max_batch_size=max_batch_size, max_queue_delay_ms=0,
                        max_queue_size=max_queue_size)
-    return SimpleNamespace(name="m", config=config, queue=queue, admitted=0)
+    return SimpleNamespace(name="m", config=config, queue=queue, admitted=0, capacity=capacity_of(config))
 
 
 @pytest.fixture
