@@ -52,6 +52,15 @@ def _parse_batch_sizes(text: str) -> list[int]:
     return sizes
 
 
+def _parse_image_size(text: str) -> tuple[int, int]:
+    """``WxH`` (e.g. 500x375) as (width, height)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"expected WxH, got {text!r}") from None
+    return width, height
+
+
 @app.command()
 def export(
     arch: Annotated[str, typer.Argument(help="resnet18 ... wide_resnet101_2")],
@@ -71,16 +80,11 @@ def export(
     """Export a ResNet to ONNX with every BatchNorm folded, checked against torch."""
     from resserve.build.export import export_onnx
     from resserve.labels import load_labels
-    from resserve.models.weights import load_model
+    from resserve.models.weights import load_model_or_fallback
 
     try:
-        try:
-            loaded = load_model(arch, weights, random_weights=random_weights, seed=seed, num_classes=num_classes)
-        except ResserveError as exc:
-            if not (fallback_random and weights):
-                raise
-            log.warning("cannot use weights %s: %s", weights, exc)
-            loaded = load_model(arch, random_weights=True, seed=seed, num_classes=num_classes)
+        loaded, _ = load_model_or_fallback(arch, weights, random_weights=random_weights, seed=seed,
+                                           num_classes=num_classes, fallback_random=fallback_random)
         label_list = list(load_labels(labels)) if labels else None
         report = export_onnx(loaded, output, opset=opset, seed=seed, labels=label_list)
     except ResserveError as exc:
@@ -345,11 +349,8 @@ def bench_preprocess_cmd(
     """Preprocessing on one core: exact path vs each fast path, time and deviation."""
     from resserve.bench.preprocess import bench_preprocess
 
-    try:
-        parsed = [tuple(int(v) for v in part.lower().split("x")) for part in sizes.split(",") if part.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected WxH,WxH..., got {sizes!r}") from None
-    results = bench_preprocess(parsed, rounds=rounds, round_s=round_seconds)  # type: ignore[arg-type]
+    parsed = [_parse_image_size(part) for part in sizes.split(",") if part.strip()]
+    results = bench_preprocess(parsed, rounds=rounds, round_s=round_seconds)
     table = Table(title="preprocessing, one core (JPEG quality 90, ImageNet contract)")
     for column in ("size", "mode", "ms/image", "mean abs dev", "max abs dev"):
         table.add_column(column, justify="right")
@@ -376,13 +377,7 @@ def bench_server_cmd(
     measures engine, preprocessing and server back to back."""
     from resserve.loadtest.server_bench import as_dict, run_server_bench
 
-    sizes = []
-    for text in image_size or ["500x375"]:
-        try:
-            width, height = (int(v) for v in text.lower().split("x"))
-        except ValueError:
-            raise typer.BadParameter(f"expected WxH, got {text!r}") from None
-        sizes.append((width, height))
+    sizes = [_parse_image_size(text) for text in image_size or ["500x375"]]
     try:
         result = run_server_bench(model_repo, model, concurrency=concurrency, image_sizes=tuple(sizes),
                                   rounds=rounds, window_s=window_s, warmup_s=warmup_s)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -114,13 +114,24 @@ class OpenVinoConfig(_Strict):
     inference_threads: int | None = Field(None, ge=1)
 
 
-# Which precisions each engine builds; checked at config load so a typo fails early.
-ENGINE_PRECISIONS: dict[str, set[str]] = {
-    "onnxruntime": {"fp32", "fp16", "int8"},
-    "openvino": {"fp32", "bf16", "int8"},
-    "tensorrt": {"fp32", "fp16", "int8"},
-    "torch": {"fp32", "bf16", "fp16"},
+# The engines and the precisions each builds: written once here, checked at config load so a typo
+# fails early, and used by engine auto, the engines and their builders.
+OnnxRuntimePrecision = Literal["fp32", "fp16", "int8"]
+OpenVinoPrecision = Literal["fp32", "bf16", "int8"]
+TensorRTPrecision = Literal["fp32", "fp16", "int8"]
+TorchPrecision = Literal["fp32", "bf16", "fp16"]
+ENGINE_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": get_args(OnnxRuntimePrecision),
+    "openvino": get_args(OpenVinoPrecision),
+    "tensorrt": get_args(TensorRTPrecision),
+    "torch": get_args(TorchPrecision),
 }
+# The same names as Literal types, for pydantic's validation and messages; tests/unit/test_config.py
+# checks that they list exactly the engines and precisions above.
+EngineName = Literal["onnxruntime", "openvino", "tensorrt", "torch"]
+PrecisionName = Literal["fp32", "fp16", "bf16", "int8"]
+# The engines that can normalize inside the model, fed uint8 pixels (uint8_input).
+PIXEL_INPUT_ENGINES: tuple[str, ...] = ("onnxruntime", "openvino")
 
 
 class ModelConfig(_Strict):
@@ -128,9 +139,8 @@ class ModelConfig(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     source: SourceConfig = Field(json_schema_extra=_build_input("always"))
-    engine: Literal["auto", "onnxruntime", "openvino", "tensorrt", "torch"] = Field(
-        "onnxruntime", json_schema_extra=_build_input("always"))
-    precision: Literal["fp32", "fp16", "bf16", "int8"] = Field("fp32", json_schema_extra=_build_input("always"))
+    engine: Literal["auto", EngineName] = Field("onnxruntime", json_schema_extra=_build_input("always"))
+    precision: PrecisionName = Field("fp32", json_schema_extra=_build_input("always"))
     # A TensorRT plan is built for one GPU and one set of optimization profiles.
     device: Literal["auto", "cpu", "cuda", "tensorrt"] = Field("cpu", json_schema_extra=_build_input("tensorrt"))
     intra_op_threads: int | None = Field(None, ge=1, description="default: all cores")
@@ -171,8 +181,8 @@ class ModelConfig(_Strict):
             )
         if self.engine == "torch" and self.source.arch is None:
             raise ValueError("engine torch needs source.arch (it runs the PyTorch model, not an ONNX file)")
-        if self.uint8_input and self.engine in ("torch", "tensorrt"):
-            raise ValueError(f"uint8_input needs the onnxruntime or openvino engine, not {self.engine}")
+        if self.uint8_input and self.engine not in ("auto", *PIXEL_INPUT_ENGINES):
+            raise ValueError(f"uint8_input needs the {' or '.join(PIXEL_INPUT_ENGINES)} engine, not {self.engine}")
         bad = [b for b in self.dynamic_batching.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if bad:
             raise ValueError(f"preferred_batch_sizes {bad} must lie in 1..max_batch_size ({self.max_batch_size})")

@@ -8,6 +8,9 @@ photographs than white noise does. Pure numpy + Pillow: usable where torch is ab
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -31,6 +34,17 @@ def synthetic_image(width: int, height: int, seed: int) -> Image.Image:
     image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.5, 2.0))))
     noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, 6, size=(height, width, 3))
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+
+def synthetic_jpegs(count: int, sizes: Sequence[tuple[int, int]], seed: int = 0, quality: int = 90) -> list[bytes]:
+    """``count`` JPEG files: picture ``i`` is ``sizes[i % len(sizes)]`` (width, height) from seed ``seed + i``."""
+    out = []
+    for i in range(count):
+        width, height = sizes[i % len(sizes)]
+        buffer = io.BytesIO()
+        synthetic_image(width, height, seed + i).save(buffer, format="JPEG", quality=quality)
+        out.append(buffer.getvalue())
+    return out
 
 
 def synthetic_batch(

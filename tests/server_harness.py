@@ -22,7 +22,7 @@ from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
 from resserve.server.app import create_app
-from resserve.synthetic import synthetic_image
+from resserve.synthetic import synthetic_jpegs
 
 
 def write_model(repo: Path, name: str, onnx_source: Path, **overrides: Any) -> Path:
@@ -111,7 +111,7 @@ def encode(image: Image.Image, fmt: str, **params: Any) -> bytes:
 
 
 def jpeg(width: int = 320, height: int = 240, seed: int = 0) -> bytes:
-    return encode(synthetic_image(width, height, seed), "JPEG", quality=90)
+    return synthetic_jpegs(1, ((width, height),), seed)[0]
 
 
 @contextmanager

@@ -6,7 +6,6 @@ CPU. Both numbers come from the same images in one run.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 
@@ -15,7 +14,7 @@ from PIL import Image
 
 from resserve.contract import PreprocessContract, imagenet_contract
 from resserve.preprocess import DecodeOptions, preprocess, to_tensor_fused
-from resserve.synthetic import synthetic_image
+from resserve.synthetic import synthetic_jpegs
 
 MODES = {
     "exact": DecodeOptions(),
@@ -36,22 +35,13 @@ class PreprocessResult:
     max_abs_deviation: float
 
 
-def _jpegs(size: tuple[int, int], count: int) -> list[bytes]:
-    out = []
-    for seed in range(count):
-        buffer = io.BytesIO()
-        synthetic_image(size[0], size[1], seed).save(buffer, format="JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
-
-
 def bench_preprocess(sizes: list[tuple[int, int]], *, images: int = 6, rounds: int = 3, round_s: float = 1.0,
                      contract: PreprocessContract | None = None) -> list[PreprocessResult]:
     """Interleaved rounds per size (each mode in turn); the median round's time per image."""
     contract = contract or imagenet_contract()
     results = []
     for size in sizes:
-        data = _jpegs(size, images)
+        data = synthetic_jpegs(images, (size,))
         reference = [preprocess(d, contract) for d in data]
         times: dict[str, list[float]] = {mode: [] for mode in MODES}
         for _ in range(rounds):

@@ -8,7 +8,6 @@ meaningful agreement figures for BatchNorm-calibrated random weights, not for re
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from resserve.contract import PreprocessContract
 from resserve.errors import ConfigError, ResserveError
 from resserve.preprocess import preprocess
-from resserve.synthetic import synthetic_image
+from resserve.synthetic import synthetic_jpegs
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +24,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 # Seeds far apart so the calibration and held-out placeholder sets never share a picture.
 CALIBRATION_SEED = 1_000
 HELD_OUT_SEED = 9_000
-
-
-def synthetic_jpegs(count: int, seed: int, sizes: tuple[tuple[int, int], ...] = ((500, 375), (375, 500),
-                                                                                 (640, 480))) -> list[bytes]:
-    """Seeded image-like JPEGs of a few common sizes (the placeholder set)."""
-    out = []
-    for i in range(count):
-        width, height = sizes[i % len(sizes)]
-        buffer = io.BytesIO()
-        synthetic_image(width, height, seed + i).save(buffer, format="JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
+# The placeholder pictures cycle through a few common photo sizes.
+PLACEHOLDER_SIZES: tuple[tuple[int, int], ...] = ((500, 375), (375, 500), (640, 480))
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -75,7 +64,7 @@ def load_batch(
         if len(tensors) < count:
             raise ConfigError(f"{folder} has {len(tensors)} usable images after the first {skip}; need {count}")
     else:
-        tensors = [preprocess(data, contract) for data in synthetic_jpegs(count, seed + skip)]
+        tensors = [preprocess(data, contract) for data in synthetic_jpegs(count, PLACEHOLDER_SIZES, seed + skip)]
     return np.ascontiguousarray(np.stack(tensors))
 
 

@@ -28,7 +28,7 @@ from resserve.build.variants import compile_variant
 from resserve.config import ModelConfig
 from resserve.contract import imagenet_contract
 from resserve.engines.factory import resolve_variant
-from resserve.errors import ConfigError, WeightsError
+from resserve.errors import ConfigError
 from resserve.files import sha256_file
 from resserve.metadata import read_metadata
 from resserve.repository import ARTIFACT, BUILD_RECORD, ModelRepository
@@ -170,7 +170,7 @@ class BuildPipeline:
         source = config.source
         try:
             from resserve.build.export import export_onnx
-            from resserve.models.weights import load_model
+            from resserve.models.weights import load_model_or_fallback
         except ImportError as exc:
             raise ConfigError(
                 f"model {config.name}: building from PyTorch weights needs torch: pip install 'resserve[export]' ({exc})"
@@ -179,17 +179,9 @@ class BuildPipeline:
         weights = source.weights
         if weights and not weights.startswith("torchvision:"):
             weights = str(self._source_path(config.name, weights))
-        fell_back = False
-        try:
-            loaded = load_model(source.arch, weights, random_weights=source.random_weights, seed=source.seed,
-                                num_classes=source.num_classes)
-        except WeightsError as exc:
-            if not (source.fallback_random and weights):
-                raise
-            log.warning("model %s: cannot use weights %s (%s); serving seeded RANDOM weights", config.name,
-                        weights, exc)
-            loaded = load_model(source.arch, random_weights=True, seed=source.seed, num_classes=source.num_classes)
-            fell_back = True
+        loaded, fell_back = load_model_or_fallback(
+            source.arch, weights, random_weights=source.random_weights, seed=source.seed,
+            num_classes=source.num_classes, fallback_random=source.fallback_random, what=f"model {config.name}")
         export_onnx(loaded, output, seed=source.seed)
         if weights_out is not None:
             from safetensors.torch import save_file
@@ -204,12 +196,7 @@ def _weights_obtainable(config: ModelConfig) -> bool:
     if not weights.startswith("torchvision:"):
         return False
     try:
-        import torch
-
-        from resserve.models.weights import cache_dir, parse_torchvision_name
-    except ImportError:
+        from resserve.models.weights import cached_torchvision_weights, parse_torchvision_name
+    except ImportError:  # no torch: nothing can be loaded from them anyway
         return False
-    entry = parse_torchvision_name(weights)
-    candidates = (cache_dir() / "weights" / entry.file_name,
-                  Path(torch.hub.get_dir()) / "checkpoints" / entry.file_name)
-    return any(p.is_file() for p in candidates)
+    return cached_torchvision_weights(parse_torchvision_name(weights)) is not None

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from resserve.config import ModelConfig
+from resserve.config import PIXEL_INPUT_ENGINES, ModelConfig
 from resserve.engines.base import Engine, PixelInput
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
 from resserve.engines.select import resolve_engine
@@ -78,9 +78,9 @@ def open_engine(variant: Variant, config: ModelConfig, folder: Path, pixels: Pix
     ``pixels``: feed the engine uint8 pixels and normalize inside the model (``uint8_input``).
     """
     artifact = variant.artifact(folder)
-    if pixels is not None and variant.engine not in ("onnxruntime", "openvino"):
-        message = f"model {config.name}: uint8_input needs the onnxruntime or openvino engine, this variant " \
-                  f"runs on {variant.engine}"
+    if pixels is not None and variant.engine not in PIXEL_INPUT_ENGINES:
+        message = f"model {config.name}: uint8_input needs the {' or '.join(PIXEL_INPUT_ENGINES)} engine, " \
+                  f"this variant runs on {variant.engine}"
         if config.engine != "auto":
             raise ConfigError(f"{message}; set uint8_input: false")
         # engine auto picked an engine per machine: the same config still serves, with float32 input.

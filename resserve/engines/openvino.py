@@ -16,10 +16,11 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, cast
 
 import numpy as np
 
+from resserve.config import ENGINE_PRECISIONS, OpenVinoPrecision
 from resserve.engines.base import Engine, PixelInput, TensorSpec, check_batch_rows
 from resserve.engines.hardware import cpu_capabilities, cpu_supports_bf16
 from resserve.errors import ConfigError, EngineError, EngineUnavailableError
@@ -28,8 +29,8 @@ log = logging.getLogger(__name__)
 
 PerformanceHint = Literal["THROUGHPUT", "LATENCY"]
 HINTS = ("THROUGHPUT", "LATENCY")
-Precision = Literal["fp32", "bf16", "int8"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
+Precision = OpenVinoPrecision
+PRECISIONS: tuple[str, ...] = ENGINE_PRECISIONS["openvino"]
 SIDECAR_FILE = "openvino.json"  # beside model.xml: the builder writes it, the engine reads the precision
 NO_BF16_MESSAGE = "this CPU has no AMX/AVX512-BF16; use fp32 or int8"
 

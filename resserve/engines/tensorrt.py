@@ -19,19 +19,20 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from resserve.config import ENGINE_PRECISIONS, TensorRTPrecision
 from resserve.engines.base import Engine, TensorSpec, check_batch_rows
 from resserve.engines.hardware import gpu_identity, require_tensorrt
 from resserve.errors import EngineError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+Precision = TensorRTPrecision
+PRECISIONS: tuple[str, ...] = ENGINE_PRECISIONS["tensorrt"]
 PLAN_FILE = "model.plan"
 RECORD_FILE = "plan.json"
 

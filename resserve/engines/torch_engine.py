@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from resserve.config import ENGINE_PRECISIONS, TorchPrecision
 from resserve.engines.base import Engine, TensorSpec, check_batch_rows
 from resserve.engines.hardware import torch_cpu_bf16
 from resserve.errors import ConfigError, EngineError, EngineUnavailableError
@@ -53,7 +54,7 @@ class TorchEngine(Engine):
         *,
         num_classes: int | None = None,
         device: Literal["cpu", "cuda"] = "cpu",
-        precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+        precision: TorchPrecision = "fp32",
         compile: bool = False,
         channels_last: bool = True,
         cuda_graphs: bool = False,
@@ -64,8 +65,10 @@ class TorchEngine(Engine):
             raise ConfigError("TorchEngine needs exactly one of weights_path or random_weights_seed")
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"unknown torch device {device!r}; choose cpu or cuda")
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"unknown torch precision {precision!r}; choose fp32, bf16 or fp16")
+        precisions = ENGINE_PRECISIONS["torch"]
+        if precision not in precisions:
+            raise ConfigError(f"unknown torch precision {precision!r}; choose {', '.join(precisions[:-1])} "
+                              f"or {precisions[-1]}")
         if cuda_graphs and device != "cuda":
             raise ConfigError("cuda_graphs needs device cuda")
         if cuda_graphs and compile:

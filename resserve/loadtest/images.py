@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from resserve.synthetic import synthetic_image
+from resserve.synthetic import synthetic_jpegs
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((500, 375), (1280, 960), (320, 240))
@@ -53,12 +53,11 @@ def generate(sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES, per_size: int = 8
     """Image-like JPEGs, ``per_size`` distinct pictures of each size, interleaved by size."""
     payloads = []
     for index in range(per_size):
-        for width, height in sizes:
-            buffer = io.BytesIO()
-            synthetic_image(width, height, seed + index * len(sizes) + len(payloads)).save(
-                buffer, format="JPEG", quality=quality)
-            payloads.append(Payload(f"synthetic-{width}x{height}-{index}.jpg", buffer.getvalue(),
-                                    "image/jpeg", width, height))
+        # One picture of each size per round, from seed + 2 * index * len(sizes) on: the seeds this
+        # generator has always used, so a generated set stays the same files.
+        bodies = synthetic_jpegs(len(sizes), sizes, seed + 2 * index * len(sizes), quality)
+        for (width, height), body in zip(sizes, bodies, strict=True):
+            payloads.append(Payload(f"synthetic-{width}x{height}-{index}.jpg", body, "image/jpeg", width, height))
     return payloads
 
 

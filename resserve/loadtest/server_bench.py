@@ -16,7 +16,6 @@ for exactly the measured windows.
 from __future__ import annotations
 
 import asyncio
-import io
 import statistics
 import threading
 import time
@@ -38,7 +37,7 @@ from resserve.loadtest.server_metrics import Snapshot, breakdown, parse
 from resserve.preprocess import DecodeOptions, preprocess
 from resserve.repository import ModelRepository, ModelVersion
 from resserve.serving.manager import serving_engine
-from resserve.synthetic import synthetic_image
+from resserve.synthetic import synthetic_jpegs
 
 
 @dataclass
@@ -80,16 +79,6 @@ class ServerBenchResult:
 def bound_img_s(engine_img_s: float, preprocess_s_per_image: float, cores: int) -> float:
     """Images/s if the cores did only inference and preprocessing, perfectly overlapped."""
     return cores / (cores / engine_img_s + preprocess_s_per_image)
-
-
-def make_jpegs(count: int, size: tuple[int, int], quality: int = 90) -> list[bytes]:
-    """Distinct image-like JPEGs of one size (a cycling request body set)."""
-    images = []
-    for seed in range(count):
-        buffer = io.BytesIO()
-        synthetic_image(size[0], size[1], seed).save(buffer, format="JPEG", quality=quality)
-        images.append(buffer.getvalue())
-    return images
 
 
 def preprocess_seconds(images: list[bytes], version: ModelVersion, seconds: float = 3.0,
@@ -238,7 +227,7 @@ def run_server_bench(
     batch = min(max(config.dynamic_batching.preferred_batch_sizes or [config.max_batch_size]),
                 config.max_batch_size)
     cores = available_cores()
-    jpegs = {size: make_jpegs(16, size) for size in image_sizes}
+    jpegs = {size: synthetic_jpegs(16, (size,)) for size in image_sizes}
     engines = ServedEngines(version, batch)
     try:
         with server_process(model_repo, "--model", model, "--no-build-missing", log_level="warning") as server:

@@ -140,6 +140,16 @@ def parse_torchvision_name(spec: str) -> TorchvisionWeights:
     return table[member]
 
 
+def cached_torchvision_weights(weights: TorchvisionWeights, directory: Path | None = None) -> Path | None:
+    """The already downloaded file for ``weights``: in resserve's cache (or ``directory``), else in
+    torch hub's (``<hub dir>/checkpoints``); None when neither has it. Not verified here."""
+    directory = directory or cache_dir() / "weights"
+    for candidate in (directory / weights.file_name, Path(torch.hub.get_dir()) / "checkpoints" / weights.file_name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def fetch_torchvision_weights(weights: TorchvisionWeights, directory: Path | None = None) -> Path:
     """The verified local file for ``weights``, downloading it into the cache when absent.
 
@@ -148,11 +158,10 @@ def fetch_torchvision_weights(weights: TorchvisionWeights, directory: Path | Non
     """
     directory = directory or cache_dir() / "weights"
     target = directory / weights.file_name
-    hub_copy = Path(torch.hub.get_dir()) / "checkpoints" / weights.file_name
-    for candidate in (target, hub_copy):
-        if candidate.is_file():
-            _verify_prefix(candidate, weights)
-            return candidate
+    found = cached_torchvision_weights(weights, directory)
+    if found is not None:
+        _verify_prefix(found, weights)
+        return found
     directory.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s to %s", weights.url, target)
     with tempfile.NamedTemporaryFile(dir=directory, suffix=".part", delete=False) as tmp:
@@ -349,6 +358,31 @@ def load_model(
     load_state_dict_strict(model, state, f"{path} (loaded as {arch})")
     model.eval()
     return LoadedModel(arch, model, WeightsSource(kind, description, sha256=sha256_file(path)), contract)
+
+
+def load_model_or_fallback(
+    arch: str,
+    weights: str | Path | None = None,
+    *,
+    random_weights: bool = False,
+    seed: int = 0,
+    num_classes: int | None = None,
+    fallback_random: bool = False,
+    what: str | None = None,
+) -> tuple[LoadedModel, bool]:
+    """:func:`load_model`, or with ``fallback_random`` when ``weights`` cannot be obtained (offline,
+    missing, damaged, not fitting) the seeded random init instead, announced as a warning.
+
+    Returns the model and whether it fell back. ``what`` names the model in the warning.
+    """
+    try:
+        return load_model(arch, weights, random_weights=random_weights, seed=seed, num_classes=num_classes), False
+    except WeightsError as exc:
+        if not (fallback_random and weights):
+            raise
+        log.warning("%scannot use weights %s (%s); using seeded RANDOM weights instead",
+                    f"{what}: " if what else "", weights, exc)
+        return load_model(arch, random_weights=True, seed=seed, num_classes=num_classes), True
 
 
 def _enum_of(arch: str) -> str:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
 
-from resserve.config import ModelConfig, ServerSettings, load_model_config
+from resserve.config import (
+    ENGINE_PRECISIONS,
+    EngineName,
+    ModelConfig,
+    PrecisionName,
+    ServerSettings,
+    load_model_config,
+)
 from resserve.contract import PreprocessContract
+from resserve.engines.factory import Variant
 from resserve.errors import ConfigError
 
 ONNX_SOURCE = "source: {onnx: model.onnx}\n"
@@ -130,6 +139,20 @@ def test_bad_values_fail_at_load_naming_file_and_field(tmp_path: Path, text: str
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     message = load_error(write_config(tmp_path, ONNX_SOURCE + "max_batch_size: 0\ninstance_count: 0\n"))
     assert "max_batch_size" in message and "instance_count" in message
+
+
+def test_the_engine_and_precision_types_list_exactly_engine_precisions() -> None:
+    # ENGINE_PRECISIONS is the one list of engines and what each builds; the Literal types pydantic
+    # validates with must name the same engines and precisions, no more, no fewer.
+    assert set(get_args(EngineName)) == set(ENGINE_PRECISIONS)
+    assert set(get_args(PrecisionName)) == {p for precisions in ENGINE_PRECISIONS.values() for p in precisions}
+    assert get_args(ModelConfig.model_fields["engine"].annotation) == ("auto", *get_args(EngineName))
+    assert ModelConfig.model_fields["precision"].annotation == PrecisionName
+    for engine, precisions in ENGINE_PRECISIONS.items():
+        for precision in precisions:
+            assert Variant(engine, precision).artifact(Path("v")).is_relative_to("v")  # raises for an unknown engine
+            if engine != "torch":  # torch needs source.arch
+                ModelConfig(name="m", source={"onnx": "model.onnx"}, engine=engine, precision=precision)
 
 
 @pytest.mark.parametrize("folder", ["has space", "-leading-dash", "ünïcode"])

@@ -34,7 +34,7 @@ from resserve.preprocess import (
     resize_and_crop,
     to_tensor,
 )
-from resserve.synthetic import synthetic_image
+from resserve.synthetic import synthetic_image, synthetic_jpegs
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "preprocess"
 REFERENCE = json.loads((FIXTURES / "reference.json").read_text())
@@ -400,15 +400,19 @@ def test_serving_path_does_not_import_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
+def test_synthetic_jpegs_cycle_the_sizes_from_consecutive_seeds() -> None:
+    data = synthetic_jpegs(3, ((40, 30), (30, 40)), seed=7, quality=80)
+    assert [Image.open(io.BytesIO(d)).size for d in data] == [(40, 30), (30, 40), (40, 30)]
+    assert data[2] == encode(synthetic_image(40, 30, 9), "JPEG", quality=80)
+
+
 # ---- the fast path (crop-window resize, fused normalize): close to the exact path, never far ----
 
 FAST = DecodeOptions(fast_transform=True)
 
 
 def _jpeg_bytes(width: int, height: int, seed: int = 4) -> bytes:
-    buffer = io.BytesIO()
-    synthetic_image(width, height, seed).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+    return synthetic_jpegs(1, ((width, height),), seed)[0]
 
 
 @pytest.mark.parametrize("size", [(500, 375), (375, 500), (1280, 960), (320, 240), (257, 1000), (640, 640)])

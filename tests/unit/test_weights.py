@@ -17,8 +17,10 @@ from resserve.errors import WeightsError
 from resserve.models.resnet import build_resnet
 from resserve.models.weights import (
     TorchvisionWeights,
+    cached_torchvision_weights,
     fetch_torchvision_weights,
     load_model,
+    load_model_or_fallback,
     parse_torchvision_name,
     read_state_dict,
 )
@@ -108,6 +110,34 @@ def test_download_verifies_the_sha256_prefix(file_server: tuple[str, Path], monk
     with pytest.raises(WeightsError, match="expected a prefix of 00000000"):
         fetch_torchvision_weights(bad, directory=tmp_path / "dl")
     assert list((tmp_path / "dl").iterdir()) == []  # nothing unverified is kept
+
+
+def test_downloaded_weights_are_looked_for_in_resserves_cache_then_torch_hubs(tmp_path: Path) -> None:
+    entry = parse_torchvision_name("torchvision:ResNet18_Weights.IMAGENET1K_V1")
+    assert cached_torchvision_weights(entry) is None
+    hub_copy = tmp_path / "hub" / "checkpoints" / entry.file_name
+    hub_copy.parent.mkdir(parents=True)
+    hub_copy.write_bytes(b"placeholder")
+    assert cached_torchvision_weights(entry) == hub_copy
+    ours = tmp_path / "cache" / "weights" / entry.file_name
+    ours.parent.mkdir(parents=True)
+    ours.write_bytes(b"placeholder")
+    assert cached_torchvision_weights(entry) == ours
+    assert cached_torchvision_weights(entry, directory=tmp_path / "elsewhere") == hub_copy
+
+
+def test_fallback_to_random_weights_only_when_asked_and_announced(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    absent = tmp_path / "absent.pth"
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_model_or_fallback("resnet18", absent, seed=2)
+    with caplog.at_level(logging.WARNING):
+        loaded, fell_back = load_model_or_fallback("resnet18", absent, seed=2, fallback_random=True, what="model m")
+    assert fell_back and loaded.source.is_random and loaded.source.seed == 2
+    assert f"model m: cannot use weights {absent}" in caplog.text and "RANDOM weights" in caplog.text
+    small_checkpoint(tmp_path / "ok.pth")
+    loaded, fell_back = load_model_or_fallback("resnet18", tmp_path / "ok.pth", fallback_random=True)
+    assert not fell_back and loaded.source.kind == "file" and loaded.num_classes == 10
 
 
 def test_pth_file_with_fine_tuned_head(tmp_path: Path) -> None:
