@@ -140,6 +140,8 @@ async def start_models(state: AppState, names: list[str], builds: BuildSource | 
             elif kind == "failed":
                 error = event.get("error") or RuntimeError(str(event.get("reason", "the build failed")))
                 states.set(name, "FAILED", reason=record_load_failure(state, name, error))
+            if not states.pending():  # all settled: ready now, not once the build process has exited
+                state.started = True
         for name in states.pending():
             why = RuntimeError("the build process ended before building this model")
             states.set(name, "FAILED", reason=record_load_failure(state, name, why))
