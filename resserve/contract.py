@@ -6,7 +6,6 @@ exported ONNX metadata and in the model config, and followed by the server's pre
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -52,15 +51,6 @@ class PreprocessContract(BaseModel):
     def crop_wh(self) -> tuple[int, int]:
         """Crop width and height."""
         return self.crop_size if isinstance(self.crop_size, tuple) else (self.crop_size, self.crop_size)
-
-    def input_shape(self, batch: int | str = "N") -> tuple[int | str, ...]:
-        """The model input shape this contract produces."""
-        w, h = self.crop_wh
-        return (batch, 3, h, w) if self.layout == "NCHW" else (batch, h, w, 3)
-
-    def to_json(self) -> str:
-        """Compact JSON for ONNX metadata."""
-        return json.dumps(self.model_dump(mode="json"), separators=(",", ":"))
 
 
 def imagenet_contract(resize_size: int = 256, crop_size: int = 224) -> PreprocessContract:

@@ -63,4 +63,4 @@ def test_contract_rejects_bad_values() -> None:
     with pytest.raises(ValidationError, match="Extra inputs"):
         PreprocessContract(colour="RGB")  # type: ignore[call-arg]
     exact = PreprocessContract(resize_mode="exact", resize_size=(320, 240), crop_size=(300, 200), layout="NHWC")
-    assert exact.input_shape(2) == (2, 200, 300, 3)
+    assert exact.crop_wh == (300, 200)
