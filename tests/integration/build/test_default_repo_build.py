@@ -17,7 +17,7 @@ from resserve.build.pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.repository import ModelRepository
 
-SHIPPED = Path(__file__).parents[2] / "model_repo"
+SHIPPED = Path(__file__).parents[3] / "model_repo"
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import torch
 
 from resserve.models.resnet import ARCHS, build_resnet
 
-REFERENCE = json.loads((Path(__file__).parents[1] / "fixtures" / "torchvision_reference.json").read_text())
+REFERENCE = json.loads((Path(__file__).parents[2] / "fixtures" / "torchvision_reference.json").read_text())
 
 # The counts the issue states, independent of the fixture.
 EXPECTED_PARAMS = {

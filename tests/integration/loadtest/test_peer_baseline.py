@@ -17,7 +17,7 @@ from resserve.contract import PreprocessContract
 from resserve.preprocess import preprocess
 from server_harness import jpeg, wait_until_ready
 
-LOADTESTS = Path(__file__).parents[2] / "loadtests"
+LOADTESTS = Path(__file__).parents[3] / "loadtests"
 
 
 @pytest.fixture(scope="module")
