@@ -188,25 +188,28 @@ def _exit_with_parent() -> None:
 
 
 def _build_with_events(builder: Any, names: list[str], force: bool) -> int:
-    """``build --events``: every model in turn, each one's failure its own; 1 if any failed."""
+    """``build --events``: every model in turn, each one's failure its own; 1 if any failed.
+
+    The events go to the real stdout, whatever redirects ``sys.stdout`` (Rich's live displays do);
+    the server logs one line per step, so its terminal shows no spinner drawn over its log lines.
+    """
+    import sys
+
     _exit_with_parent()
-    display = make_console(stderr=True)
+    events_out = sys.__stdout__
+    assert events_out is not None
 
     def emit(name: str, event: str, **fields: str) -> None:
-        print(json.dumps({"model": name, "event": event, **fields}), flush=True)
+        events_out.write(json.dumps({"model": name, "event": event, **fields}) + "\n")
+        events_out.flush()
 
     failed = 0
     for name in names:
         def step(message: str, name: str = name) -> None:
-            emit(name, "step", message=message)
-            log.info("%s", message)
+            emit(name, "step", message=message)  # the server logs it, one line per step
 
         try:
-            if display.is_terminal:
-                with display.status(f"[bold]{name}[/]: checking", spinner="dots") as status:
-                    builder.build(name, force=force, progress=lambda m, s=status: (s.update(m), step(m)))
-            else:
-                builder.build(name, force=force, progress=step)
+            builder.build(name, force=force, progress=step)
         except Exception as exc:  # one model's failure is its own; the server says why
             log.error("model %s: build failed: %s", name, exc, exc_info=exc)
             emit(name, "failed", reason=f"{type(exc).__name__}: {exc}")

@@ -134,7 +134,7 @@ async def start_models(state: AppState, names: list[str], builds: BuildSource | 
             if kind == "step":
                 states.set(name, "BUILDING", step=without_paths_under(str(event.get("message", "")),
                                                                       state.repository.root))
-                log.info("model %s: %s", name, states.get(name).step)  # type: ignore[union-attr]
+                log.info("build: %s", states.get(name).step)  # type: ignore[union-attr]
             elif kind == "done":
                 await _load(state, name)
             elif kind == "failed":
