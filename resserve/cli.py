@@ -63,10 +63,10 @@ def _parse_image_size(text: str) -> tuple[int, int]:
 
 @app.command()
 def export(
-    arch: Annotated[str, typer.Argument(help="resnet18 ... wide_resnet101_2")],
+    arch: Annotated[str, typer.Argument(help="resnet18 ... wide_resnet101_2 (torchvision), resnet50d, seresnet50, resnetrs50 ... (timm)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write")],
     weights: Annotated[
-        str | None, typer.Option(help=".pth/.safetensors file or torchvision:<Enum>.<MEMBER>")
+        str | None, typer.Option(help=".pth/.safetensors file, torchvision:<Enum>.<MEMBER> or timm:<model>.<tag>")
     ] = None,
     random_weights: Annotated[bool, typer.Option(help="seeded random init (tests, throughput)")] = False,
     seed: Annotated[int, typer.Option(help="seed for random weights and parity inputs")] = 0,

@@ -50,11 +50,21 @@ def _build_spec(section: BaseModel, engine: str, reduced: bool) -> dict[str, Any
     return spec
 
 
+# Weights given by name rather than by file: fetched into a cache, never relative to a model folder.
+WEIGHTS_NAME_PREFIXES = ("torchvision:", "timm:")
+
+
+def is_weights_name(weights: str) -> bool:
+    """Whether ``weights`` names published weights (``torchvision:...``, ``timm:...``), not a file."""
+    return weights.startswith(WEIGHTS_NAME_PREFIXES)
+
+
 class SourceConfig(_Strict):
     """Where the model comes from: an architecture and weights, or an ONNX file."""
 
-    arch: str | None = Field(None, description="resnet18 ... wide_resnet101_2")
-    weights: str | None = Field(None, description=".pth/.safetensors path or torchvision:<Enum>.<MEMBER>")
+    arch: str | None = Field(None, description="resnet18 ... wide_resnet101_2; timm's resnet50d, seresnet50, resnetrs50 ...")
+    weights: str | None = Field(
+        None, description=".pth/.safetensors path, torchvision:<Enum>.<MEMBER> or timm:<model>.<tag>")
     random_weights: bool = False
     seed: int = 0
     fallback_random: bool = Field(

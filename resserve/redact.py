@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from resserve.config import ModelConfig
+from resserve.config import ModelConfig, is_weights_name
 
 _ABSOLUTE = re.compile(r"^(/|~|\\\\|[A-Za-z]:[\\/])")  # POSIX, home, UNC, drive letter
 
@@ -33,8 +33,8 @@ def without_paths(value: Any) -> Any:
 
 
 def weights_name(source: str) -> str:
-    """A weights source as shown: ``torchvision:...`` ids and descriptions as they are, files by name."""
-    return source if source.startswith("torchvision:") else file_name(source)
+    """A weights source as shown: ``torchvision:``/``timm:`` names and descriptions as they are, files by name."""
+    return source if is_weights_name(source) else file_name(source)
 
 
 def public_config(config: ModelConfig) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from resserve import __version__
 from resserve.build.variants import compile_variant
-from resserve.config import ModelConfig
+from resserve.config import ModelConfig, is_weights_name
 from resserve.contract import imagenet_contract
 from resserve.engines.factory import resolve_variant
 from resserve.errors import ConfigError
@@ -66,8 +66,7 @@ class BuildPipeline:
         digest.update(config.source.model_dump_json().encode())
         digest.update(__version__.encode())
         source = config.source
-        local = source.onnx or (source.weights if source.weights and not source.weights.startswith("torchvision:")
-                                else None)
+        local = source.onnx or (source.weights if source.weights and not is_weights_name(source.weights) else None)
         if local:
             path = self._source_path(config.name, local)
             if not path.is_file():
@@ -177,7 +176,7 @@ class BuildPipeline:
             ) from exc
         assert source.arch is not None  # the config validator guarantees arch or onnx
         weights = source.weights
-        if weights and not weights.startswith("torchvision:"):
+        if weights and not is_weights_name(weights):
             weights = str(self._source_path(config.name, weights))
         loaded, fell_back = load_model_or_fallback(
             source.arch, weights, random_weights=source.random_weights, seed=source.seed,
@@ -191,12 +190,12 @@ class BuildPipeline:
 
 
 def _weights_obtainable(config: ModelConfig) -> bool:
-    """Whether the configured torchvision weights file now sits in a local cache."""
+    """Whether the configured torchvision or timm weights file now sits in a local cache."""
     weights = config.source.weights or ""
-    if not weights.startswith("torchvision:"):
+    if not is_weights_name(weights):
         return False
     try:
-        from resserve.models.weights import cached_torchvision_weights, parse_torchvision_name
+        from resserve.models.weights import cached_named_weights
     except ImportError:  # no torch: nothing can be loaded from them anyway
         return False
-    return cached_torchvision_weights(parse_torchvision_name(weights)) is not None
+    return cached_named_weights(weights) is not None

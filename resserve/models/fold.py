@@ -48,8 +48,8 @@ def fold_batchnorms(model: nn.Module) -> tuple[nn.Module, int]:
     """A copy of ``model`` with each ``Conv2d`` directly followed by a ``BatchNorm2d`` folded.
 
     "Directly followed" means registration order inside one parent module (``conv1``/``bn1``,
-    ``downsample.0``/``downsample.1``), which is how torchvision's ResNets (and most CNNs) are
-    written; the BatchNorm becomes ``nn.Identity``. Returns the copy and the number of folds.
+    ``downsample.0``/``downsample.1``), which is how torchvision's and timm's ResNets (and most
+    CNNs) are written, a ``Sequential`` ending in a ``Conv2d`` counting as that conv; the BatchNorm becomes ``nn.Identity``. Returns the copy and the number of folds.
     The model must be in eval mode: folding a training-mode BatchNorm would change the function.
     """
     if model.training:
@@ -59,13 +59,27 @@ def fold_batchnorms(model: nn.Module) -> tuple[nn.Module, int]:
     for parent in folded.modules():
         names = list(parent._modules)
         for first, second in itertools.pairwise(names):
-            conv, bn = parent._modules[first], parent._modules[second]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                parent._modules[first] = fold_conv_bn(conv, bn)
+            owner, name = _last_conv(parent, first)
+            bn = parent._modules[second]
+            if owner is not None and isinstance(bn, nn.BatchNorm2d):
+                owner._modules[name] = fold_conv_bn(owner._modules[name], bn)  # type: ignore[arg-type]
                 parent._modules[second] = nn.Identity()
                 count += 1
     remaining = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
     if remaining:
         raise ExportError(f"{remaining} BatchNorm layers do not directly follow a Conv2d and were not folded")
     return folded, count
+
+
+def _last_conv(parent: nn.Module, name: str) -> tuple[nn.Module | None, str]:
+    """The module holding the ``Conv2d`` that ``parent.<name>`` ends in, and its name there.
+
+    Either the child itself, or the last module of a ``Sequential`` child, recursively: timm's
+    deep stem is ``conv1 = Sequential(..., Conv2d)`` followed by ``bn1`` on the parent.
+    """
+    child = parent._modules[name]
+    while isinstance(child, nn.Sequential) and len(child):
+        parent, name = child, list(child._modules)[-1]
+        child = parent._modules[name]
+    return (parent, name) if isinstance(child, nn.Conv2d) else (None, name)
 

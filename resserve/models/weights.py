@@ -1,4 +1,4 @@
-"""Where model weights come from: a local file, a torchvision weights name, or a seeded random init.
+"""Where model weights come from: a local file, a torchvision or timm weights name, or a seeded random init.
 
 Every path ends in a model in eval mode plus a :class:`WeightsSource` saying what was loaded,
 which the exporter records in the ONNX metadata so a served model always says whether its
@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,7 +19,10 @@ from torch import nn
 from resserve.contract import PreprocessContract, imagenet_contract
 from resserve.errors import WeightsError
 from resserve.files import sha256_file
-from resserve.models.resnet import ARCHS, BasicBlock, Bottleneck, ResNet, build_resnet
+from resserve.models.download import check_sha256, download_verified
+from resserve.models.registry import ARCH_NAMES, build_model
+from resserve.models.timm_weights import PREFIX as TIMM_PREFIX
+from resserve.models.timm_weights import cached_timm_weights, fetch_timm_weights, parse_timm_name
 from resserve.synthetic import synthetic_batch
 
 log = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ _ENUM_NAMES = {
 class WeightsSource:
     """What the model's weights are, for metadata, logs and responses."""
 
-    kind: Literal["file", "torchvision", "random"]
+    kind: Literal["file", "torchvision", "timm", "random"]
     description: str
     sha256: str | None = None
     seed: int | None = None
@@ -111,13 +110,13 @@ class LoadedModel:
     """A model ready for export, with its provenance and preprocessing contract."""
 
     arch: str
-    model: ResNet
+    model: nn.Module  # a torchvision- or timm-layout ResNet: both end in ``fc``
     source: WeightsSource
     contract: PreprocessContract
 
     @property
     def num_classes(self) -> int:
-        return self.model.fc.out_features
+        return self.model.fc.out_features  # type: ignore[union-attr,return-value]
 
 
 def cache_dir() -> Path:
@@ -162,37 +161,14 @@ def fetch_torchvision_weights(weights: TorchvisionWeights, directory: Path | Non
     if found is not None:
         _verify_prefix(found, weights)
         return found
-    directory.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s to %s", weights.url, target)
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".part", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-        try:
-            with urllib.request.urlopen(weights.url, timeout=30) as response:
-                shutil.copyfileobj(response, tmp)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            tmp.close()
-            tmp_path.unlink(missing_ok=True)
-            raise WeightsError(
-                f"could not download {weights.url} ({exc}). Offline? Place the file "
-                f"{weights.file_name} (sha256 starting {weights.sha256_prefix}) at {target}, "
-                f"or pass --weights /path/to/{weights.file_name}"
-            ) from exc
-    try:
-        _verify_prefix(tmp_path, weights)
-    except WeightsError:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    tmp_path.replace(target)
-    return target
+    hint = (f"Place the file {weights.file_name} (sha256 starting {weights.sha256_prefix}) at {target}, "
+            f"or pass --weights /path/to/{weights.file_name}")
+    return download_verified(weights.url, target, lambda digest: check_sha256(digest, weights.sha256_prefix, target, prefix=True),
+                             offline_hint=hint)
 
 
 def _verify_prefix(path: Path, weights: TorchvisionWeights) -> None:
-    digest = sha256_file(path)
-    if not digest.startswith(weights.sha256_prefix):
-        raise WeightsError(
-            f"{path} has sha256 {digest[:16]}..., expected a prefix of {weights.sha256_prefix}: "
-            "the file is damaged or not the official one; delete it and fetch again"
-        )
+    check_sha256(sha256_file(path), weights.sha256_prefix, path, prefix=True)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -252,7 +228,7 @@ HEAD_COMPONENTS = 4
 HEAD_IMAGES = 96
 
 
-def randomize(model: ResNet, seed: int, batches: int = 2, batch_size: int = 16, image_size: int = 224) -> None:
+def randomize(model: nn.Module, seed: int, batches: int = 2, batch_size: int = 16, image_size: int = 224) -> None:
     """Seeded random weights that give input-dependent, stable, image-sensitive logits.
 
     BatchNorm affine parameters are drawn away from (1, 0) so folding is really exercised, the
@@ -270,7 +246,7 @@ def randomize(model: ResNet, seed: int, batches: int = 2, batch_size: int = 16, 
                 m.reset_running_stats()
                 m.momentum = None  # cumulative average over the calibration batches
         for m in model.modules():
-            last = m.bn3 if isinstance(m, Bottleneck) else m.bn2 if isinstance(m, BasicBlock) else None
+            last = _last_residual_batchnorm(m)
             if last is not None:
                 last.weight.mul_(RESIDUAL_SCALE)
         model.train()
@@ -283,7 +259,16 @@ def randomize(model: ResNet, seed: int, batches: int = 2, batch_size: int = 16, 
         _fit_head(model, gen, seed, image_size)
 
 
-def _fit_head(model: ResNet, gen: torch.Generator, seed: int, image_size: int) -> None:
+def _last_residual_batchnorm(module: nn.Module) -> nn.BatchNorm2d | None:
+    """The BatchNorm ending a residual branch (``bn3`` of a bottleneck, ``bn2`` of a basic block,
+    in both families' blocks, which are the modules holding a ``downsample``), else None."""
+    if not hasattr(module, "downsample"):
+        return None
+    last = getattr(module, "bn3", None) or getattr(module, "bn2", None)
+    return last if isinstance(last, nn.BatchNorm2d) else None
+
+
+def _fit_head(model: nn.Module, gen: torch.Generator, seed: int, image_size: int) -> None:
     """A random head over the standardized leading principal components of the pooled features.
 
     Pooled ReLU features share a large positive mean; through a random head that common part
@@ -292,7 +277,8 @@ def _fit_head(model: ResNet, gen: torch.Generator, seed: int, image_size: int) -
     picture rather than to noise, as a trained head's are.
     """
     features: list[torch.Tensor] = []
-    hook = model.avgpool.register_forward_hook(lambda _m, _i, out: features.append(torch.flatten(out, 1)))
+    fc: nn.Linear = model.fc  # type: ignore[assignment]
+    hook = fc.register_forward_pre_hook(lambda _m, args: features.append(args[0]))
     try:
         for start in range(0, HEAD_IMAGES, 32):
             model(torch.from_numpy(synthetic_batch(32, image_size, seed=seed * 1000 + 999 + start)))
@@ -303,10 +289,10 @@ def _fit_head(model: ResNet, gen: torch.Generator, seed: int, image_size: int) -
     _u, singular, vt = torch.linalg.svd(feats - mean, full_matrices=False)
     k = min(HEAD_COMPONENTS, feats.shape[0] - 1)
     spread = singular[:k] / (feats.shape[0] - 1) ** 0.5
-    classes = torch.randn(model.fc.out_features, k, generator=gen, dtype=torch.float64) * (3.0 / k**0.5)
+    classes = torch.randn(fc.out_features, k, generator=gen, dtype=torch.float64) * (3.0 / k**0.5)
     weight = (classes / spread) @ vt[:k]
-    model.fc.weight.copy_(weight.float())
-    model.fc.bias.copy_((-(weight @ mean)).float())
+    fc.weight.copy_(weight.float())
+    fc.bias.copy_((-(weight @ mean)).float())
 
 
 def load_model(
@@ -319,21 +305,21 @@ def load_model(
 ) -> LoadedModel:
     """Build ``arch`` and fill it from exactly one weights source.
 
-    ``weights`` is a path to ``.pth``/``.safetensors`` or ``torchvision:<Enum>.<MEMBER>``;
-    ``random_weights`` asks for the seeded init instead. ``num_classes`` defaults to the
-    checkpoint's head size (fine-tuned heads), or 1,000.
+    ``weights`` is a path to ``.pth``/``.safetensors``, ``torchvision:<Enum>.<MEMBER>`` or
+    ``timm:<model>.<tag>``; ``random_weights`` asks for the seeded init instead. ``num_classes``
+    defaults to the checkpoint's head size (fine-tuned heads), or 1,000.
     """
-    if arch not in ARCHS:
-        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    if arch not in ARCH_NAMES:
+        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCH_NAMES)}")
     if (weights is None) == (not random_weights):
-        raise WeightsError("give exactly one of --weights PATH|torchvision:NAME or --random-weights")
+        raise WeightsError("give exactly one of --weights PATH|torchvision:NAME|timm:NAME or --random-weights")
     torch.manual_seed(seed)
     if random_weights:
-        model = build_resnet(arch, num_classes or 1000)
+        model = build_model(arch, num_classes or 1000)
         randomize(model, seed)
         log.warning(
             "%s uses seeded RANDOM weights (seed %d): predictions are meaningless; "
-            "for real ones pass --weights torchvision:... or a .pth/.safetensors file",
+            "for real ones pass --weights torchvision:..., timm:... or a .pth/.safetensors file",
             arch,
             seed,
         )
@@ -341,23 +327,55 @@ def load_model(
         return LoadedModel(arch, model, source, imagenet_contract())
 
     contract = imagenet_contract()
+    kind: Literal["file", "torchvision", "timm"] = "file"
     if isinstance(weights, str) and weights.startswith("torchvision:"):
         entry = parse_torchvision_name(weights)
         if entry.arch != arch:
             raise WeightsError(f"{weights} are weights for {entry.arch}, not {arch}")
         path = fetch_torchvision_weights(entry)
-        contract = entry.contract
-        kind: Literal["file", "torchvision"] = "torchvision"
+        contract, kind = entry.contract, "torchvision"
         description = f"torchvision:{_enum_of(arch)}.{entry.name}"
+    elif isinstance(weights, str) and weights.startswith(TIMM_PREFIX):
+        timm_entry = parse_timm_name(weights)
+        if timm_entry.arch != arch:
+            raise WeightsError(f"{weights} are weights for {timm_entry.arch}, not {arch}")
+        path = fetch_timm_weights(timm_entry, cache_dir() / "timm")
+        contract, kind = timm_entry.contract, "timm"
+        description = f"{TIMM_PREFIX}{timm_entry.name}"
     else:
         path = Path(weights)  # type: ignore[arg-type]
-        kind, description = "file", str(path)
+        description = str(path)
     state = read_state_dict(path)
     head = state.get("fc.weight")
-    model = build_resnet(arch, num_classes or (head.shape[0] if head is not None else 1000))
+    model = build_model(arch, num_classes or (head.shape[0] if head is not None else 1000), timm=kind == "timm")
     load_state_dict_strict(model, state, f"{path} (loaded as {arch})")
     model.eval()
     return LoadedModel(arch, model, WeightsSource(kind, description, sha256=sha256_file(path)), contract)
+
+
+def cached_named_weights(weights: str) -> Path | None:
+    """The already downloaded file for a ``torchvision:`` or ``timm:`` name, or None (not verified)."""
+    try:
+        if weights.startswith("torchvision:"):
+            return cached_torchvision_weights(parse_torchvision_name(weights))
+        if weights.startswith(TIMM_PREFIX):
+            found = cached_timm_weights(parse_timm_name(weights), cache_dir() / "timm")
+            return None if found is None else found[0]
+    except WeightsError:
+        return None
+    return None
+
+
+def named_weights_contract(weights: str) -> PreprocessContract | None:
+    """The preprocessing a ``torchvision:`` or ``timm:`` weights name was trained with, offline."""
+    try:
+        if weights.startswith("torchvision:"):
+            return parse_torchvision_name(weights).contract
+        if weights.startswith(TIMM_PREFIX):
+            return parse_timm_name(weights).contract
+    except WeightsError:
+        return None
+    return None
 
 
 def load_model_or_fallback(
@@ -382,7 +400,11 @@ def load_model_or_fallback(
             raise
         log.warning("%scannot use weights %s (%s); using seeded RANDOM weights instead",
                     f"{what}: " if what else "", weights, exc)
-        return load_model(arch, random_weights=True, seed=seed, num_classes=num_classes), True
+        loaded = load_model(arch, random_weights=True, seed=seed, num_classes=num_classes)
+        # Serve with the preprocessing of the weights asked for, so a later rebuild with the real
+        # ones changes the numbers the model holds, not what clients must send.
+        loaded.contract = named_weights_contract(str(weights)) or loaded.contract
+        return loaded, True
 
 
 def _enum_of(arch: str) -> str:

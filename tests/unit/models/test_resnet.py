@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_weights import reference_input, seeded_state_dict
 
 from resserve.models.resnet import ARCHS, build_resnet
 
@@ -49,20 +50,6 @@ def test_state_dict_keys_and_shapes_equal_torchvision(arch: str) -> None:
     assert ours == REFERENCE["archs"][arch]["state_dict"]
 
 
-def seeded_state_dict(shapes: dict[str, list[int]], seed: int) -> dict[str, torch.Tensor]:
-    """Tensors with these keys and shapes, seeded as in make_torchvision_reference.py."""
-    gen = torch.Generator().manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
-    for key, shape in shapes.items():
-        if key.endswith("num_batches_tracked"):
-            out[key] = torch.tensor(0, dtype=torch.long)
-        elif key.endswith("running_var"):
-            out[key] = torch.rand(shape, generator=gen) + 0.5
-        else:
-            out[key] = torch.randn(shape, generator=gen) * 0.05
-    return out
-
-
 def test_torchvision_layout_state_dict_loads_strict() -> None:
     model = build_resnet("resnet50")
     state = seeded_state_dict(REFERENCE["archs"]["resnet50"]["state_dict"], seed=3)
@@ -77,7 +64,7 @@ def test_logits_equal_torchvision_for_the_same_weights(arch: str) -> None:
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     model.load_state_dict(seeded_state_dict(shapes, seed=0), strict=True)
     model.eval()
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    x = reference_input()
     with torch.no_grad():
         ours = model(x)
     reference = torch.tensor(REFERENCE["logits"][arch])
