@@ -99,20 +99,26 @@ def export(
 @app.command()
 def optimize(
     src: Annotated[Path, typer.Argument(help="ONNX file resserve did not export")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="folded ONNX file to write")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="optimized ONNX file to write")],
     check_parity: Annotated[bool, typer.Option(help="compare outputs with the source graph")] = True,
+    require_folded: Annotated[bool, typer.Option(
+        help="fail, naming the nodes, if any Conv is still followed by per-channel arithmetic")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
 ) -> None:
-    """Fold BatchNorm and per-channel affine ops into convolutions of a third-party ONNX graph."""
+    """Fold BatchNorm and per-channel arithmetic into the convolutions of a third-party ONNX graph,
+    through nop Casts and the NHWC<->NCHW Transposes converters wrap around them, and report it."""
     from resserve.build.onnx_fold import optimize_onnx
 
     try:
-        stats = optimize_onnx(src, output, check_parity=check_parity)
+        report = optimize_onnx(src, output, check_parity=check_parity, require_folded=require_folded)
     except ResserveError as exc:
         raise _fail(exc) from exc
-    console.print(
-        f"wrote {output}: folded {stats.batchnorm} BatchNormalization, {stats.affine} Mul/Add/Sub/Div, "
-        f"removed {stats.transposes} Transpose and {stats.identities} Identity over constants"
-    )
+    if as_json:
+        typer.echo(json.dumps({"output": str(output)} | report.as_dict()))
+        return
+    console.print(f"wrote {output}", highlight=False)
+    for line in report.lines():
+        console.print(line, markup=False, highlight=False)
 
 
 @app.command()

@@ -37,8 +37,9 @@ def unfolded_onnx(resnet18_random: LoadedModel, tmp_path_factory: pytest.TempPat
 def test_optimize_folds_every_batchnorm_with_parity(unfolded_onnx: Path, tmp_path: Path,
                                                      resnet18_random: LoadedModel) -> None:
     out = tmp_path / "folded.onnx"
-    stats = optimize_onnx(unfolded_onnx, out)
-    assert stats.batchnorm == 20
+    report = optimize_onnx(unfolded_onnx, out, require_folded=True)
+    assert report.removed == {"BatchNormalization": 20} and report.convs_folded == 20
+    assert not report.unfolded
     model = onnx.load(str(out))
     assert not [n for n in model.graph.node if n.op_type == "BatchNormalization"]
     assert read_metadata(out).folded
@@ -53,7 +54,9 @@ def test_cli_optimize(unfolded_onnx: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.onnx"
     result = CliRunner().invoke(app, ["optimize", str(unfolded_onnx), "--output", str(out)])
     assert result.exit_code == 0, result.output
-    assert "folded 20 BatchNormalization" in " ".join(result.output.split())
+    lines = result.output.splitlines()
+    assert lines[1:3] == ["convs folded: 20 of 20", "nodes: 69 -> 49; removed 20 BatchNormalization"]
+    assert "pass resserve fold_into_convs: -20 BatchNormalization" in lines
     assert not [n for n in onnx.load(str(out)).graph.node if n.op_type in ("BatchNormalization", "Identity")]
 
 

@@ -10,13 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from resserve.build.onnx_fold import (
-    FoldStats,
-    _input_shape,
-    compare_onnx_outputs,
-    fold_graph,
-    optimize_onnx,
-)
+from resserve.build.onnx_fold import OptimizeReport, compare_onnx_outputs, fold_graph, optimize_onnx
+from resserve.build.onnx_fold.parity import _input_shape
 from resserve.errors import ExportError, ParityError
 
 RNG_SEED = 1234
@@ -46,7 +41,7 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     return session.run(None, feeds)
 
 
-def _fold_and_compare(model: onnx.ModelProto, shape=(2, C_IN, 6, 5)) -> tuple[onnx.ModelProto, FoldStats]:
+def _fold_and_compare(model: onnx.ModelProto, shape=(2, C_IN, 6, 5)) -> tuple[onnx.ModelProto, OptimizeReport]:
     """Fold, run the checker, and assert every output matches the original (rtol 1e-5 of max|out|)."""
     before = model.SerializeToString()
     folded, stats = fold_graph(model)
@@ -97,9 +92,10 @@ def test_conv_batchnorm_relu_folds(bias: bool, group: int) -> None:
     model = _model(
         [conv, bn, relu], [_tensor("x", [2, C_IN, 6, 5])], [_tensor("y", None)], conv_inits + bn_inits
     )
-    folded, stats = _fold_and_compare(model)
+    folded, report = _fold_and_compare(model)
     assert _ops(folded) == ["Conv", "Relu"]
-    assert stats == FoldStats(batchnorm=1) and stats.total() == 1
+    assert report.removed == {"BatchNormalization": 1} and report.convs_folded == report.convs == 1
+    assert not report.unfolded
     # BN parameters are gone; only the folded weight and bias remain.
     assert len(folded.graph.initializer) == 2
     assert folded.graph.node[0].output[0] == "b"
@@ -113,9 +109,11 @@ def test_batchnorm_parameters_behind_identity_nodes_fold() -> None:
     ident = helper.make_node("Identity", ["bn_scale"], ["bn_scale_alias"])
     bn.input[1] = "bn_scale_alias"
     model = _model([ident, conv, bn], [_tensor("x", [2, C_IN, 6, 5])], [_tensor("y", None)], conv_inits + bn_inits)
-    folded, stats = _fold_and_compare(model)
+    folded, report = _fold_and_compare(model)
     assert _ops(folded) == ["Conv"]
-    assert stats == FoldStats(batchnorm=1, identities=1)
+    assert report.removed == {"BatchNormalization": 1, "Identity": 1}
+    assert {p.name: p.removed for p in report.passes if p.removed} == {
+        "eliminate_identity": {"Identity": 1}, "fold_into_convs": {"BatchNormalization": 1}}
 
 
 def test_tf_style_mul_add_folds_fully() -> None:
@@ -127,9 +125,9 @@ def test_tf_style_mul_add_folds_fully() -> None:
     ]
     nodes = [conv, helper.make_node("Mul", ["c", "m"], ["cm"]), helper.make_node("Add", ["a", "cm"], ["y"])]
     model = _model(nodes, [_tensor("x", [2, C_IN, 6, 5])], [_tensor("y", [2, C_OUT, 6, 5])], inits)
-    folded, stats = _fold_and_compare(model)
+    folded, report = _fold_and_compare(model)
     assert _ops(folded) == ["Conv"]
-    assert stats.affine == 2 and stats.batchnorm == 0
+    assert report.removed == {"Add": 1, "Mul": 1} and report.convs_folded == 1
     assert [o.name for o in folded.graph.output] == ["y"]
 
 
@@ -145,9 +143,9 @@ def test_batchnorm_then_affine_chain_and_scalar() -> None:
         helper.make_node("Add", ["bs", "one"], ["y"]),
     ]
     model = _model(nodes, [_tensor("x", [2, C_IN, 6, 5])], [_tensor("y", None)], inits)
-    folded, stats = _fold_and_compare(model)
+    folded, report = _fold_and_compare(model)
     assert _ops(folded) == ["Conv"]
-    assert stats == FoldStats(batchnorm=1, affine=2)
+    assert report.removed == {"Add": 1, "BatchNormalization": 1, "Mul": 1}
 
 
 @pytest.mark.parametrize(
@@ -165,9 +163,9 @@ def test_sub_div_from_constant_nodes(op: str, conv_first: bool) -> None:
         [_tensor("y", None)],
         inits,
     )
-    folded, stats = _fold_and_compare(model)
+    folded, report = _fold_and_compare(model)
     assert _ops(folded) == ["Conv"], "the orphaned Constant node must be removed too"
-    assert stats.affine == 1
+    assert report.removed == {"Constant": 1, op: 1}
 
 
 def test_constant_value_float_and_conv_weight_from_constant_node() -> None:
@@ -180,8 +178,8 @@ def test_constant_value_float_and_conv_weight_from_constant_node() -> None:
         helper.make_node("Sub", ["k", "c"], ["y"]),
     ]
     model = _model(nodes, [_tensor("x", [2, C_IN, 6, 5])], [_tensor("y", None)])
-    folded, stats = _fold_and_compare(model)
-    assert _ops(folded) == ["Conv"] and stats.affine == 1
+    folded, report = _fold_and_compare(model)
+    assert _ops(folded) == ["Conv"] and report.removed == {"Constant": 2, "Sub": 1}
 
 
 def test_div_constant_by_conv_is_not_folded() -> None:
@@ -194,8 +192,9 @@ def test_div_constant_by_conv_is_not_folded() -> None:
         [_tensor("y", None)],
         inits,
     )
-    folded, stats = _fold_and_compare(model)
-    assert _ops(folded) == ["Conv", "Div"] and stats.total() == 0
+    folded, report = _fold_and_compare(model)
+    assert _ops(folded) == ["Conv", "Div"] and report.removed == {} and report.convs_folded == 0
+    assert not report.unfolded, "k / conv is not affine in the conv output: nothing to fold"
 
 
 def test_vector_constant_broadcasting_along_width_is_not_folded() -> None:
@@ -205,9 +204,9 @@ def test_vector_constant_broadcasting_along_width_is_not_folded() -> None:
     inits += [_init("m", rng.uniform(0.5, 2, C_OUT)), _init("a", rng.standard_normal(C_OUT))]
     nodes = [conv, helper.make_node("Mul", ["c", "m"], ["cm"]), helper.make_node("Add", ["cm", "a"], ["y"])]
     model = _model(nodes, [_tensor("x", [2, C_IN, 6, C_OUT])], [_tensor("y", None)], inits)
-    folded, stats = _fold_and_compare(model, shape=(2, C_IN, 6, C_OUT))
+    folded, report = _fold_and_compare(model, shape=(2, C_IN, 6, C_OUT))
     assert _ops(folded) == ["Conv", "Mul", "Add"]
-    assert stats.total() == 0
+    assert report.removed == {} and not report.unfolded
 
 
 def test_rank5_constant_is_not_folded() -> None:
@@ -220,8 +219,8 @@ def test_rank5_constant_is_not_folded() -> None:
         [_tensor("y", [1, 2, C_OUT, 6, 5])],
         inits,
     )
-    folded, stats = _fold_and_compare(model)
-    assert _ops(folded) == ["Conv", "Mul"] and stats.total() == 0
+    folded, report = _fold_and_compare(model)
+    assert _ops(folded) == ["Conv", "Mul"] and report.removed == {} and not report.unfolded
 
 
 def test_nhwc_input_with_softmax_head() -> None:
@@ -246,9 +245,9 @@ def test_nhwc_input_with_softmax_head() -> None:
         helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
     ]
     model = _model(nodes, [_tensor("x", None, ["N", 9, 7, 3])], [_tensor("probs", ["N", 10])], inits)
-    folded, stats = _fold_and_compare(model, shape=(2, 9, 7, 3))
+    folded, report = _fold_and_compare(model, shape=(2, 9, 7, 3))
     assert _ops(folded) == ["Transpose", "Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm", "Softmax"]
-    assert stats == FoldStats(affine=2)
+    assert report.removed == {"Add": 1, "Mul": 1}
     dims = folded.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["N", 9, 7, 3]
     # With symbolic H/W the parity helper must still build an NHWC input (2, 224, 224, 3).
@@ -274,23 +273,27 @@ def _transpose_model(second_perm: list[int]) -> onnx.ModelProto:
 
 
 def test_cancelling_transpose_pair_is_removed() -> None:
-    folded, stats = _fold_and_compare(_transpose_model([0, 3, 1, 2]))
+    folded, report = _fold_and_compare(_transpose_model([0, 3, 1, 2]))
     assert _ops(folded) == ["Conv", "Relu"]
-    assert stats == FoldStats(transposes=2)
+    assert report.removed == {"Transpose": 2}
     assert not folded.graph.value_info, "value_info of removed tensors must be dropped"
 
 
-def test_non_cancelling_transpose_pair_is_kept() -> None:
-    folded, stats = _fold_and_compare(_transpose_model([0, 2, 3, 1]))
-    assert _ops(folded).count("Transpose") == 2 and stats.total() == 0
+def test_non_cancelling_transpose_pair_is_merged() -> None:
+    folded, report = _fold_and_compare(_transpose_model([0, 2, 3, 1]))
+    # One Transpose with the composed perm, pushed below the Relu to the graph output.
+    assert _ops(folded) == ["Conv", "Relu", "Transpose"] and report.removed == {"Transpose": 1}
+    assert list(folded.graph.node[2].attribute[0].ints) == [0, 3, 1, 2]
+    assert folded.graph.node[2].output[0] == "y"
 
 
 def test_transpose_pair_feeding_graph_output_is_kept() -> None:
     model = _transpose_model([0, 3, 1, 2])
     del model.graph.node[-1]
     model.graph.output[0].name = "t2"
-    folded, stats = _fold_and_compare(model)
-    assert _ops(folded).count("Transpose") == 2 and stats.total() == 0
+    folded, report = _fold_and_compare(model)
+    assert _ops(folded) == ["Conv"] and report.removed == {"Transpose": 2}
+    assert folded.graph.node[0].output[0] == "t2", "the graph output keeps its name"
 
 
 def test_conv_with_two_consumers_is_not_folded() -> None:
@@ -299,8 +302,10 @@ def test_conv_with_two_consumers_is_not_folded() -> None:
     bn, bn_inits = _bn(rng, "bn", "c", "b")
     nodes = [conv, bn, helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Add", ["b", "r"], ["y"])]
     model = _model(nodes, [_tensor("x", [2, C_IN, 6, 5])], [_tensor("y", None)], inits + bn_inits)
-    folded, stats = _fold_and_compare(model)
-    assert "BatchNormalization" in _ops(folded) and stats.total() == 0
+    folded, report = _fold_and_compare(model)
+    assert "BatchNormalization" in _ops(folded) and report.removed == {}
+    assert [str(u) for u in report.unfolded] == [
+        "BatchNormalization 'bn' after Conv 'conv': the Conv's output is also read by other nodes"]
 
 
 def test_conv_output_that_is_a_graph_output_is_not_folded() -> None:
@@ -313,8 +318,9 @@ def test_conv_output_that_is_a_graph_output_is_not_folded() -> None:
         [_tensor("c", None), _tensor("y", None)],
         inits + bn_inits,
     )
-    folded, stats = _fold_and_compare(model)
-    assert _ops(folded) == ["Conv", "BatchNormalization"] and stats.total() == 0
+    folded, report = _fold_and_compare(model)
+    assert _ops(folded) == ["Conv", "BatchNormalization"] and report.removed == {}
+    assert [(u.node, u.reason) for u in report.unfolded] == [("bn", "the Conv's output is also read by other nodes")]
 
 
 def test_shared_weight_with_two_batchnorms() -> None:
@@ -327,8 +333,9 @@ def test_shared_weight_with_two_batchnorms() -> None:
     model = _model(
         nodes, [_tensor("x", [2, C_IN, 6, 5])], [_tensor("y", None)], inits + bn_a_inits + bn_b_inits
     )
-    folded, stats = _fold_and_compare(model)
-    assert _ops(folded) == ["Conv", "Conv", "Add"] and stats.batchnorm == 2
+    folded, report = _fold_and_compare(model)
+    assert _ops(folded) == ["Conv", "Conv", "Add"] and report.removed == {"BatchNormalization": 2}
+    assert report.convs_folded == 2
     weights = {n.input[1] for n in folded.graph.node if n.op_type == "Conv"}
     assert len(weights) == 2, "each conv needs its own folded weight"
     assert len(folded.graph.initializer) == 4
@@ -365,8 +372,9 @@ def test_optimize_onnx_end_to_end(tmp_path: Path) -> None:
     helper.set_model_props(model, {"producer.note": "kept"})
     src, dst = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(model, str(src))
-    stats = optimize_onnx(src, dst)
-    assert stats == FoldStats(batchnorm=2)
+    report = optimize_onnx(src, dst)
+    assert report.removed == {"BatchNormalization": 2} and report.convs_folded == 2
+    assert report.parity_rel_max_diff is not None and report.parity_rel_max_diff <= 1e-4
     saved = onnx.load(str(dst))
     onnx.checker.check_model(saved, full_check=True)
     props = {p.key: p.value for p in saved.metadata_props}
