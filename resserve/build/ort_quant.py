@@ -121,6 +121,33 @@ def _save_with_metadata(model: onnx.ModelProto, source: onnx.ModelProto, dst: Pa
     onnx.save(model, str(dst))
 
 
+# A convolution reading the image with this few weights per output channel stays fp32.
+STEM_FAN_IN_FP32 = 27
+
+
+def _kept_fp32(model: onnx.ModelProto) -> list[str]:
+    """Nodes the quantizer leaves in fp32, by name.
+
+    The classifier head (see resserve.build.openvino: same reason), and a narrow convolution on
+    the image itself: the 3x3 on 3 channels that starts ResNet-D's and ResNet-RS's deep stem.
+    With 27 weights per channel and one u8 range over all image channels, that layer alone
+    broke int8 agreement on ResNet-D (docs/engines-and-precision.md, int8 and the deep stem); it
+    is a fraction of a percent of the network's operations. ResNet-B's 7x7 stem (147 weights
+    per channel) quantizes well and stays int8.
+    """
+    image = _image_input(model)
+    weights = {t.name: t.dims for t in model.graph.initializer}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type in ("Gemm", "MatMul"):
+            kept.append(node.name)
+        elif node.op_type == "Conv" and node.input[0] == image and len(node.input) > 1:
+            dims = weights.get(node.input[1])
+            if dims is not None and int(np.prod(dims[1:])) <= STEM_FAN_IN_FP32:
+                kept.append(node.name)
+    return kept
+
+
 def _stride(chunks: int) -> int:
     """Largest chunk count <= CHUNKS_PER_COLLECT dividing ``chunks`` (ORT requires a divisor)."""
     return max(s for s in range(1, min(CHUNKS_PER_COLLECT, chunks) + 1) if chunks % s == 0)
@@ -185,9 +212,7 @@ def quantize_int8(
                 calibrate_method=_METHODS[method],
                 calibration_providers=["CPUExecutionProvider"],
                 extra_options={"CalibStridedMinMax": _stride(len(reader))},
-                # The classifier head stays fp32 (see resserve.build.openvino: same reason).
-                nodes_to_exclude=[n.name for n in onnx.load(str(prepared)).graph.node
-                                  if n.op_type in ("Gemm", "MatMul")],
+                nodes_to_exclude=_kept_fp32(onnx.load(str(prepared))),
             )
             quantized = onnx.load(str(quantized_path))
         except Exception as exc:

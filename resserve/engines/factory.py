@@ -23,6 +23,7 @@ from resserve.engines.base import Engine, PixelInput
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
 from resserve.engines.select import resolve_engine
 from resserve.errors import ConfigError, EngineUnavailableError
+from resserve.metadata import read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,10 @@ def open_engine(variant: Variant, config: ModelConfig, folder: Path, pixels: Pix
         from resserve.engines.torch_engine import TorchEngine
 
         assert config.source.arch is not None
+        width, height = read_metadata(folder / "model.onnx").preprocess.crop_wh
         engine = TorchEngine(config.source.arch, artifact, num_classes=config.source.num_classes,
                              device="cuda" if config.device in ("cuda", "tensorrt") else "cpu",
-                             precision=variant.precision)  # type: ignore[arg-type]
+                             precision=variant.precision, input_size=(height, width))  # type: ignore[arg-type]
     else:
         raise EngineUnavailableError(f"unknown engine {variant.engine!r}")
     engine.load()

@@ -60,6 +60,7 @@ class TorchEngine(Engine):
         cuda_graphs: bool = False,
         graph_batch_sizes: Sequence[int] = DEFAULT_GRAPH_BATCH_SIZES,
         random_weights_seed: int | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> None:
         if (weights_path is None) == (random_weights_seed is None):
             raise ConfigError("TorchEngine needs exactly one of weights_path or random_weights_seed")
@@ -85,6 +86,8 @@ class TorchEngine(Engine):
         self.cuda_graphs = cuda_graphs
         self.graph_batch_sizes = tuple(sorted(set(graph_batch_sizes)))
         self.random_weights_seed = random_weights_seed
+        # (H, W) the server preprocesses to: a weights file alone does not say (timm's test sizes).
+        self.input_size = input_size
         self._model: Any = None
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}  # size -> (graph, static input, static output)
         self._pool: Any = None
@@ -136,7 +139,7 @@ class TorchEngine(Engine):
         self._model = model
         self._graphs, self._pool = {}, None
         width, height = loaded.contract.crop_wh
-        self._input_hw = (height, width)
+        self._input_hw = self.input_size or (height, width)
         self._classes = loaded.num_classes
         self._facts = {
             "arch": self.arch, "weights": loaded.source.description,

@@ -1,21 +1,16 @@
 """timm weights by name: downloaded from a Hub with the advertised sha256 verified, cached, reused
-from huggingface_hub's cache, and a clear error offline.
-
-The Hub here is a real HTTP server on 127.0.0.1 answering as huggingface.co does: the resolve URL
-redirects (302) to the file's bytes and carries the file's sha256 in ``X-Linked-Etag``.
-"""
+from huggingface_hub's cache, and a clear error offline (the Hub: tests/fake_hub.py, a real HTTP
+server on 127.0.0.1)."""
 
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+from fake_hub import Hub, serve_hub
 from safetensors.torch import save_file
 
 from resserve.errors import WeightsError
@@ -26,14 +21,6 @@ from resserve.models.weights import cached_named_weights, load_model, load_model
 NAME = "resnet18d.ra2_in1k"
 
 
-@dataclass
-class Hub:
-    url: str
-    files: dict[str, bytes] = field(default_factory=dict)  # repo id -> model.safetensors bytes
-    advertised: dict[str, str | None] = field(default_factory=dict)  # repo id -> X-Linked-Etag override
-    requests: list[str] = field(default_factory=list)
-
-
 @pytest.fixture(autouse=True)
 def isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESSERVE_CACHE_DIR", str(tmp_path / "cache"))
@@ -42,54 +29,9 @@ def isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
-    state = Hub("")
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _answer(self, body: bool) -> None:
-            state.requests.append(f"{self.command} {self.path}")
-            if self.path.startswith("/blobs/"):
-                data = next((d for d in state.files.values() if hashlib.sha256(d).hexdigest() == self.path[7:]), None)
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(data)
-                return
-            repo = self.path.removeprefix("/").removesuffix("/resolve/main/model.safetensors")
-            if repo not in state.files:
-                self.send_error(404)
-                return
-            digest = hashlib.sha256(state.files[repo]).hexdigest()
-            self.send_response(302)
-            self.send_header("Location", f"/blobs/{digest}")
-            etag = state.advertised.get(repo, digest)
-            if etag is not None:
-                self.send_header("X-Linked-Etag", f'"{etag}"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def do_HEAD(self) -> None:
-            self._answer(body=False)
-
-        def do_GET(self) -> None:
-            self._answer(body=True)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("HF_ENDPOINT", state.url)
-    try:
+    with serve_hub() as state:
+        monkeypatch.setenv("HF_ENDPOINT", state.url)
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def checkpoint_bytes(tmp_path: Path, classes: int = 10) -> bytes:
