@@ -63,8 +63,9 @@ def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
 class GraphState:
     """Nodes, constants and use lists of one graph, rebuilt by :meth:`reindex` after each edit."""
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
+    def __init__(self, graph: onnx.GraphProto, opsets: dict[str, int] | None = None) -> None:
         self.graph = graph
+        self.opsets = opsets or {"": 17}  # what the graph's nodes mean: the model's opset_import
         self.nodes: list[onnx.NodeProto] = list(graph.node)
         self.inits: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
         # Initializers listed as graph inputs are overridable defaults, not constants.

@@ -7,6 +7,9 @@ afterwards (resserve's own passes rename tensors, and a stale shape would mislea
 Not taken, though present: ``fuse_bn_into_conv`` and ``fuse_add_bias_into_conv`` (0.4.2) leave
 the folded weight as graph arithmetic (Sqrt, Div, Mul, Unsqueeze... per BatchNorm) that only a
 later constant-folding pass turns into a tensor; :mod:`conv_affine` folds numerically instead.
+``fuse_pad_into_pool`` moves a zero Pad into a MaxPool, which pads with -inf: equal only for
+inputs known to be >= 0. ``fuse_pad_into_conv`` reads ``pads`` as covering every axis, so it is
+not run on a graph with an opset-18 Pad that names its ``axes``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ CLEANUP_PASSES: dict[str, frozenset[str]] = {
     "eliminate_nop_dropout": frozenset({"Dropout"}),
     "eliminate_nop_transpose": frozenset({"Transpose"}),
     "fuse_consecutive_transposes": frozenset({"Transpose"}),
+    "fuse_pad_into_conv": frozenset({"Pad"}),
 }
 # Run once before and once after everything else.
 SWEEP_PASSES = ("eliminate_deadend", "eliminate_unused_initializer")
@@ -38,8 +42,14 @@ def _with_types(model: onnx.ModelProto) -> onnx.ModelProto:
         return model  # without types eliminate_nop_cast keeps every Cast: safe, merely less
 
 
+def _pads_some_axes(model: onnx.ModelProto) -> bool:
+    return any(n.op_type == "Pad" and len(n.input) > 3 and n.input[3] for n in model.graph.node)
+
+
 def run_pass(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     """Apply one onnxoptimizer pass and return the new model (``model`` is not mutated)."""
+    if name == "fuse_pad_into_conv" and _pads_some_axes(model):
+        return model
     typed = _with_types(model) if name == "eliminate_nop_cast" else model
     try:
         optimized = onnxoptimizer.optimize(typed, [name])

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
+from resserve.build.onnx_fold.constants import fold_constants
 from resserve.build.onnx_fold.conv_affine import fold_into_convs
 from resserve.build.onnx_fold.graph import GraphState
 from resserve.build.onnx_fold.library import CLEANUP_PASSES, LIBRARY, SWEEP_PASSES, run_pass
@@ -23,6 +24,7 @@ _FOLDED_KEY = "resserve.folded"
 # A round is every pass once; one round usually reaches the fixed point, a second confirms it.
 _MAX_ROUNDS = 8
 _OWN_PASSES: tuple[tuple[str, Callable[[GraphState], int]], ...] = (
+    ("fold_constants", fold_constants),
     ("push_transposes", push_transposes),
     ("fold_into_convs", fold_into_convs),
 )
@@ -31,7 +33,7 @@ _OWN_PASSES: tuple[tuple[str, Callable[[GraphState], int]], ...] = (
 def _own_pass(model: onnx.ModelProto, run: Callable[[GraphState], int]) -> tuple[onnx.ModelProto, int]:
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    state = GraphState(result.graph)
+    state = GraphState(result.graph, {o.domain: o.version for o in result.opset_import})
     rewrites = run(state)
     state.write_back()
     return result, rewrites

@@ -62,7 +62,7 @@ def _one_rewrite(state: GraphState) -> bool:
         elif is_op(node, "Flatten", "Reshape"):
             if _skip_unit_transpose(state, node):
                 return True
-        elif is_op(node, *UNARY_OPS, *BROADCAST_OPS, *REDUCE_OPS) and len(node.output) == 1:
+        elif is_op(node, *UNARY_OPS, *BROADCAST_OPS, *REDUCE_OPS, "Pad") and len(node.output) == 1:
             if _push_below(state, node):
                 return True
     return False
@@ -124,7 +124,7 @@ def _cancel_or_merge(state: GraphState, second: onnx.NodeProto) -> bool:
 def _push_below(state: GraphState, node: onnx.NodeProto) -> bool:
     """Rewrite ``node(T(x), ...)`` as ``T(node(x, ...))`` when every data input is so transposed."""
     data_slots = [i for i, name in enumerate(node.input) if name and not state.is_const(name)]
-    if not data_slots or (node.op_type in UNARY_OPS | REDUCE_OPS and data_slots != [0]):
+    if not data_slots or (node.op_type in UNARY_OPS | REDUCE_OPS | {"Pad"} and data_slots != [0]):
         return False
     feeders = [_feeding_transpose(state, node.input[i]) for i in data_slots]
     if any(f is None for f in feeders):
@@ -137,6 +137,8 @@ def _push_below(state: GraphState, node: onnx.NodeProto) -> bool:
         return False  # the new Transpose below would add one: not worth it
     if node.op_type in REDUCE_OPS:
         below = _reduced(state, node, perm)
+    elif node.op_type == "Pad":
+        below = _padded(state, node, perm)
     else:
         below = _elementwise(state, node, perm)
     if below is None:
@@ -184,6 +186,35 @@ def _elementwise(
     inner = _renamed_copy(state, node)
     for slot, name in constants.items():
         inner.input[slot] = name
+    return inner, [_transpose(state, inner.output[0], node.output[0], perm)]
+
+
+def _padded(
+    state: GraphState, node: onnx.NodeProto, perm: list[int]
+) -> tuple[onnx.NodeProto, list[onnx.NodeProto]] | None:
+    """``Pad(T(x), pads)`` as ``T(Pad(x, pads'))``: each axis's widths move with the axis.
+
+    Every mode (constant, reflect, edge, wrap) pads each axis on its own, so only the widths move;
+    a Pad naming its ``axes`` (opset 18) is left alone.
+    """
+    rank = len(perm)
+    if len(node.input) > 3 and node.input[3]:
+        return None
+    from_input = len(node.input) > 1 and bool(node.input[1])
+    attr = attribute(node, "pads")
+    pads = state.const(node.input[1]) if from_input else None if attr is None else np.asarray(attr.ints)
+    if pads is None or pads.size != 2 * rank:
+        return None
+    begin, end = pads.reshape(-1)[:rank], pads.reshape(-1)[rank:]
+    moved = np.zeros(2 * rank, dtype=np.int64)
+    for axis, source in enumerate(perm):
+        moved[source], moved[rank + source] = begin[axis], end[axis]
+    inner = _renamed_copy(state, node)
+    if from_input:
+        inner.input[1] = state.add_const(moved, f"{node.input[1]}_nchw")
+    else:
+        inner.attribute.remove(attribute(inner, "pads"))
+        inner.attribute.append(helper.make_attribute("pads", [int(v) for v in moved]))
     return inner, [_transpose(state, inner.output[0], node.output[0], perm)]
 
 

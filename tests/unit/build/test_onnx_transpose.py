@@ -253,3 +253,31 @@ def test_a_transpose_at_the_graph_output_moves_there_and_keeps_the_name() -> Non
     folded, report = _optimize(model)
     assert [n.op_type for n in folded.graph.node] == ["Conv", "Relu", "Sigmoid", "Transpose"]
     assert folded.graph.node[-1].output[0] == "y" and report.removed == {} and report.added == {}
+
+
+def test_a_pad_in_nhwc_moves_its_widths_with_the_axes() -> None:
+    # tf2onnx's ZeroPadding2D before a max pool: Transpose(NHWC) -> Pad -> Transpose(NCHW) -> MaxPool.
+    rng = np.random.default_rng(8)
+    n1, i1 = _conv(rng, "conv1", "x", "c1")
+    pads = numpy_helper.from_array(np.array([0, 1, 2, 0, 0, 3, 4, 0], dtype=np.int64), "pads")
+    nodes = [*n1, _transpose("c1", "t", NHWC), helper.make_node("Relu", ["t"], ["r"]),
+             helper.make_node("Pad", ["r", "pads"], ["p"], mode="constant"),
+             _transpose("p", "u", NCHW), helper.make_node("MaxPool", ["u"], ["y"], kernel_shape=[3, 3], strides=[2, 2])]
+    model = _model(nodes, [_value("x", [2, C, 6, 5])], [_value("y")], [*i1, pads])
+    folded, report = _optimize(model)
+    assert [n.op_type for n in folded.graph.node] == ["Conv", "Relu", "Pad", "MaxPool"]
+    moved = next(t for t in folded.graph.initializer if t.name == folded.graph.node[2].input[1])
+    assert numpy_helper.to_array(moved).tolist() == [0, 0, 1, 2, 0, 0, 3, 4]
+    assert report.removed == {"Transpose": 2}
+
+
+def test_a_pad_that_names_its_axes_is_left_alone() -> None:
+    rng = np.random.default_rng(9)
+    n1, i1 = _conv(rng, "conv1", "x", "c1")
+    consts = [numpy_helper.from_array(np.array([1, 2, 3, 4], dtype=np.int64), "pads"),
+              numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "axes")]
+    nodes = [*n1, _transpose("c1", "t", NHWC), helper.make_node("Pad", ["t", "pads", "", "axes"], ["p"]),
+             _transpose("p", "u", NCHW), helper.make_node("Relu", ["u"], ["y"])]
+    model = _model(nodes, [_value("x", [2, C, 6, 5])], [_value("y")], [*i1, *consts], opset=18)
+    folded, report = _optimize(model)
+    assert _ops(folded) == _ops(model) and report.removed == {}
