@@ -130,8 +130,8 @@ def _kept_fp32(model: onnx.ModelProto) -> list[str]:
 
     The classifier head (see resserve.build.openvino: same reason), and a narrow convolution on
     the image itself: the 3x3 on 3 channels that starts ResNet-D's and ResNet-RS's deep stem.
-    With 27 weights per channel and one u8 range over all image channels, that layer alone
-    broke int8 agreement on ResNet-D (docs/engines-and-precision.md, int8 and the deep stem); it
+    Quantized, that layer alone broke int8 agreement on ResNet-D on an AVX2 CPU, where u8 x s8
+    products are summed in 16 bits (docs/engines-and-precision.md, int8 and the deep stem); it
     is a fraction of a percent of the network's operations. ResNet-B's 7x7 stem (147 weights
     per channel) quantizes well and stays int8.
     """

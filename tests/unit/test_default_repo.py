@@ -29,3 +29,9 @@ def test_default_model_uses_official_weights_with_an_announced_fallback() -> Non
     config = load_model_config(REPO / "resnet50" / "config.yaml")
     assert config.source.weights == "torchvision:ResNet50_Weights.IMAGENET1K_V2"
     assert config.source.fallback_random and config.engine == "onnxruntime" and config.precision == "fp32"
+
+
+def test_timm_example_names_timm_weights_and_their_preprocessing() -> None:
+    config = load_model_config(REPO / "resnet50d" / "config.yaml")
+    assert config.source.arch == "resnet50d" and config.source.weights == "timm:resnet50d.ra2_in1k"
+    assert config.source.fallback_random and config.preprocess is None  # the weights' own contract

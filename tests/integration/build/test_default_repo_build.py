@@ -25,6 +25,7 @@ def test_every_shipped_variant_builds_reports_accuracy_and_serves(tmp_path: Path
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESSERVE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("RESSERVE_WEIGHTS_BASE_URL", "http://127.0.0.1:9/models")  # offline, as CI is
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # timm's weights: offline too
     root = tmp_path / "model_repo"
     root.mkdir()
     for config in SHIPPED.glob("*/config.yaml"):

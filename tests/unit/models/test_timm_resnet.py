@@ -173,3 +173,11 @@ def test_a_checkpoint_of_another_architecture_is_named(tmp_path: Path) -> None:
 def test_weights_for_another_arch_are_refused() -> None:
     with pytest.raises(WeightsError, match="timm:resnet50.a1_in1k are weights for resnet50, not resnet50d"):
         load_model("resnet50d", "timm:resnet50.a1_in1k")
+
+
+def test_readme_lists_every_architecture_with_its_parameter_count() -> None:
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    for arch in ARCH_NAMES:
+        with torch.device("meta"):
+            params = sum(p.numel() for p in build_model(arch).parameters()) / 1e6
+        assert f"| `{arch}` |" in readme and f"| {params:.1f} |" in readme.split(f"| `{arch}` |")[1].split("\n")[0]
