@@ -172,8 +172,9 @@ def time_pair(source: Path, optimized: Path, batch: int, threads: int, rounds: i
             sessions[name].run(None, feed)
             times[name].append((time.perf_counter() - start) * 1000)
     source_ms, optimized_ms = (statistics.median(times[n]) for n in ("source", "optimized"))
+    spread = {f"{n}_p10_p90_ms": [round(q, 2) for q in np.percentile(times[n], [10, 90])] for n in times}
     return {"batch": batch, "source_ms": round(source_ms, 2), "optimized_ms": round(optimized_ms, 2),
-            "speedup": round(source_ms / optimized_ms, 3), "runs_each": rounds}
+            "speedup": round(source_ms / optimized_ms, 3), "runs_each": rounds} | spread
 
 
 def _cpu_name() -> str:
