@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -267,6 +268,12 @@ def serve(
     model: Annotated[list[str] | None, typer.Option(help="serve only these models")] = None,
     shutdown_delay_s: Annotated[float, typer.Option(help="stay up, not ready, this long after SIGTERM")] = 0.0,
     build_missing: Annotated[bool | None, typer.Option(help="build missing or stale models at start")] = None,
+    model_file: Annotated[Path | None, typer.Option(
+        help="serve this ONNX file (or the one *.onnx in this folder) as one model, built into --work-dir; "
+             "KServe's onnx format")] = None,
+    model_name: Annotated[str | None, typer.Option(help="the --model-file's model name (default: its stem)")] = None,
+    work_dir: Annotated[Path | None, typer.Option(
+        help="where --model-file's repository is written (default: $TMPDIR/resserve-repo)")] = None,
 ) -> None:
     """Serve the repository's models over HTTP (OIP v2 + /classify + /metrics).
 
@@ -277,6 +284,17 @@ def serve(
     from resserve.config import ServerSettings
     from resserve.server.serve import run_server
 
+    if model_file is not None:
+        if model_repo is not None:
+            raise _fail(ResserveError("give --model-repo or --model-file, not both"))
+        from resserve.model_file import find_onnx, one_model_repository
+
+        try:
+            name = model_name or find_onnx(model_file).stem
+            model_repo = one_model_repository(model_file, name, work_dir or Path(tempfile.gettempdir()) / "resserve-repo")
+        except ResserveError as exc:
+            raise _fail(exc) from exc
+        build_missing, model = True, [name]
     given = {"model_repo": model_repo, "host": host, "port": port, "models": model or None,
              "build_missing": build_missing}
     try:
