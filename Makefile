@@ -48,10 +48,12 @@ bench: install
 image-smoke: install
 	bash deploy/container/smoke.sh
 
-# Render every kustomize overlay and validate it offline against the Kubernetes schemas.
+# Render every kustomize overlay and validate it offline against the Kubernetes schemas (KServe's
+# objects against KServe's CRD schemas, deploy/kserve/schemas).
 k8s-validate: install
 	for overlay in deploy/overlays/cpu deploy/overlays/gpu deploy/monitoring; do \
 	  kubectl kustomize $$overlay | $(BIN)/kubernetes-validate --strict --quiet - || exit 1; done
+	kubectl kustomize deploy/kserve | $(BIN)/python deploy/kserve/validate_kserve.py -
 
 clean:
 	rm -rf $(VENV) $(MODEL_REPO)/*/[0-9]*/ .pytest_cache
