@@ -60,7 +60,9 @@ def big_png() -> bytes:
 
 def test_peak_memory_of_the_worst_requests(model_onnx: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    write_model(repo, "r18", model_onnx, dynamic_batching={"max_queue_size": 64})
+    # A memory test, not a deadline test: 64 decodes of 40 M pixels outlast the default 30 s
+    # deadline on 2 busy cores.
+    write_model(repo, "r18", model_onnx, dynamic_batching={"max_queue_size": 64, "default_timeout_ms": 300_000})
     with server_process(repo, tmp_path) as server:
         pid, url = server.process.pid, server.url
         try:
