@@ -228,6 +228,8 @@ class ServerSettings(BaseSettings):
     model_repo: Path = Path("model_repo")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int | None = Field(
+        None, ge=0, le=65535, description="serve OIP v2 over gRPC on this port too (Triton's 8001); default: off")
     models: list[str] | None = Field(None, description="load only these models (default: all)")
     preprocess_threads: int | None = Field(None, ge=1, description="default: the cores")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)

@@ -32,6 +32,12 @@ class Metrics:
         self.images = Counter(
             "resserve_http_images_total", "Images classified or rejected, by outcome",
             ["model", "status"], registry=r)
+        self.grpc_requests = Counter(
+            "resserve_grpc_requests_total", "gRPC calls by method, model and status code",
+            ["method", "model", "code"], registry=r)
+        self.grpc_duration = Histogram(
+            "resserve_grpc_request_duration_seconds", "gRPC call duration, receipt to answer",
+            ["method", "model", "code"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.in_flight = Gauge(
             "resserve_http_in_flight_requests", "Requests received and not yet answered", registry=r)
         self.decode = Histogram(

@@ -58,6 +58,12 @@ class RunningServer:
         self.metrics = metrics
         self.app = app
 
+    @property
+    def grpc_target(self) -> str:
+        """host:port of the gRPC server (``settings.grpc_port`` must be set)."""
+        assert self.settings.grpc_port, "start the server with ServerSettings(grpc_port=free_port())"
+        return f"127.0.0.1:{self.settings.grpc_port}"
+
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         value = self.metrics.registry.get_sample_value(name, labels or {})
         return 0.0 if value is None else value

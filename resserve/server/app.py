@@ -72,10 +72,18 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         # The port opens now; models build and load behind it, each served once ready.
         starting = asyncio.create_task(start_models(state, order, builds), name="start-models")
         log.info("resserve %s listening; starting %s", __version__, ", ".join(order))
+        grpc_server = None
+        if settings.grpc_port is not None:
+            from resserve.server.oip_grpc.server import GrpcServer  # grpcio only where gRPC is on
+
+            grpc_server = GrpcServer(state)
+            await grpc_server.start()
         try:
             yield
         finally:
             state.draining = True
+            if grpc_server is not None:  # its calls in flight finish before the queues drain
+                await grpc_server.stop(settings.graceful_shutdown_s)
             if builds is not None:
                 builds.stop()
             starting.cancel()

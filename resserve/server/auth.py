@@ -42,21 +42,13 @@ def presented_keys(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
     return found
 
 
-class ApiKeyMiddleware:
-    """Answer 401 (``WWW-Authenticate: Bearer``, JSON ``{"error": ...}``) unless a configured key is given."""
+class ApiKeys:
+    """The configured keys as digests, and the constant-time check every protocol uses."""
 
-    def __init__(self, app: ASGIApp, keys: Sequence[str], auth_health: bool = False,
-                 auth_metrics: bool = False, control_has_token: bool = True) -> None:
+    def __init__(self, keys: Sequence[str]) -> None:
         if not keys or any(not key.strip() for key in keys):
-            raise ValueError("ApiKeyMiddleware needs at least one key and no blank ones")
-        self.app = app
+            raise ValueError("API keys: at least one key and no blank ones")
         self._digests = [hashlib.sha256(key.encode()).digest() for key in keys]
-        self._open = frozenset((set() if auth_health else set(HEALTH_PATHS))
-                               | (set() if auth_metrics else {METRICS_PATH}))
-        self._control_open = control_has_token
-
-    def _exempt(self, path: str) -> bool:
-        return path in self._open or (self._control_open and path.startswith(CONTROL_PREFIX))
 
     def _valid(self, key: bytes) -> bool:
         digest = hashlib.sha256(key).digest()
@@ -65,18 +57,40 @@ class ApiKeyMiddleware:
             matched |= hmac.compare_digest(digest, known)
         return matched
 
+    def accepts(self, presented: Sequence[bytes]) -> bool:
+        """Whether any presented key is configured; every one is checked, whatever the first says."""
+        valid = [self._valid(key) for key in presented]
+        return any(valid)
+
+
+def missing_key_message(presented: Sequence[bytes]) -> str:
+    return ("the API key is not valid" if presented else
+            "this endpoint needs an API key: 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+
+
+class ApiKeyMiddleware:
+    """Answer 401 (``WWW-Authenticate: Bearer``, JSON ``{"error": ...}``) unless a configured key is given."""
+
+    def __init__(self, app: ASGIApp, keys: Sequence[str], auth_health: bool = False,
+                 auth_metrics: bool = False, control_has_token: bool = True) -> None:
+        self.app = app
+        self._keys = ApiKeys(keys)
+        self._open = frozenset((set() if auth_health else set(HEALTH_PATHS))
+                               | (set() if auth_metrics else {METRICS_PATH}))
+        self._control_open = control_has_token
+
+    def _exempt(self, path: str) -> bool:
+        return path in self._open or (self._control_open and path.startswith(CONTROL_PREFIX))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or self._exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
         given = presented_keys(scope["headers"])
-        valid = [self._valid(key) for key in given]  # all of them, whatever the first says
-        if any(valid):
+        if self._keys.accepts(given):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # before accept: the server answers 403
             return
-        message = ("the API key is not valid" if given else
-                   "this endpoint needs an API key: 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-        await error_response(401, message, CHALLENGE)(scope, receive, send)
+        await error_response(401, missing_key_message(given), CHALLENGE)(scope, receive, send)

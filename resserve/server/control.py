@@ -21,18 +21,22 @@ from resserve.server.state import AppState, get_state
 router = APIRouter()
 
 
-def authorize(request: Request) -> AppState:
-    """The app state, if this request may use the control endpoints."""
-    state = get_state(request)
+def check_control(state: AppState, authorization: str) -> None:
+    """Raise unless an ``Authorization`` value (HTTP header or gRPC metadata) may use repository control."""
     token = state.settings.control_token
     if token is None:
         if not state.settings.allow_repository_control:
             raise ForbiddenError("repository control is disabled: set RESSERVE_CONTROL_TOKEN to enable it")
-        return state
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
+        return
+    scheme, _, given = authorization.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
         raise UnauthorizedError("repository control needs 'Authorization: Bearer <token>'")
+
+
+def authorize(request: Request) -> AppState:
+    """The app state, if this request may use the control endpoints."""
+    state = get_state(request)
+    check_control(state, request.headers.get("authorization", ""))
     return state
 
 
@@ -54,7 +58,11 @@ def _json(body: Any, status: int = 200) -> Response:
 @router.post("/v2/repository/index")
 async def index(request: Request) -> Response:
     """Every model in the repository with its state."""
-    state = authorize(request)
+    return _json(await repository_index(authorize(request)))
+
+
+async def repository_index(state: AppState) -> list[dict[str, str]]:
+    """Every model of the repository: name, version, state and, where not ready, the reason."""
     loaded = {m.name: m for m in state.manager.loaded()}
     entries = []
     for name in state.repository.names():
@@ -77,13 +85,18 @@ async def index(request: Request) -> Response:
         else:
             entries.append({"name": name, "version": versions[-1] if versions else "", "state": "UNAVAILABLE",
                             "reason": failed or ("not loaded" if versions else "not built")})
-    return _json(entries)
+    return entries
 
 
 @router.post("/v2/repository/models/{name}/load")
 async def load(request: Request, name: str) -> Response:
     """Load or reload a model (its newest built version); in-flight requests are not lost."""
-    state = authorize(request)
+    await load_model(authorize(request), name)
+    return _json({})
+
+
+async def load_model(state: AppState, name: str) -> None:
+    """Load or reload ``name``; a failure is recorded and raised as its own kind of error."""
     if name not in state.repository.names():
         raise ModelNotFoundError(f"no model {name!r} in the repository")
     try:
@@ -92,13 +105,15 @@ async def load(request: Request, name: str) -> Response:
         reason = record_load_failure(state, name, exc)
         raise _load_error(exc, f"model {name} failed to load: {reason}") from exc
     state.failed.pop(name, None)
-    return _json({})
 
 
 @router.post("/v2/repository/models/{name}/unload")
 async def unload(request: Request, name: str) -> Response:
     """Stop serving a model after its queued requests finish."""
-    state = authorize(request)
+    await unload_model(authorize(request), name)
+    return _json({})
+
+
+async def unload_model(state: AppState, name: str) -> None:
     await state.manager.unload(name)
     state.failed.pop(name, None)
-    return _json({})

@@ -188,6 +188,51 @@ def parse_infer_request(
     return InferRequest(request_id, inputs, outputs, binary_output, parameters)
 
 
+def decode_tensor(name: str, datatype: str, shape: Sequence[int], *, raw: bytes | None = None,
+                  values: Sequence[Any] | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS,
+                  max_images: int | None = None) -> InputTensor:
+    """One input as gRPC carries it: raw bytes in the binary framing (``raw_input_contents``), or
+    typed values (numbers; for BYTES the byte strings). The same checks as a JSON header's input,
+    shape and size first."""
+    what = f"input '{name}'"
+    if not name:
+        raise InvalidRequestError("an input needs a non-empty name")
+    if datatype not in DATATYPES:
+        raise InvalidRequestError(f"{what}: datatype {datatype!r} is not supported ({', '.join(DATATYPES)})")
+    dims = _shape([int(d) for d in shape], what)
+    spec = _InputSpec(name, datatype, dims, math.prod(dims), None if raw is None else len(raw), values)
+    if spec.count > max_elements:
+        raise InvalidRequestError(f"{what}: shape {_fmt(dims)} has {spec.count} elements, more than the limit "
+                                  f"of {max_elements}")
+    if max_images is not None and (images := _images(spec)) > max_images:
+        raise TooManyImagesError(f"{what}: shape {_fmt(dims)} declares {images} images; at most {max_images} "
+                                 f"per request (max_images_per_request)")
+    if raw is not None:
+        return InputTensor(name, datatype, dims, _decode_binary(spec, memoryview(raw)))
+    if datatype == BYTES:
+        items = [bytes(v) for v in values or ()]
+        _check_count(what, spec, len(items))
+        return InputTensor(name, datatype, dims, items)
+    return InputTensor(name, datatype, dims, _decode_json(_InputSpec(name, datatype, dims, spec.count, None,
+                                                                     list(values or ()))))
+
+
+def raw_bytes(out: OutputTensor) -> bytes:
+    """An output in the binary framing: little-endian numbers, or length-prefixed BYTES elements."""
+    count = math.prod(int(d) for d in out.shape)
+    if out.datatype == BYTES:
+        items = list(out.data)
+        if len(items) != count or not all(isinstance(b, bytes) for b in items):
+            raise ValueError(f"output {out.name!r}: shape {_fmt(out.shape)} needs {count} bytes objects")
+        return b"".join(_LENGTH.pack(len(b)) + b for b in items)
+    if out.datatype not in NUMERIC_DTYPES:
+        raise ValueError(f"output {out.name!r}: datatype {out.datatype!r} is not supported")
+    array = np.ascontiguousarray(out.data, dtype=NUMERIC_DTYPES[out.datatype])
+    if array.size != count:
+        raise ValueError(f"output {out.name!r}: {array.size} values for shape {_fmt(out.shape)}")
+    return array.tobytes()
+
+
 def _images(spec: _InputSpec) -> int:
     """How many images an input carries: BYTES elements, or the batch dimension of a tensor."""
     if spec.datatype == BYTES:
@@ -323,28 +368,12 @@ def build_infer_response(
     for out in outputs:
         shape = [int(d) for d in out.shape]
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": shape}
-        count = math.prod(shape)
-        if out.datatype == BYTES:
-            items = list(out.data)
-            if len(items) != count or not all(isinstance(b, bytes) for b in items):
-                raise ValueError(f"output {out.name!r}: shape {_fmt(shape)} needs {count} bytes objects")
-            if out.binary:
-                blob = b"".join(_LENGTH.pack(len(b)) + b for b in items)
-            else:
-                entry["data"] = [b.decode("utf-8") for b in items]
-        elif out.datatype in NUMERIC_DTYPES:
-            array = np.ascontiguousarray(out.data, dtype=NUMERIC_DTYPES[out.datatype])
-            if array.size != count:
-                raise ValueError(f"output {out.name!r}: {array.size} values for shape {_fmt(shape)}")
-            if out.binary:
-                blob = array.tobytes()
-            else:
-                entry["data"] = array.reshape(-1).tolist()
-        else:
-            raise ValueError(f"output {out.name!r}: datatype {out.datatype!r} is not supported")
         if out.binary:
+            blob = raw_bytes(out)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        else:
+            entry["data"] = _json_data(out, math.prod(shape))
         entries.append(entry)
     doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
@@ -354,6 +383,20 @@ def build_infer_response(
     if not blobs:
         return header, {"Content-Type": JSON_CONTENT_TYPE}
     return header + b"".join(blobs), {"Content-Type": BINARY_CONTENT_TYPE, HEADER_LENGTH: str(len(header))}
+
+
+def _json_data(out: OutputTensor, count: int) -> list[Any]:
+    if out.datatype == BYTES:
+        items = list(out.data)
+        if len(items) != count or not all(isinstance(b, bytes) for b in items):
+            raise ValueError(f"output {out.name!r}: shape {_fmt(out.shape)} needs {count} bytes objects")
+        return [b.decode("utf-8") for b in items]
+    if out.datatype not in NUMERIC_DTYPES:
+        raise ValueError(f"output {out.name!r}: datatype {out.datatype!r} is not supported")
+    array = np.ascontiguousarray(out.data, dtype=NUMERIC_DTYPES[out.datatype])
+    if array.size != count:
+        raise ValueError(f"output {out.name!r}: {array.size} values for shape {_fmt(out.shape)}")
+    return array.reshape(-1).tolist()  # type: ignore[no-any-return]
 
 
 def classification_tensor(scores: np.ndarray, k: int, labels: Sequence[str]) -> list[bytes]:

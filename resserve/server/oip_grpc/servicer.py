@@ -1,0 +1,171 @@
+"""``inference.GRPCInferenceService`` (KServe's ``grpc_predict_v2.proto`` plus Triton's repository
+extension), with the stubs ``tritonclient[grpc]`` ships: the same service, package and messages.
+
+Every RPC goes through :func:`_rpc`: API keys from the call's metadata (as HTTP reads headers),
+errors mapped once (:mod:`.status`), and a counter and a duration per method, model and code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from resserve import __version__
+from resserve.errors import InvalidRequestError, ResserveError, UnauthorizedError
+from resserve.server import oip
+from resserve.server.auth import ApiKeys, missing_key_message, presented_keys
+from resserve.server.control import check_control, load_model, repository_index, unload_model
+from resserve.server.oip_grpc.codec import decode_request, encode_response
+from resserve.server.oip_grpc.status import grpc_status
+from resserve.server.oip_infer import (
+    PLATFORM,
+    output_meta,
+    output_tensors,
+    requested_outputs,
+    run_request,
+    tensor_input,
+)
+from resserve.server.oip_routes import EXTENSIONS
+from resserve.server.state import AppState
+
+Reply = TypeVar("Reply")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Reply]]
+HEALTH_METHODS = frozenset({"ServerLive", "ServerReady", "ModelReady"})
+REPOSITORY_METHODS = frozenset({"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})
+
+
+def _rpc(method: Handler[Reply]) -> Handler[Reply]:
+    """Authenticate, run, map any error to its status, and count the call."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def handler(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Reply:
+        started = time.perf_counter()
+        model = getattr(request, "model_name", "") or getattr(request, "name", "")
+        code = "OK"
+        try:
+            self.authenticate(name, context)
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as exc:
+            status, message, trailers = grpc_status(exc)
+            code = status.name
+            if trailers:
+                context.set_trailing_metadata(trailers)
+            await context.abort(status, message)
+            raise  # abort raises; this keeps type checkers sure the handler never falls through
+        finally:
+            known = model if model in self.state.repository.names() else ""  # no label per made-up name
+            self.state.metrics.grpc_requests.labels(name, known, code).inc()
+            self.state.metrics.grpc_duration.labels(name, known, code).observe(time.perf_counter() - started)
+
+    return handler
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> list[tuple[bytes, bytes]]:
+    return [(key.lower().encode(), value.encode() if isinstance(value, str) else value)
+            for key, value in context.invocation_metadata() or ()]
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """The RPCs resserve serves; the rest (shared memory, tracing, logs) answer UNIMPLEMENTED."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        settings = state.settings
+        self._keys = ApiKeys(settings.api_keys) if settings.api_keys else None
+
+    def authenticate(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        """API keys as HTTP checks them: health exempt unless ``auth_health``, repository control
+        by its own token when it has one."""
+        settings = self.state.settings
+        metadata = _metadata(context)
+        if method in REPOSITORY_METHODS and settings.control_token is not None:
+            authorization = next((v.decode() for k, v in metadata if k == b"authorization"), "")
+            check_control(self.state, authorization)
+            return
+        if method in REPOSITORY_METHODS:
+            check_control(self.state, "")  # disabled unless allowed; then an API key as below
+        if self._keys is None or (method in HEALTH_METHODS and not settings.auth_health):
+            return
+        given = presented_keys(metadata)
+        if not self._keys.accepts(given):
+            raise UnauthorizedError(missing_key_message(given).replace("'Authorization", "metadata 'authorization"))
+
+    @_rpc
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    @_rpc
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self.state.ready)
+
+    @_rpc
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            self.state.manager.get(request.name, request.version or None)
+        except ResserveError:  # unknown, still loading or broken: not ready, as Triton answers
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    @_rpc
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return service_pb2.ServerMetadataResponse(name="resserve", version=__version__, extensions=EXTENSIONS)
+
+    @_rpc
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        served = self.state.manager.get(request.name, request.version or None)
+
+        def meta(m: oip.TensorMeta) -> Any:
+            return service_pb2.ModelMetadataResponse.TensorMetadata(name=m.name, datatype=m.datatype,
+                                                                    shape=[int(d) for d in m.shape])
+
+        return service_pb2.ModelMetadataResponse(name=served.name, versions=[served.version], platform=PLATFORM,
+                                                 inputs=[meta(tensor_input(served))],
+                                                 outputs=[meta(output_meta(served))])
+
+    @_rpc
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        received = time.monotonic()
+        pipeline = self.state.pipeline
+        served = self.state.manager.get(request.model_name, request.model_version or None)
+        remaining = context.time_remaining()
+        deadline_ms = None if remaining is None else max(remaining, 0.0) * 1000.0
+        if deadline_ms is not None and deadline_ms <= 0:
+            raise InvalidRequestError("the call's deadline has already passed")
+        with pipeline.admit(served, received) as ticket:
+            # Framing BYTES and converting typed contents is CPU work: off the event loop.
+            parsed = await asyncio.to_thread(decode_request, request, max_images=pipeline.max_images(served))
+            requested = requested_outputs(served, parsed)
+            outputs = await run_request(pipeline, ticket, parsed, deadline_ms)
+        results = output_tensors(pipeline, served, requested, outputs)
+        return encode_response(served.name, served.version, parsed.id, results)
+
+    @_rpc
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        entries = await repository_index(self.state)
+        if request.ready:
+            entries = [e for e in entries if e.get("state") == "READY"]
+        index = service_pb2.RepositoryIndexResponse.ModelIndex
+        return service_pb2.RepositoryIndexResponse(models=[
+            index(name=e["name"], version=e.get("version", ""), state=e.get("state", ""), reason=e.get("reason", ""))
+            for e in entries])
+
+    @_rpc
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await load_model(self.state, request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await unload_model(self.state, request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
+
