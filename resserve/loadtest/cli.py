@@ -71,6 +71,9 @@ def run_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the points as JSON")] = None,
     server_metrics: Annotated[bool, typer.Option(
         help="scrape the server's /metrics for the stage breakdown (off for servers other than resserve)")] = True,
+    grpc_target: Annotated[str | None, typer.Option(
+        "--grpc", help="send over gRPC (OIP v2 ModelInfer, the image as BYTES, top 5 classes) to HOST:PORT; "
+                       "URL still serves /metrics")] = None,
 ) -> None:
     """Load a running server: a closed-loop sweep, an open-loop sweep, or the max-rate search."""
     from resserve.loadtest.generator import LoadGenerator
@@ -84,7 +87,13 @@ def run_cmd(
     scrape = {"metrics_url": f"{base}/metrics", "model": model} if server_metrics else {}
 
     async def run() -> list:
-        async with LoadGenerator(base + endpoint.format(model=model), payloads) as generator:
+        if grpc_target is not None:
+            from resserve.loadtest.grpc_generator import GrpcLoadGenerator
+
+            client: LoadGenerator = GrpcLoadGenerator(grpc_target, model, payloads, base)
+        else:
+            client = LoadGenerator(base + endpoint.format(model=model), payloads)
+        async with client as generator:
             if mode == "closed":
                 return [await closed_point(generator, int(c), settings, **scrape)
                         for c in _floats(concurrency, "--concurrency")]
@@ -102,7 +111,8 @@ def run_cmd(
     except ResserveError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
-    _print_points(f"{model} at {base}, {len(payloads)} images", points)
+    where = f"grpc://{grpc_target}" if grpc_target else base
+    _print_points(f"{model} at {where}, {len(payloads)} images", points)
     _write_json(json_out, [p.model_dump(mode="json") for p in points])
 
 
