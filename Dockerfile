@@ -56,7 +56,8 @@ ENV PATH=/opt/resserve/bin:${PATH} \
     RESSERVE_BUILD_MISSING=false
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8000
+# 8001: OIP v2 over gRPC, when RESSERVE_GRPC_PORT=8001 (the Kubernetes base sets it)
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
   CMD ["python3", "-c", "import os, sys, urllib.request; url = 'http://127.0.0.1:%s/v2/health/ready' % os.environ.get('RESSERVE_PORT', '8000'); sys.exit(0 if urllib.request.urlopen(url, timeout=2).status == 200 else 1)"]
 STOPSIGNAL SIGTERM

@@ -92,9 +92,9 @@ def test_deployment_is_what_an_operator_accepts(overlay: str, tmp_path: Path) ->
     assert settings.build_missing is False  # the build Job builds; serving pods never do
 
     # Ports: the container's, the server's, the Service's and the probes' agree.
-    (port,) = server["ports"]
-    assert port["containerPort"] == settings.port and port["name"] == "http"
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert ports == {"http": settings.port, "grpc": settings.grpc_port}
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {"http": "http", "grpc": "grpc"}
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
     # Probes point at real routes of the app.
@@ -187,7 +187,7 @@ def test_autoscaling_disruption_network_and_monitoring_fit_together(overlay: str
         selector = one(docs, kind)["spec"].get("selector") or one(docs, kind)["spec"]["podSelector"]
         assert selector["matchLabels"].items() <= pod_labels.items()
     ingress = one(docs, "NetworkPolicy")["spec"]["ingress"][0]["ports"]
-    assert ingress == [{"port": "http", "protocol": "TCP"}]
+    assert ingress == [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]
 
     monitor, service = one(docs, "ServiceMonitor"), one(docs, "Service")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
