@@ -265,6 +265,8 @@ def serve(
     model_repo: Annotated[Path | None, typer.Option(help="the model repository [RESSERVE_MODEL_REPO]")] = None,
     host: Annotated[str | None, typer.Option(help="address to listen on; 0.0.0.0 in containers [RESSERVE_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port [RESSERVE_PORT]")] = None,
+    grpc_port: Annotated[int | None, typer.Option(
+        help="also serve OIP v2 over gRPC on this port, e.g. 8001 (default: off) [RESSERVE_GRPC_PORT]")] = None,
     model: Annotated[list[str] | None, typer.Option(help="serve only these models")] = None,
     shutdown_delay_s: Annotated[float, typer.Option(help="stay up, not ready, this long after SIGTERM")] = 0.0,
     build_missing: Annotated[bool | None, typer.Option(help="build missing or stale models at start")] = None,
@@ -275,7 +277,7 @@ def serve(
     work_dir: Annotated[Path | None, typer.Option(
         help="where --model-file's repository is written (default: $TMPDIR/resserve-repo)")] = None,
 ) -> None:
-    """Serve the repository's models over HTTP (OIP v2 + /classify + /metrics).
+    """Serve the repository's models over HTTP (OIP v2 + /classify + /metrics), and gRPC (OIP v2) if asked.
 
     Every server setting can also come from the environment (RESSERVE_<SETTING>); options win.
     """
@@ -295,7 +297,7 @@ def serve(
         except ResserveError as exc:
             raise _fail(exc) from exc
         build_missing, model = True, [name]
-    given = {"model_repo": model_repo, "host": host, "port": port, "models": model or None,
+    given = {"model_repo": model_repo, "host": host, "port": port, "grpc_port": grpc_port, "models": model or None,
              "build_missing": build_missing}
     try:
         settings = ServerSettings(**{k: v for k, v in given.items() if v is not None})

@@ -29,7 +29,7 @@ def repo(model_onnx: Path, tmp_path: Path) -> Path:
 def test_grpc_generator_and_cli_against_a_running_server(repo: Path, tmp_path: Path) -> None:
     grpc_port = free_port()
     out = tmp_path / "points.json"
-    with server_process(repo, tmp_path, env={"RESSERVE_GRPC_PORT": str(grpc_port)}) as server:
+    with server_process(repo, tmp_path, "--grpc-port", str(grpc_port)) as server:
         target = f"127.0.0.1:{grpc_port}"
 
         async def drive() -> tuple[list[str], list[str]]:
