@@ -230,6 +230,7 @@ class ServerSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     grpc_port: int | None = Field(
         None, ge=0, le=65535, description="serve OIP v2 over gRPC on this port too (Triton's 8001); default: off")
+    grpc_host: str | None = Field(None, description="address gRPC listens on; default: host")
     models: list[str] | None = Field(None, description="load only these models (default: all)")
     preprocess_threads: int | None = Field(None, ge=1, description="default: the cores")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)

@@ -73,12 +73,12 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         starting = asyncio.create_task(start_models(state, order, builds), name="start-models")
         log.info("resserve %s listening; starting %s", __version__, ", ".join(order))
         grpc_server = None
-        if settings.grpc_port is not None:
-            from resserve.server.oip_grpc.server import GrpcServer  # grpcio only where gRPC is on
+        try:  # a gRPC port that cannot be bound still releases what started above
+            if settings.grpc_port is not None:
+                from resserve.server.oip_grpc.server import GrpcServer  # grpcio only where gRPC is on
 
-            grpc_server = GrpcServer(state)
-            await grpc_server.start()
-        try:
+                grpc_server = GrpcServer(state)
+                await grpc_server.start()
             yield
         finally:
             state.draining = True

@@ -42,16 +42,17 @@ class GrpcServer:
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        self.host = settings.grpc_host or settings.host
+        self.port = self.server.add_insecure_port(f"{self.host}:{settings.grpc_port}")
         if self.port == 0:
-            raise OSError(f"gRPC: cannot listen on {settings.host}:{settings.grpc_port}")
+            raise OSError(f"gRPC: cannot listen on {self.host}:{settings.grpc_port}")
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._set_health()
         await self.server.start()
         self._watch = asyncio.create_task(self._follow_readiness(), name="grpc-health")
-        log.info("gRPC (OIP v2) listening on %s:%d", self.state.settings.host, self.port)
+        log.info("gRPC (OIP v2) listening on %s:%d", self.host, self.port)
 
     async def _set_health(self) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if self.state.ready

@@ -48,7 +48,7 @@ def _rpc(method: Handler[Reply]) -> Handler[Reply]:
     async def handler(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Reply:
         started = time.perf_counter()
         model = getattr(request, "model_name", "") or getattr(request, "name", "")
-        code = "OK"
+        code, counted = "OK", False
         try:
             self.authenticate(name, context)
             return await method(self, request, context)
@@ -58,14 +58,16 @@ def _rpc(method: Handler[Reply]) -> Handler[Reply]:
         except Exception as exc:
             status, message, trailers = grpc_status(exc)
             code = status.name
+            # Counted before abort, which sends the status at once: a client that has it sees it counted.
+            self.count(name, model, code, started)
+            counted = True
             if trailers:
                 context.set_trailing_metadata(trailers)
             await context.abort(status, message)
             raise  # abort raises; this keeps type checkers sure the handler never falls through
         finally:
-            known = model if model in self.state.repository.names() else ""  # no label per made-up name
-            self.state.metrics.grpc_requests.labels(name, known, code).inc()
-            self.state.metrics.grpc_duration.labels(name, known, code).observe(time.perf_counter() - started)
+            if not counted:
+                self.count(name, model, code, started)
 
     return handler
 
@@ -82,6 +84,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self.state = state
         settings = state.settings
         self._keys = ApiKeys(settings.api_keys) if settings.api_keys else None
+
+    def count(self, method: str, model: str, code: str, started: float) -> None:
+        """One call in ``resserve_grpc_requests_total`` and its duration."""
+        known = model if model in self.state.repository.names() else ""  # no label per made-up name
+        self.state.metrics.grpc_requests.labels(method, known, code).inc()
+        self.state.metrics.grpc_duration.labels(method, known, code).observe(time.perf_counter() - started)
 
     def authenticate(self, method: str, context: grpc.aio.ServicerContext) -> None:
         """API keys as HTTP checks them: health exempt unless ``auth_health``, repository control

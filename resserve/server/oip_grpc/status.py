@@ -48,10 +48,3 @@ def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[s
         trailers = (("retry-after", str(max(1, round(exc.retry_after_s)))),)
     return code, str(exc), trailers
 
-
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    """End the call with ``exc``'s status (raises, as ``context.abort`` does)."""
-    code, message, trailers = grpc_status(exc)
-    if trailers:
-        context.set_trailing_metadata(trailers)
-    await context.abort(code, message)

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
-import tritonclient.grpc.aio as grpcclient_aio
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcclient_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from model_repo_fixtures import NUM_CLASSES, tiny_classifier
 from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -25,17 +26,26 @@ from resserve.config import ServerSettings
 from resserve.contract import imagenet_contract
 from resserve.preprocess import preprocess
 
-
 TOKEN = "control-secret"
 KEY = "api-key-1"
+# Every batch of these models sleeps this long in the engine: a call is surely still running
+# (queue full, deadline, drain) without depending on how fast the machine is.
+HANG = {"hang_every_n_batches": 1, "hang_s": 1.5}
+
+
+@pytest.fixture(scope="module")
+def model_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny real classifier (Conv, BatchNorm, Gemm; 10 classes): the file builds and runs in milliseconds."""
+    return tiny_classifier(tmp_path_factory.mktemp("tiny") / "tiny.onnx")
 
 
 @pytest.fixture(scope="module")
 def server(model_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo = tmp_path_factory.mktemp("repo")
-    write_model(repo, "r18", model_onnx)
-    write_model(repo, "tiny_queue", model_onnx, max_batch_size=1,
+    write_model(repo, "tiny", model_onnx)
+    write_model(repo, "tiny_queue", model_onnx, max_batch_size=1, fault_injection=HANG,
                 dynamic_batching={"max_queue_delay_ms": 0, "max_queue_size": 1})
+    write_model(repo, "slow", model_onnx, max_batch_size=1, fault_injection=HANG)
     settings = ServerSettings(model_repo=repo, grpc_port=free_port(), max_images_per_request=4,
                               control_token=TOKEN, max_body_bytes=4 * 1024 * 1024)
     with serve_in_thread(settings) as running:
@@ -54,18 +64,19 @@ def _code(exc: InferenceServerException) -> str:
 def test_health_metadata_and_inference_with_tritonclient(server: RunningServer,
                                                          session: ort.InferenceSession) -> None:
     client = grpcclient.InferenceServerClient(server.grpc_target)
-    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("r18")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
     assert not client.is_model_ready("no-such-model")
     assert "classification" in client.get_server_metadata().extensions
-    meta = client.get_model_metadata("r18")
+    meta = client.get_model_metadata("tiny")
     assert meta.inputs[0].name == "input" and list(meta.inputs[0].shape) == [-1, 3, 224, 224]
-    assert meta.outputs[0].name == "logits" and meta.platform == "onnxruntime_onnx"
+    assert meta.outputs[0].name == "logits" and list(meta.outputs[0].shape) == [-1, NUM_CLASSES]
+    assert meta.platform == "onnxruntime_onnx"
 
     # Encoded images as BYTES (raw_input_contents), with the classification extension.
     images = [jpeg(seed=1), jpeg(seed=2)]
     inp = grpcclient.InferInput("image", [2], "BYTES")
     inp.set_data_from_numpy(np.array(images, dtype=np.object_))
-    top3 = client.infer("r18", [inp], outputs=[grpcclient.InferRequestedOutput("logits", class_count=3)])
+    top3 = client.infer("tiny", [inp], outputs=[grpcclient.InferRequestedOutput("logits", class_count=3)])
     batch = np.stack([preprocess(d, imagenet_contract()) for d in images])
     (want,) = session.run(None, {"input": batch})
     entries = top3.as_numpy("logits")
@@ -76,14 +87,14 @@ def test_health_metadata_and_inference_with_tritonclient(server: RunningServer,
     # A preprocessed FP32 tensor, logits back, equal to ONNX Runtime on the same file.
     tensor = grpcclient.InferInput("input", list(batch.shape), "FP32")
     tensor.set_data_from_numpy(batch)
-    result = client.infer("r18", [tensor], request_id="req-7")
+    result = client.infer("tiny", [tensor], request_id="req-7")
     np.testing.assert_allclose(result.as_numpy("logits"), want, rtol=1e-4, atol=1e-4)
     assert result.get_response().id == "req-7" and result.get_response().model_version == "1"
 
 
 def test_typed_contents_are_accepted_like_raw(server: RunningServer, session: ort.InferenceSession) -> None:
     batch = np.stack([preprocess(jpeg(seed=3), imagenet_contract())])
-    request = service_pb2.ModelInferRequest(model_name="r18")
+    request = service_pb2.ModelInferRequest(model_name="tiny")
     tensor = request.inputs.add(name="input", datatype="FP32", shape=list(batch.shape))
     tensor.contents.fp32_contents.extend(batch.reshape(-1).tolist())
     with grpc.insecure_channel(server.grpc_target) as channel:
@@ -104,30 +115,30 @@ def test_errors_map_to_grpc_codes(server: RunningServer) -> None:
     wrong = grpcclient.InferInput("input", [1, 3, 100, 100], "FP32")
     wrong.set_data_from_numpy(np.zeros((1, 3, 100, 100), dtype=np.float32))
     with pytest.raises(InferenceServerException) as shape:
-        client.infer("r18", [wrong])
+        client.infer("tiny", [wrong])
     assert _code(shape.value) == "StatusCode.INVALID_ARGUMENT" and "does not match" in shape.value.message()
 
     many = grpcclient.InferInput("image", [5], "BYTES")
     many.set_data_from_numpy(np.array([jpeg()] * 5, dtype=np.object_))
     with pytest.raises(InferenceServerException) as too_many:
-        client.infer("r18", [many])
+        client.infer("tiny", [many])
     assert _code(too_many.value) == "StatusCode.INVALID_ARGUMENT" and "at most 4" in too_many.value.message()
 
     broken = grpcclient.InferInput("image", [1], "BYTES")
     broken.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
     with pytest.raises(InferenceServerException) as bad_image:
-        client.infer("r18", [broken])
+        client.infer("tiny", [broken])
     assert _code(bad_image.value) == "StatusCode.INVALID_ARGUMENT"
 
     with pytest.raises(InferenceServerException) as unknown_output:
-        client.infer("r18", [image], outputs=[grpcclient.InferRequestedOutput("probs")])
+        client.infer("tiny", [image], outputs=[grpcclient.InferRequestedOutput("probs")])
     assert "unknown output" in unknown_output.value.message()
 
     # Above max_body_bytes (4 MiB): gRPC refuses the message before the servicer sees it.
     huge = grpcclient.InferInput("image", [1], "BYTES")
     huge.set_data_from_numpy(np.array([b"\0" * (5 * 1024 * 1024)], dtype=np.object_))
     with pytest.raises(InferenceServerException) as too_big:
-        client.infer("r18", [huge])
+        client.infer("tiny", [huge])
     assert _code(too_big.value) == "StatusCode.RESOURCE_EXHAUSTED"
     assert client.is_server_live()
 
@@ -140,27 +151,39 @@ def test_a_full_queue_is_resource_exhausted_with_a_retry_hint(server: RunningSer
     with grpc.insecure_channel(server.grpc_target) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         calls = [stub.ModelInfer.future(request, timeout=60) for _ in range(12)]
-        refused = []
+        answered, refused = [], []
         for call in calls:
             try:
-                call.result()
+                answered.append(call.result())
             except grpc.RpcError as exc:
                 refused.append(exc)
-    assert refused, "a queue of one image took 12 concurrent requests"
+    # Room for two images (one running batch of one, one queued), the first batch hangs: 10 refused.
+    assert len(answered) >= 1 and len(refused) >= 9, (len(answered), len(refused))
     assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert "queue full" in refused[0].details()
     trailers = dict(refused[0].trailing_metadata())
     assert int(trailers["retry-after"]) >= 1
     assert server.metric("resserve_grpc_requests_total",
                          {"method": "ModelInfer", "model": "tiny_queue", "code": "RESOURCE_EXHAUSTED"}) == len(refused)
 
 
-def test_the_clients_deadline_bounds_the_request(server: RunningServer) -> None:
+def test_the_clients_deadline_and_the_timeout_parameter_bound_the_request(server: RunningServer) -> None:
     client = grpcclient.InferenceServerClient(server.grpc_target)
-    images = grpcclient.InferInput("image", [4], "BYTES")
-    images.set_data_from_numpy(np.array([jpeg(2000, 1500, seed=i) for i in range(4)], dtype=np.object_))
+    image = grpcclient.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([jpeg()], dtype=np.object_))
     with pytest.raises(InferenceServerException) as late:
-        client.infer("r18", [images], client_timeout=0.05)
+        client.infer("slow", [image], client_timeout=0.3)
     assert _code(late.value) == "StatusCode.DEADLINE_EXCEEDED"
+
+    # OIP's timeout parameter (microseconds) under a generous gRPC deadline: the server ends the call.
+    before = server.metric("resserve_grpc_requests_total",
+                           {"method": "ModelInfer", "model": "slow", "code": "DEADLINE_EXCEEDED"})
+    with pytest.raises(InferenceServerException) as timed_out:
+        client.infer("slow", [image], timeout=300_000, client_timeout=30)
+    assert _code(timed_out.value) == "StatusCode.DEADLINE_EXCEEDED" and "deadline" in timed_out.value.message()
+    print("DEBUG", before, [(s.labels, s.value) for m in server.metrics.registry.collect() for s in m.samples if m.name == "resserve_grpc_requests"])
+    assert server.metric("resserve_grpc_requests_total",
+                         {"method": "ModelInfer", "model": "slow", "code": "DEADLINE_EXCEEDED"}) == before + 1
     assert client.is_server_ready()
 
 
@@ -171,7 +194,7 @@ def test_repository_extension_needs_the_control_token(server: RunningServer) -> 
     assert _code(refused.value) == "StatusCode.UNAUTHENTICATED"
     headers = {"authorization": f"Bearer {TOKEN}"}
     index = client.get_model_repository_index(headers=headers)
-    assert {m.name: m.state for m in index.models} == {"r18": "READY", "tiny_queue": "READY"}
+    assert {m.name: m.state for m in index.models} == {"tiny": "READY", "slow": "READY", "tiny_queue": "READY"}
     client.unload_model("tiny_queue", headers=headers)
     assert not client.is_model_ready("tiny_queue")
     client.load_model("tiny_queue", headers=headers)
@@ -197,54 +220,74 @@ def test_the_asyncio_client_shares_the_batcher(server: RunningServer) -> None:
                 inp = grpcclient_aio.InferInput("image", [1], "BYTES")
                 inp.set_data_from_numpy(np.array([jpeg(seed=seed)], dtype=np.object_))
                 out = grpcclient_aio.InferRequestedOutput("logits", class_count=1)
-                result = await client.infer("r18", [inp], outputs=[out])
+                result = await client.infer("tiny", [inp], outputs=[out])
                 return int(result.as_numpy("logits")[0][0].decode().split(":")[1])
 
             assert await client.is_server_ready()
+            missing = grpcclient_aio.InferInput("image", [1], "BYTES")
+            missing.set_data_from_numpy(np.array([jpeg()], dtype=np.object_))
+            with pytest.raises(InferenceServerException) as unknown:
+                await client.infer("no-such-model", [missing])
+            assert _code(unknown.value) == "StatusCode.NOT_FOUND"
             return await asyncio.gather(*(one(i) for i in range(8)))
         finally:
             await client.close()
 
-    batches = server.metric("resserve_batcher_batch_size_count", {"model": "r18", "version": "1"})
+    batches = server.metric("resserve_batcher_batch_size_count", {"model": "tiny", "version": "1"})
     classes = asyncio.run(run())
-    assert len(classes) == 8 and all(0 <= c < 1000 for c in classes)
+    assert len(classes) == 8 and all(0 <= c < NUM_CLASSES for c in classes)
     # Eight concurrent calls queued on the one batcher: fewer engine runs than calls.
-    assert server.metric("resserve_batcher_batch_size_count", {"model": "r18", "version": "1"}) - batches < 8
+    assert server.metric("resserve_batcher_batch_size_count", {"model": "tiny", "version": "1"}) - batches < 8
 
 
 def test_api_keys_are_read_from_metadata(model_onnx: Path, tmp_path: Path) -> None:
-    write_model(tmp_path, "r18", model_onnx)
-    settings = ServerSettings(model_repo=tmp_path, grpc_port=free_port(), api_keys=[KEY])
+    write_model(tmp_path, "tiny", model_onnx)
+    settings = ServerSettings(model_repo=tmp_path, grpc_port=free_port(), grpc_host="127.0.0.1", api_keys=[KEY])
     with serve_in_thread(settings) as running:
         client = grpcclient.InferenceServerClient(running.grpc_target)
         assert client.is_server_ready()  # health needs no key (kubelet probes send none)
         with pytest.raises(InferenceServerException) as refused:
-            client.get_model_metadata("r18")
+            client.get_model_metadata("tiny")
         assert _code(refused.value) == "StatusCode.UNAUTHENTICATED"
         with pytest.raises(InferenceServerException):
-            client.get_model_metadata("r18", headers={"x-api-key": "wrong"})
-        assert client.get_model_metadata("r18", headers={"authorization": f"Bearer {KEY}"}).name == "r18"
-        assert client.get_model_metadata("r18", headers={"x-api-key": KEY}).name == "r18"
+            client.get_model_metadata("tiny", headers={"x-api-key": "wrong"})
+        assert client.get_model_metadata("tiny", headers={"authorization": f"Bearer {KEY}"}).name == "tiny"
+        assert client.get_model_metadata("tiny", headers={"x-api-key": KEY}).name == "tiny"
 
 
-def test_shutdown_finishes_the_grpc_calls_in_flight(model_onnx: Path, tmp_path: Path) -> None:
-    write_model(tmp_path, "r18", model_onnx, max_batch_size=1, dynamic_batching={"max_queue_delay_ms": 0})
+def test_draining_turns_health_off_and_the_call_in_flight_still_finishes(model_onnx: Path, tmp_path: Path) -> None:
+    write_model(tmp_path, "tiny", model_onnx, max_batch_size=1, fault_injection=HANG)
     settings = ServerSettings(model_repo=tmp_path, grpc_port=free_port(), graceful_shutdown_s=20)
     results: list[object] = []
     with serve_in_thread(settings) as running:
         client = grpcclient.InferenceServerClient(running.grpc_target)
-        image = grpcclient.InferInput("image", [4], "BYTES")
-        # Four 12 M-pixel decodes at batch 1: still running when the block ends.
-        image.set_data_from_numpy(np.array([jpeg(4000, 3000, seed=i) for i in range(4)], dtype=np.object_))
+        image = grpcclient.InferInput("image", [1], "BYTES")
+        image.set_data_from_numpy(np.array([jpeg()], dtype=np.object_))
 
         def call() -> None:
             try:
-                results.append(client.infer("r18", [image], client_timeout=60).as_numpy("logits").shape)
+                results.append(client.infer("tiny", [image], client_timeout=60).as_numpy("logits").shape)
             except InferenceServerException as exc:
                 results.append(exc)
 
         worker = threading.Thread(target=call)
         worker.start()
-        time.sleep(0.2)  # the call is in flight when the server is told to stop (on leaving the block)
+        # Decoded: the call is in the engine's 1.5 s batch when the drain starts.
+        while not running.metric("resserve_preprocess_decode_seconds_count", {"model": "tiny"}) and worker.is_alive():
+            time.sleep(0.01)
+        running.app.state.resserve.draining = True  # what SIGTERM does (serve.DrainingServer)
+        with grpc.insecure_channel(running.grpc_target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")
+            status = health.Check(request, timeout=5).status
+            for _ in range(100):  # health follows readiness within HEALTH_POLL_S
+                if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                time.sleep(0.05)
+                status = health.Check(request, timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert not client.is_server_ready() and client.is_server_live()
+        assert worker.is_alive(), "the call finished before the server was stopped"
+    # Leaving the block stopped the server while the call was still in the engine.
     worker.join(60)
-    assert results == [(4, 1000)], results
+    assert results == [(1, NUM_CLASSES)], results
