@@ -17,7 +17,7 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from resserve import __version__
-from resserve.errors import InvalidRequestError, ResserveError, UnauthorizedError
+from resserve.errors import DeadlineExceededError, ResserveError, UnauthorizedError
 from resserve.server import oip
 from resserve.server.auth import ApiKeys, missing_key_message, presented_keys
 from resserve.server.control import check_control, load_model, repository_index, unload_model
@@ -148,7 +148,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         remaining = context.time_remaining()
         deadline_ms = None if remaining is None else max(remaining, 0.0) * 1000.0
         if deadline_ms is not None and deadline_ms <= 0:
-            raise InvalidRequestError("the call's deadline has already passed")
+            raise DeadlineExceededError("the call's deadline had passed when it arrived")
         with pipeline.admit(served, received) as ticket:
             # Framing BYTES and converting typed contents is CPU work: off the event loop.
             parsed = await asyncio.to_thread(decode_request, request, max_images=pipeline.max_images(served))

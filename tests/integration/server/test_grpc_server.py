@@ -46,6 +46,7 @@ def server(model_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     write_model(repo, "tiny_queue", model_onnx, max_batch_size=1, fault_injection=HANG,
                 dynamic_batching={"max_queue_delay_ms": 0, "max_queue_size": 1})
     write_model(repo, "slow", model_onnx, max_batch_size=1, fault_injection=HANG)
+    write_model(repo, "flaky", model_onnx, fault_injection={"fail_every_n_batches": 1})
     settings = ServerSettings(model_repo=repo, grpc_port=free_port(), max_images_per_request=4,
                               control_token=TOKEN, max_body_bytes=4 * 1024 * 1024)
     with serve_in_thread(settings) as running:
@@ -134,6 +135,10 @@ def test_errors_map_to_grpc_codes(server: RunningServer) -> None:
         client.infer("tiny", [image], outputs=[grpcclient.InferRequestedOutput("probs")])
     assert "unknown output" in unknown_output.value.message()
 
+    with pytest.raises(InferenceServerException) as engine_failed:
+        client.infer("flaky", [image])
+    assert _code(engine_failed.value) == "StatusCode.INTERNAL"
+
     # Above max_body_bytes (4 MiB): gRPC refuses the message before the servicer sees it.
     huge = grpcclient.InferInput("image", [1], "BYTES")
     huge.set_data_from_numpy(np.array([b"\0" * (5 * 1024 * 1024)], dtype=np.object_))
@@ -194,7 +199,7 @@ def test_repository_extension_needs_the_control_token(server: RunningServer) -> 
     assert _code(refused.value) == "StatusCode.UNAUTHENTICATED"
     headers = {"authorization": f"Bearer {TOKEN}"}
     index = client.get_model_repository_index(headers=headers)
-    assert {m.name: m.state for m in index.models} == {"tiny": "READY", "slow": "READY", "tiny_queue": "READY"}
+    assert {m.name: m.state for m in index.models} == dict.fromkeys(("flaky", "slow", "tiny", "tiny_queue"), "READY")
     client.unload_model("tiny_queue", headers=headers)
     assert not client.is_model_ready("tiny_queue")
     client.load_model("tiny_queue", headers=headers)
