@@ -25,11 +25,12 @@ from resserve.config import ServerSettings
 from resserve.errors import ResserveError
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
-from resserve.server import classify, control, health, oip_routes
+from resserve.server import classify, control, health, oip_routes, statistics
 from resserve.server.auth import ApiKeyMiddleware
 from resserve.server.errors import install_error_handlers
 from resserve.server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from resserve.server.pipeline import RequestPipeline
+from resserve.server.request_id import RequestIdMiddleware
 from resserve.server.startup import BuildSource, InProcessBuilds, start_models, startup_order
 from resserve.server.state import AppState
 from resserve.serving.manager import ModelBuilder, ModelManager
@@ -95,7 +96,8 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     app = FastAPI(title="resserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.resserve = state
     install_error_handlers(app)
-    for module in (health, classify, oip_routes, control):
+    # statistics first: /v2/models/stats would otherwise be model "stats"'s metadata.
+    for module in (health, classify, statistics, oip_routes, control):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
                        max_header_bytes=settings.max_header_bytes)
@@ -103,4 +105,5 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, auth_health=settings.auth_health,
                            auth_metrics=settings.auth_metrics, control_has_token=settings.control_token is not None)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)  # outermost: every answer has an id
     return app

@@ -34,7 +34,7 @@ from resserve.server.state import get_state
 
 router = APIRouter()
 
-EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "resserve_classify"]
+EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "statistics", "resserve_classify"]
 
 
 def _json(body: Any, status: int = 200) -> Response:

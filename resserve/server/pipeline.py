@@ -127,8 +127,10 @@ class RequestPipeline:
             outputs = await _all_or_first_error([one(data) for data in images])
         except BaseException:
             self.metrics.images.labels(served.name, "error").inc(len(images))
+            served.statistics.request_done(False, time.monotonic() - ticket.received, len(images))
             raise
         self.metrics.images.labels(served.name, "ok").inc(len(images))
+        served.statistics.request_done(True, time.monotonic() - ticket.received, len(images))
         return np.concatenate(outputs)
 
     async def run_tensor(self, ticket: Ticket, batch: np.ndarray, timeout_ms: float | None) -> np.ndarray:
@@ -140,8 +142,10 @@ class RequestPipeline:
             outputs = await self._submit(served, batch, deadline, ticket.received)
         except BaseException:
             self.metrics.images.labels(served.name, "error").inc(batch.shape[0])
+            served.statistics.request_done(False, time.monotonic() - ticket.received, batch.shape[0])
             raise
         self.metrics.images.labels(served.name, "ok").inc(batch.shape[0])
+        served.statistics.request_done(True, time.monotonic() - ticket.received, batch.shape[0])
         return outputs
 
     @staticmethod
@@ -159,6 +163,7 @@ class RequestPipeline:
         self.metrics.preprocess_wait.labels(served.name).observe(started - queued)
         self.metrics.decode.labels(served.name).observe(decode_s)
         self.metrics.preprocess.labels(served.name).observe(transform_s)
+        served.statistics.preprocessed(decode_s + transform_s)
         return tensor
 
     async def _submit(self, served: ServedModel, rows: np.ndarray, deadline: float, received: float) -> np.ndarray:

@@ -35,6 +35,7 @@ from resserve.errors import (
 )
 from resserve.metrics import Metrics
 from resserve.serving.adaptive import SloBatchPolicy
+from resserve.serving.statistics import ModelStatistics
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class BatchQueue:
         engine_timeout_s: float | None = None,
         on_health: Callable[[bool], None] | None = None,
         policy: SloBatchPolicy | None = None,
+        statistics: ModelStatistics | None = None,
     ) -> None:
         if not runners:
             raise ValueError("a BatchQueue needs at least one runner")
@@ -92,6 +94,7 @@ class BatchQueue:
         self.on_health = on_health  # told when every instance gets stuck, and when one answers again
         self._hung = 0  # runners stuck past engine_timeout_s
         self.policy = policy
+        self.statistics = statistics
 
     def not_answering(self) -> ModelNotReadyError:
         """The one answer while the watchdog sees every engine instance stuck: 503, retry after
@@ -333,7 +336,7 @@ class BatchQueue:
                 await self._watchdog(call, batch)
                 return
         try:
-            outputs = await call
+            outputs, concat_s, infer_s = await call
         except Exception as exc:  # a failed batch fails only its own requests
             log.error("engine failed on a batch of %d requests: %s", len(batch), exc, exc_info=True)
             if self._metrics:
@@ -353,15 +356,19 @@ class BatchQueue:
         if self._metrics:
             self._metrics.inference.labels(*self._labels).observe(elapsed)
             self._metrics.batch_size.labels(*self._labels).observe(sum(i.rows.shape[0] for i in batch))
+        sliced = time.monotonic()
         offset = 0
         for item in batch:
             count = item.rows.shape[0]
             if not item.future.done():
                 item.future.set_result(outputs[offset : offset + count])
             offset += count
+        if self.statistics is not None:
+            self.statistics.batch_done([i.rows.shape[0] for i in batch], [started - i.enqueued for i in batch],
+                                       concat_s, infer_s, time.monotonic() - sliced)
 
 
-    async def _watchdog(self, call: asyncio.Future[np.ndarray], batch: list[_Pending]) -> None:
+    async def _watchdog(self, call: asyncio.Future[tuple[np.ndarray, float, float]], batch: list[_Pending]) -> None:
         """A batch outlived ``engine_timeout_s``: fail its requests, report the engine unhealthy until
         the call returns (a thread cannot be killed), then report it healthy again."""
         model = self._labels[0]
@@ -399,10 +406,13 @@ def _finalize(finalizer: Callable[[], object] | None, model: str, index: int) ->
         log.exception("model %s: closing engine instance %d failed", model, index)
 
 
-def _run_batch(runner: Runner, parts: list[np.ndarray]) -> np.ndarray:
-    """Concatenate, run, and check the engine kept one output row per input row."""
+def _run_batch(runner: Runner, parts: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
+    """Concatenate, run, and check the engine kept one output row per input row; with the seconds
+    each step took (the statistics extension's compute_input and compute_infer)."""
+    started = time.perf_counter()
     batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    ran = time.perf_counter()
     outputs = runner(batch)
     if outputs.shape[0] != batch.shape[0]:
         raise EngineError(f"engine returned {outputs.shape[0]} rows for a batch of {batch.shape[0]}")
-    return outputs
+    return outputs, ran - started, time.perf_counter() - ran

@@ -30,6 +30,7 @@ from resserve.serving.adaptive import SloBatchPolicy
 from resserve.serving.batching import BatchQueue, Runner
 from resserve.serving.faults import FaultyRunner
 from resserve.serving.states import RETRY_AFTER_S, ModelStates
+from resserve.serving.statistics import ModelStatistics
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class ServedModel:
     engines: list[Engine]
     queue: BatchQueue
     decode_options: DecodeOptions
+    statistics: ModelStatistics
     loaded_at: float = field(default_factory=time.time)
     ready: bool = True
     admitted: int = 0  # requests past admission: reading, preprocessing or queued (event-loop only)
@@ -242,6 +244,7 @@ class ModelManager:
             version=model_version.version,
             engine_timeout_s=config.engine_timeout_s,
             policy=policy,
+            statistics=(statistics := ModelStatistics(config.name, model_version.version)),
         )
         served = ServedModel(
             name=config.name,
@@ -252,6 +255,7 @@ class ModelManager:
             labels=model_version.labels(num_classes),
             engines=engines,
             queue=queue,
+            statistics=statistics,
             decode_options=DecodeOptions(max_pixels=self.settings.max_image_pixels,
                                          fast_jpeg_draft=config.fast_jpeg_decode,
                                          fast_transform=config.fast_preprocess,

@@ -1,7 +1,8 @@
 """``inference.GRPCInferenceService`` (KServe's ``grpc_predict_v2.proto`` plus Triton's repository
 extension), with the stubs ``tritonclient[grpc]`` ships: the same service, package and messages.
 
-Every RPC goes through :func:`_rpc`: API keys from the call's metadata (as HTTP reads headers),
+Every RPC goes through :func:`_rpc`: the request id (``x-request-id`` metadata, echoed in the
+initial metadata, on every log record), API keys from the call's metadata (as HTTP reads headers),
 errors mapped once (:mod:`.status`), and a counter and a duration per method, model and code.
 """
 
@@ -14,10 +15,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from resserve import __version__
 from resserve.errors import DeadlineExceededError, ResserveError, UnauthorizedError
+from resserve.logs import request_id
 from resserve.server import oip
 from resserve.server.auth import ApiKeys, missing_key_message, presented_keys
 from resserve.server.control import check_control, load_model, repository_index, unload_model
@@ -32,7 +35,9 @@ from resserve.server.oip_infer import (
     tensor_input,
 )
 from resserve.server.oip_routes import EXTENSIONS
+from resserve.server.request_id import HEADER, request_id_from
 from resserve.server.state import AppState
+from resserve.server.statistics import model_statistics
 
 Reply = TypeVar("Reply")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Reply]]
@@ -49,7 +54,10 @@ def _rpc(method: Handler[Reply]) -> Handler[Reply]:
         started = time.perf_counter()
         model = getattr(request, "model_name", "") or getattr(request, "name", "")
         code, counted = "OK", False
+        rid = request_id_from(_metadata(context))
+        token = request_id.set(rid)
         try:
+            await context.send_initial_metadata(((HEADER.decode(), rid),))
             self.authenticate(name, context)
             return await method(self, request, context)
         except asyncio.CancelledError:
@@ -66,6 +74,7 @@ def _rpc(method: Handler[Reply]) -> Handler[Reply]:
             await context.abort(status, message)
             raise  # abort raises; this keeps type checkers sure the handler never falls through
         finally:
+            request_id.reset(token)
             if not counted:
                 self.count(name, model, code, started)
 
@@ -156,6 +165,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             outputs = await run_request(pipeline, ticket, parsed, deadline_ms)
         results = output_tensors(pipeline, served, requested, outputs)
         return encode_response(served.name, served.version, parsed.id, results)
+
+    @_rpc
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        document = model_statistics(self.state, request.name or None, request.version or None)
+        return json_format.ParseDict(document, service_pb2.ModelStatisticsResponse())
 
     @_rpc
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
