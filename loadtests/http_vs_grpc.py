@@ -48,8 +48,8 @@ async def measure(http_url: str, grpc_target: str, model: str, payloads: list, c
                     point: LoadPoint = await closed_point(generator, concurrency, settings, **scrape)
                     points.append({"round": round_index, "protocol": protocol, **point.model_dump(mode="json")})
                     print(f"round {round_index} c={concurrency} {protocol}: {point.throughput_img_s:.1f} img/s, "
-                          f"p50 {point.latency_ms.get('p50', float('nan')):.1f} ms, "
-                          f"p99 {point.latency_ms.get('p99', float('nan')):.1f} ms, errors {point.error_rate:.3f}",
+                          f"p50 {point.latency_ms.get('p50_ms', float('nan')):.1f} ms, "
+                          f"p99 {point.latency_ms.get('p99_ms', float('nan')):.1f} ms, errors {point.error_rate:.3f}",
                           flush=True)
     return points
 
@@ -62,8 +62,8 @@ def summary(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for protocol in ("http", "grpc"):
             mine = [p for p in points if p["concurrency"] == concurrency and p["protocol"] == protocol]
             row[f"{protocol}_img_s"] = round(statistics.median(p["throughput_img_s"] for p in mine), 1)
-            row[f"{protocol}_p50_ms"] = round(statistics.median(p["latency_ms"]["p50"] for p in mine), 1)
-            row[f"{protocol}_p99_ms"] = round(statistics.median(p["latency_ms"]["p99"] for p in mine), 1)
+            row[f"{protocol}_p50_ms"] = round(statistics.median(p["latency_ms"]["p50_ms"] for p in mine), 1)
+            row[f"{protocol}_p99_ms"] = round(statistics.median(p["latency_ms"]["p99_ms"] for p in mine), 1)
             row[f"{protocol}_img_s_each_round"] = [round(p["throughput_img_s"], 1) for p in mine]
         row["grpc_over_http_throughput"] = round(row["grpc_img_s"] / row["http_img_s"], 3)
         row["grpc_over_http_p99"] = round(row["grpc_p99_ms"] / row["http_p99_ms"], 3)

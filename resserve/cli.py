@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,9 +31,15 @@ log = logging.getLogger("resserve")
 @app.callback()
 def main(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: Annotated[str, typer.Option(
+        envvar="RESSERVE_LOG_FORMAT",
+        help="json (one object per line), text, or auto: json off a terminal [RESSERVE_LOG_FORMAT]")] = "auto",
 ) -> None:
     """Set up logging for every command."""
-    configure_logging(log_level)
+    if log_format not in ("auto", "json", "text"):
+        raise typer.BadParameter(f"--log-format must be auto, json or text, not {log_format!r}")
+    configure_logging(log_level, log_format)  # type: ignore[arg-type]
+    os.environ["RESSERVE_LOG_FORMAT"] = log_format  # child processes (builds behind serve) log alike
     # The exporter's optimizer passes log every step at INFO.
     for noisy in ("onnxscript", "onnx_ir", "torch", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -261,6 +261,9 @@ class ServerSettings(BaseSettings):
     auth_metrics: bool = Field(False, description="/metrics needs an API key too")
     allow_repository_control: bool = Field(False, description="enable load/unload without a token")
     graceful_shutdown_s: float = Field(30.0, ge=0)
+    access_log: bool = Field(
+        True, description="one log line per request (method, path, status, duration, request id); "
+                          "not for health probes and /metrics")
     build_missing: bool = Field(True, description="build missing or stale artifacts at start, behind the open port")
     first_models: list[str] = Field(
         default_factory=lambda: ["resnet50"],

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Literal
 
 from rich.console import Console
 from rich.logging import RichHandler
+
+from resserve.logs import RequestContext, json_formatter
 
 # Wide enough that no table of ours is ever squeezed; Rich draws tables at their natural width.
 PIPED_WIDTH = 10_000
@@ -26,13 +29,28 @@ def make_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=PIPED_WIDTH, soft_wrap=True)
 
 
-def configure_logging(level: str) -> None:
-    """Rich log lines on a terminal; off one, plain lines that never wrap."""
+LogFormat = Literal["auto", "json", "text"]
+
+
+def configure_logging(level: str, log_format: LogFormat = "auto") -> None:
+    """``json``: one JSON object per line (:mod:`resserve.logs`); ``text``: Rich lines on a terminal,
+    plain lines that never wrap off one; ``auto``: JSON off a terminal (a container, a pipe), text
+    on one. Every record carries the request id it was written for; uvicorn's loggers propagate
+    to the same handler."""
     handler: logging.Handler
-    if sys.stderr.isatty():
+    on_terminal = sys.stderr.isatty()
+    if log_format == "json" or (log_format == "auto" and not on_terminal):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(json_formatter())
+    elif on_terminal:
         handler = RichHandler(console=make_console(stderr=True), show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    handler.addFilter(RequestContext())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # uvicorn's own, through ours
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True

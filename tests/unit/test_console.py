@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+
+import pytest
 
 SCRIPT = """
 import logging
 from rich.table import Table
 from resserve.console import configure_logging, make_console
-configure_logging("info")
+import sys
+configure_logging("info", sys.argv[1])
 logging.getLogger("resserve.test").info("a long message " + "word " * 60 + "end")
 table = Table(title="figures")
 for column in "abcdefghijkl":
@@ -19,10 +23,17 @@ make_console().print(table)
 """
 
 
-def test_piped_tables_and_logs_keep_every_figure() -> None:
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60, check=True)
+@pytest.mark.parametrize("log_format", ["text", "auto"])
+def test_piped_tables_and_logs_keep_every_figure(log_format: str) -> None:
+    done = subprocess.run([sys.executable, "-c", SCRIPT, log_format], capture_output=True, text=True, timeout=60,
+                          check=True)
     log_lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(log_lines) == 1, done.stderr  # one event, one line
-    assert log_lines[0].endswith("word end") and " INFO resserve.test: a long message" in log_lines[0]
+    if log_format == "text":
+        assert log_lines[0].endswith("word end") and " INFO resserve.test: a long message" in log_lines[0]
+    else:  # off a terminal, auto is JSON
+        record = json.loads(log_lines[0])
+        assert record["message"].endswith("word end") and record["logger"] == "resserve.test"
+        assert record["level"] == "INFO" and record["request_id"] is None
     assert done.stdout.count("272123.456789") == 12, done.stdout
     assert "…" not in done.stdout

@@ -1,0 +1,37 @@
+"""Structured logs: one JSON object per line (python-json-logger), each record carrying the id of
+the request it was written for.
+
+The request id lives in a context variable that the server's request-id middleware sets for the
+request's task, so every record written while handling it (the access line, an error with its
+traceback, a warning deep in the pipeline) carries ``request_id`` without being passed it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextvars import ContextVar
+from pythonjsonlogger.json import JsonFormatter
+
+request_id: ContextVar[str | None] = ContextVar("resserve_request_id", default=None)
+
+JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+_RENAME = {"asctime": "timestamp", "levelname": "level", "name": "logger"}
+
+
+class RequestContext(logging.Filter):
+    """Adds ``request_id`` (None outside a request) to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id.get()
+        return True
+
+
+def json_formatter() -> logging.Formatter:
+    """timestamp (ISO 8601, UTC), level, logger, message, request_id, and any ``extra`` fields."""
+    formatter = JsonFormatter(JSON_FIELDS, rename_fields=_RENAME, timestamp=False, json_ensure_ascii=False)
+    formatter.converter = time.gmtime
+    formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+    formatter.default_msec_format = "%s.%03dZ"
+    return formatter

@@ -1,0 +1,69 @@
+"""Request ids and the access log: a pure ASGI middleware, outermost, so every answer (a 401, a
+413 refused from its Content-Length, a 500) carries ``X-Request-ID`` and gets its access line.
+
+The id is the client's ``X-Request-ID`` when it is a sane token (printable, no spaces, at most
+128 characters: a log line or a header is never the place for a client's control characters),
+else a new uuid4. It is set in :data:`resserve.logs.request_id` for the request's task, so every
+log record written while handling it carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from resserve.logs import request_id
+
+HEADER = b"x-request-id"
+_SANE = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+# Probes and scrapes every few seconds would drown the requests that matter.
+QUIET_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+access = logging.getLogger("resserve.access")
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's id if it is a sane token, else a fresh one."""
+    for name, value in headers:
+        if name == HEADER and _SANE.fullmatch(value):
+            return value.decode("ascii")
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """Echo or assign ``X-Request-ID``; write one access line per request (``access_log``)."""
+
+    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id_from(scope["headers"])
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [h for h in message.get("headers", []) if h[0].lower() != HEADER]
+                message = {**message, "headers": [*headers, (HEADER, rid.encode("ascii"))]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.access_log and scope["path"] not in QUIET_PATHS:
+                client = scope.get("client")
+                access.info("%s %s %d", scope["method"], scope["path"], status, extra={
+                    "method": scope["method"], "path": scope["path"], "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "client": f"{client[0]}:{client[1]}" if client else None})
+            request_id.reset(token)
