@@ -4,6 +4,8 @@ before the models are released so calls in flight finish.
 
 ``grpc.health.v1.Health`` answers for the whole server ("") and for ``inference.GRPCInferenceService``:
 SERVING while the server is ready, NOT_SERVING while it starts or drains (Kubernetes' gRPC probes).
+``Check`` reads readiness when asked, so it never lags ServerReady; ``Watch`` streams follow it
+within ``HEALTH_POLL_S``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,26 @@ SERVICE = "inference.GRPCInferenceService"
 HEALTH_POLL_S = 0.5
 
 
+class ReadinessHealth(health.aio.HealthServicer):  # type: ignore[misc]
+    """``grpc.health.v1.Health`` in step with the app's readiness."""
+
+    def __init__(self, state: AppState) -> None:
+        super().__init__()
+        self.state = state
+
+    async def follow(self) -> None:
+        """Set both services from readiness now (ignored once shutdown has begun)."""
+        status = (health_pb2.HealthCheckResponse.SERVING if self.state.ready
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for service in ("", SERVICE):
+            await self.set(service, status)
+
+    async def Check(self, request: health_pb2.HealthCheckRequest,
+                    context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        await self.follow()
+        return await super().Check(request, context)
+
+
 class GrpcServer:
     """OIP v2 over gRPC on ``settings.grpc_host or host``:``grpc_port``; messages up to ``max_body_bytes``."""
 
@@ -40,7 +62,7 @@ class GrpcServer:
             ("grpc.so_reuseport", 0),
         ], maximum_concurrent_rpcs=settings.max_connections)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), self.server)
-        self.health = health.aio.HealthServicer()
+        self.health = ReadinessHealth(state)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.host = settings.grpc_host or settings.host
         self.port = self.server.add_insecure_port(f"{self.host}:{settings.grpc_port}")
@@ -49,20 +71,14 @@ class GrpcServer:
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._set_health()
+        await self.health.follow()
         await self.server.start()
         self._watch = asyncio.create_task(self._follow_readiness(), name="grpc-health")
         log.info("gRPC (OIP v2) listening on %s:%d", self.host, self.port)
 
-    async def _set_health(self) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if self.state.ready
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for service in ("", SERVICE):
-            await self.health.set(service, status)
-
     async def _follow_readiness(self) -> None:
         while True:
-            await self._set_health()
+            await self.health.follow()
             await asyncio.sleep(HEALTH_POLL_S)
 
     async def stop(self, grace_s: float) -> None:
