@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from contextvars import ContextVar
+from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
 request_id: ContextVar[str | None] = ContextVar("resserve_request_id", default=None)
@@ -20,11 +21,16 @@ _RENAME = {"asctime": "timestamp", "levelname": "level", "name": "logger"}
 
 
 class RequestContext(logging.Filter):
-    """Adds ``request_id`` (None outside a request) to every record."""
+    """Adds ``request_id`` (None outside a request) to every record, and ``trace_id`` and ``span_id``
+    while a span is recording (tracing on): a log line leads to its trace and back."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = request_id.get()
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid and not hasattr(record, "trace_id"):
+            record.trace_id = f"{span.trace_id:032x}"
+            record.span_id = f"{span.span_id:016x}"
         return True
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import uvicorn
 import yaml
+from opentelemetry.trace import TracerProvider
 from PIL import Image
 
 from resserve.bench.process import ServerProcess, free_port
@@ -85,11 +86,13 @@ def wait_until_ready(url: str, alive: Callable[[], bool], timeout_s: float) -> N
 
 @contextmanager
 def serve_in_thread(settings: ServerSettings, start_timeout_s: float = 60.0,
-                    wait_for: str = "/v2/health/ready", started: bool = True) -> Iterator[RunningServer]:
+                    wait_for: str = "/v2/health/ready", started: bool = True,
+                    tracer_provider: TracerProvider | None = None) -> Iterator[RunningServer]:
     """Run create_app(settings) under uvicorn in a thread; yields once ``wait_for`` answers 200
-    and (with ``started``) every model has been built and loaded or has failed."""
+    and (with ``started``) every model has been built and loaded or has failed; spans go to
+    ``tracer_provider`` when given."""
     metrics = Metrics()
-    app = create_app(settings, metrics, builder_for(settings))
+    app = create_app(settings, metrics, builder_for(settings), tracer_provider=tracer_provider)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
                             log_config=None, timeout_graceful_shutdown=10)

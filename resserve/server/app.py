@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from opentelemetry.trace import TracerProvider
 
 from resserve import __version__
 from resserve.config import ServerSettings
@@ -33,31 +34,39 @@ from resserve.server.pipeline import RequestPipeline
 from resserve.server.request_id import RequestIdMiddleware
 from resserve.server.startup import BuildSource, InProcessBuilds, start_models, startup_order
 from resserve.server.state import AppState
+from resserve.server.tracing_middleware import TracingMiddleware
 from resserve.serving.manager import ModelBuilder, ModelManager
 from resserve.serving.states import ModelStates
+from resserve.tracing import Tracing, tracer_provider_from_env
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: ServerSettings | None = None, metrics: Metrics | None = None,
-               builder: ModelBuilder | BuildSource | None = None) -> FastAPI:
+               builder: ModelBuilder | BuildSource | None = None,
+               tracer_provider: TracerProvider | None = None) -> FastAPI:
     """The resserve application; tests pass their own settings and a fresh metrics registry.
 
     ``builder`` builds missing or stale models behind the open port when ``settings.build_missing``
     is on: a :class:`~resserve.server.startup.BuildProcess` (what ``resserve serve`` passes), or an
     in-process :class:`~resserve.serving.manager.ModelBuilder` such as
     :class:`resserve.build.pipeline.BuildPipeline`; without one, only built versions load.
+
+    ``tracer_provider``: traces go there (tests pass one with an in-memory exporter); without one,
+    tracing is on only where ``OTEL_TRACES_EXPORTER`` asks for it (:mod:`resserve.tracing`).
     """
     settings = settings or ServerSettings()
     metrics = metrics or Metrics()
     repository = ModelRepository(settings.model_repo)
     manager = ModelManager(repository, settings, metrics)
+    owned_provider = None if tracer_provider is not None else tracer_provider_from_env()
+    tracing = Tracing(tracer_provider or owned_provider)
     state = AppState(
         settings=settings,
         metrics=metrics,
         repository=repository,
         manager=manager,
-        pipeline=RequestPipeline(settings, metrics, manager),
+        pipeline=RequestPipeline(settings, metrics, manager, tracing),
     )
     builds: BuildSource | None = None
     if settings.build_missing and builder is not None:
@@ -92,6 +101,8 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
                 await starting
             await state.manager.close()
             state.pipeline.close()
+            if owned_provider is not None:  # flush the spans still in the batch processor
+                owned_provider.shutdown()
 
     app = FastAPI(title="resserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.resserve = state
@@ -105,5 +116,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, auth_health=settings.auth_health,
                            auth_metrics=settings.auth_metrics, control_has_token=settings.control_token is not None)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if tracing.enabled:  # off: not installed, no cost per request
+        app.add_middleware(TracingMiddleware, tracing=tracing)
     app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)  # outermost: every answer has an id
     return app

@@ -116,14 +116,16 @@ async def classify(
     if top_k_ > state.settings.max_top_k:
         raise InvalidRequestError(f"top_k must be <= {state.settings.max_top_k}, got {top_k_}")
     with pipeline.admit(served, received) as ticket:
-        images = await read_images(request, state, pipeline.max_images(served))
+        with pipeline.tracing.span("read"):
+            images = await read_images(request, state, pipeline.max_images(served))
         async with CancelOnDisconnect(request.receive):
             outputs = await pipeline.run_images(ticket, images, timeout_ms)
-    scores = pipeline.scores(served, outputs)
-    body = {
-        "model_name": served.name,
-        "model_version": served.version,
-        "random_weights": served.random_weights,
-        "results": [{"predictions": preds} for preds in top_k(scores, top_k_, served.labels)],
-    }
-    return Response(orjson.dumps(body), media_type="application/json")
+    with pipeline.tracing.span("encode"):
+        scores = pipeline.scores(served, outputs)
+        body = {
+            "model_name": served.name,
+            "model_version": served.version,
+            "random_weights": served.random_weights,
+            "results": [{"predictions": preds} for preds in top_k(scores, top_k_, served.labels)],
+        }
+        return Response(orjson.dumps(body), media_type="application/json")

@@ -134,13 +134,15 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     header_length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH))
     encoding = content_encoding(request)
     with pipeline.admit(served, received) as ticket:
-        raw = await read_raw(request)
+        with pipeline.tracing.span("read"):
+            raw = await read_raw(request)
         parsed = await asyncio.to_thread(_parse, raw, encoding, header_length,
                                          state.settings.max_decompressed_bytes, pipeline.max_images(served))
         del raw  # the parsed request holds what it needs (binary tensors are views of it)
         requested = requested_outputs(served, parsed)
         async with CancelOnDisconnect(request.receive):
             outputs = await run_request(pipeline, ticket, parsed)
-    results = output_tensors(pipeline, served, requested, outputs)
-    body_out, headers = oip.build_infer_response(served.name, served.version, parsed.id, results)
+    with pipeline.tracing.span("encode"):
+        results = output_tensors(pipeline, served, requested, outputs)
+        body_out, headers = oip.build_infer_response(served.name, served.version, parsed.id, results)
     return Response(body_out, headers=headers)

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from resserve.config import ServerSettings
 from resserve.engines.hardware import available_cores
@@ -30,6 +32,7 @@ from resserve.metrics import Metrics
 from resserve.preprocess import preprocess_timed
 from resserve.server.scores import softmax
 from resserve.serving.manager import ModelManager, ServedModel
+from resserve.tracing import OFF, Tracing, now_ns
 
 # A request may ask for a longer deadline than the model's default, but not an unbounded one:
 # float("1e400") is inf, and a deadline of inf keeps an entry alive for ever.
@@ -52,10 +55,12 @@ class RequestPipeline:
     engine thread runs the previous batch: on 2 cores that overlap decides throughput.
     """
 
-    def __init__(self, settings: ServerSettings, metrics: Metrics, manager: ModelManager) -> None:
+    def __init__(self, settings: ServerSettings, metrics: Metrics, manager: ModelManager,
+                 tracing: Tracing = OFF) -> None:
         self.settings = settings
         self.metrics = metrics
         self.manager = manager
+        self.tracing = tracing
         self.threads = settings.preprocess_threads or available_cores()
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="preprocess")
 
@@ -164,17 +169,36 @@ class RequestPipeline:
         self.metrics.decode.labels(served.name).observe(decode_s)
         self.metrics.preprocess.labels(served.name).observe(transform_s)
         served.statistics.preprocessed(decode_s + transform_s)
+        if self.tracing.enabled:
+            self._trace_preprocess(served, data, started, decode_s, transform_s)
         return tensor
+
+    def _trace_preprocess(self, served: ServedModel, data: bytes, started: float, decode_s: float,
+                          transform_s: float) -> None:
+        """``preprocess`` and its ``decode``, timed in the worker thread; the image's size from its header."""
+        if self.tracing.current() is None:  # an adapter without a request span
+            return
+        start_ns = now_ns() - int((time.perf_counter() - started) * 1e9)
+        decoded_ns = start_ns + int(decode_s * 1e9)
+        try:
+            width, height = Image.open(io.BytesIO(data)).size  # reads the header only
+        except Exception:  # it decoded above; a format Pillow cannot reopen is no reason to fail
+            width = height = 0
+        parent = self.tracing.record("preprocess", start_ns, decoded_ns + int(transform_s * 1e9), model=served.name,
+                                     version=served.version, image_width=width, image_height=height)
+        self.tracing.record("decode", start_ns, decoded_ns, parent, image_width=width, image_height=height)
 
     async def _submit(self, served: ServedModel, rows: np.ndarray, deadline: float, received: float) -> np.ndarray:
         """Queue rows on ``served``, or on its successor if a reload retired it meanwhile."""
+        request_span = self.tracing.current()
+        trace = (self.tracing, request_span) if request_span is not None else None
         try:
-            return await served.queue.submit(rows, deadline, received)
+            return await served.queue.submit(rows, deadline, received, trace)
         except ModelNotReadyError:
             successor = self.manager.successor(served)
             if successor is None:
                 raise
-            return await successor.queue.submit(rows, deadline, received)
+            return await successor.queue.submit(rows, deadline, received, trace)
 
 
 async def _all_or_first_error(coroutines: list) -> list[np.ndarray]:  # type: ignore[type-arg]

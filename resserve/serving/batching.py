@@ -36,6 +36,7 @@ from resserve.errors import (
 from resserve.metrics import Metrics
 from resserve.serving.adaptive import SloBatchPolicy
 from resserve.serving.statistics import ModelStatistics
+from resserve.tracing import Carried, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class _Pending:
     enqueued: float = field(default_factory=time.monotonic)
     received: float = 0.0  # when the request reached the server (adaptive batching ages from here)
     queued: bool = True  # still in the queue's deque (not yet taken into a batch, not forgotten)
+    trace: Carried | None = None  # the request's span, which the batch's span links to
 
 
 class BatchQueue:
@@ -119,7 +121,8 @@ class BatchQueue:
             self._executors.append(executor)
             self._workers.append(asyncio.create_task(self._work(runner, executor), name=f"batcher-{index}"))
 
-    async def submit(self, rows: np.ndarray, deadline: float, received: float | None = None) -> np.ndarray:
+    async def submit(self, rows: np.ndarray, deadline: float, received: float | None = None,
+                     trace: Carried | None = None) -> np.ndarray:
         """Queue ``rows`` (a batch of one or more inputs) and wait for their outputs.
 
         Raises QueueFullError at once when the queue is full, DeadlineExceededError when
@@ -141,12 +144,12 @@ class BatchQueue:
             # the others are cancelled, not run for nobody.
             try:
                 async with asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(self.submit(chunk, deadline, received)) for chunk in chunks]
+                    tasks = [group.create_task(self.submit(chunk, deadline, received, trace)) for chunk in chunks]
             except BaseExceptionGroup as failed:
                 raise failed.exceptions[0] from None
             return np.concatenate([task.result() for task in tasks])
         loop = asyncio.get_running_loop()
-        item = _Pending(rows, loop.create_future(), deadline)
+        item = _Pending(rows, loop.create_future(), deadline, trace=trace)
         item.received = item.enqueued if received is None else min(received, item.enqueued)
         if self.policy is not None:
             self.policy.arrivals.observe(item.enqueued)
@@ -329,6 +332,27 @@ class BatchQueue:
         if self._metrics:
             for item in batch:
                 self._metrics.queue_wait.labels(*self._labels).observe(started - item.enqueued)
+        traced = [i.trace for i in batch if i.trace is not None]
+        if traced:  # tracing on: this batch gets a span
+            await self._run_traced(loop, runner, executor, batch, traced, started)
+            return
+        await self._run_engine(loop, runner, executor, batch, started)
+
+    async def _run_traced(self, loop: asyncio.AbstractEventLoop, runner: Runner, executor: ThreadPoolExecutor,
+                          batch: list[_Pending], traced: list[Carried], started: float) -> None:
+        """A ``queue wait`` span per request, then the batch in an ``engine batch`` span linked to them."""
+        end_ns = now_ns() - int((time.monotonic() - started) * 1e9)
+        tracing = traced[0][0]
+        for item in batch:
+            if item.trace is not None:
+                tracing.record("queue wait", end_ns - int((started - item.enqueued) * 1e9), end_ns, item.trace[1],
+                               rows=item.rows.shape[0])
+        with tracing.batch_span([c for _t, c in traced], model=self._labels[0], version=self._labels[1],
+                                batch_size=sum(i.rows.shape[0] for i in batch), requests=len(batch)):
+            await self._run_engine(loop, runner, executor, batch, started)
+
+    async def _run_engine(self, loop: asyncio.AbstractEventLoop, runner: Runner, executor: ThreadPoolExecutor,
+                          batch: list[_Pending], started: float) -> None:
         call = loop.run_in_executor(executor, _run_batch, runner, [i.rows for i in batch])
         if self.engine_timeout_s is not None:
             done, _ = await asyncio.wait({call}, timeout=self.engine_timeout_s)
