@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -32,6 +32,23 @@ def make_console(stderr: bool = False) -> Console:
 LogFormat = Literal["auto", "json", "text"]
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, as logging's own last-resort
+    handler does: a stream swapped and closed under the logger (click's CliRunner, a test's
+    capture) never leaves it writing to a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def configure_logging(level: str, log_format: LogFormat = "auto") -> None:
     """``json``: one JSON object per line (:mod:`resserve.logs`); ``text``: Rich lines on a terminal,
     plain lines that never wrap off one; ``auto``: JSON off a terminal (a container, a pipe), text
@@ -40,13 +57,13 @@ def configure_logging(level: str, log_format: LogFormat = "auto") -> None:
     handler: logging.Handler
     on_terminal = sys.stderr.isatty()
     if log_format == "json" or (log_format == "auto" and not on_terminal):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         handler.setFormatter(json_formatter())
     elif on_terminal:
         handler = RichHandler(console=make_console(stderr=True), show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
     handler.addFilter(RequestContext())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"tensorrt test: {trt_why}"))
         if item.get_closest_marker("slow") and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow test: set RESSERVE_SLOW=1 to run"))
+
+
+def _ours(handlers: list[logging.Handler]) -> list[logging.Handler]:
+    """Handlers other than pytest's own capture handlers, which pytest adds and removes per phase."""
+    return [h for h in handlers if not type(h).__module__.startswith("_pytest")]
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """The CLI's ``configure_logging`` points the root logger at the ``sys.stderr`` of the moment;
+    under CliRunner that stream is closed when the call ends, and later tests' records would go to
+    a closed file ("--- Logging error ---"). Each test leaves the loggers it changed as it found them."""
+    names = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
+    saved = {name: (_ours(logging.getLogger(name).handlers), logging.getLogger(name).level,
+                    logging.getLogger(name).propagate) for name in names}
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        pytests = [h for h in logger.handlers if h not in _ours(logger.handlers)]
+        logger.handlers[:] = [*handlers, *pytests]
+        logger.setLevel(level)
+        logger.propagate = propagate

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,18 @@ def _records(stream: io.StringIO) -> list[dict]:
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
+def _records_once_logged(stream: io.StringIO, *request_ids: str, within_s: float = 10.0) -> list[dict]:
+    """The records, once each id's access line is written: the line follows the response's last
+    byte, so a client can read its answer before the server's thread has logged it."""
+    deadline = time.monotonic() + within_s
+    while True:
+        records = _records(stream)
+        logged = {r.get("request_id") for r in records if r.get("logger") == "resserve.access"}
+        if set(request_ids) <= logged or time.monotonic() > deadline:
+            return records
+        time.sleep(0.02)
+
+
 def test_the_clients_id_is_echoed_and_logged(server: RunningServer, json_lines: io.StringIO) -> None:
     answer = httpx.post(f"{server.url}/v2/models/r18/classify", content=jpeg(), timeout=30,
                         headers={"content-type": "image/jpeg", "x-request-id": "order-42.a"})
@@ -61,7 +74,7 @@ def test_the_clients_id_is_echoed_and_logged(server: RunningServer, json_lines: 
     refused = httpx.post(f"{server.url}/v2/models/nope/classify", content=jpeg(), timeout=30,
                          headers={"content-type": "image/jpeg", "x-request-id": "order-43"})
     assert refused.status_code == 404 and refused.headers["x-request-id"] == "order-43"
-    records = _records(json_lines)
+    records = _records_once_logged(json_lines, "order-42.a", "order-43")
     (line,) = [r for r in records if r.get("request_id") == "order-42.a" and r["logger"] == "resserve.access"]
     assert line["status"] == 200 and line["path"] == "/v2/models/r18/classify" and line["method"] == "POST"
     assert line["duration_ms"] > 0 and line["level"] == "INFO" and line["timestamp"].endswith("Z")
