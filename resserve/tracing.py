@@ -6,7 +6,8 @@ helper returns a shared null context, so a request costs an attribute check and 
 globally: OpenTelemetry's global provider can be set only once per process, and tests need one
 each.
 
-Span names: the SERVER span ``POST /v2/models/{name}/infer`` (the route template), then ``read``,
+Span names: the SERVER span ``POST /v2/models/{name}/infer`` (the route template) or
+``inference.GRPCInferenceService/ModelInfer`` (the RPC), then ``read``,
 ``decode``, ``preprocess`` (one per image), ``queue wait``, ``engine batch`` (one per batch, with
 links to the requests it served) and ``encode``.
 

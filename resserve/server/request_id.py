@@ -23,6 +23,9 @@ _SANE = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 # Probes and scrapes every few seconds would drown the requests that matter.
 QUIET_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 access = logging.getLogger("resserve.access")
+# Where the tracing middleware, inside this one, leaves the request span's context: the access
+# line is written after that span ends, and still names its trace.
+TRACE_SCOPE_KEY = "resserve.span_context"
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -62,8 +65,10 @@ class RequestIdMiddleware:
         finally:
             if self.access_log and scope["path"] not in QUIET_PATHS:
                 client = scope.get("client")
-                access.info("%s %s %d", scope["method"], scope["path"], status, extra={
-                    "method": scope["method"], "path": scope["path"], "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "client": f"{client[0]}:{client[1]}" if client else None})
+                extra = {"method": scope["method"], "path": scope["path"], "status": status,
+                         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                         "client": f"{client[0]}:{client[1]}" if client else None}
+                if (span := scope.get(TRACE_SCOPE_KEY)) is not None:
+                    extra |= {"trace_id": f"{span.trace_id:032x}", "span_id": f"{span.span_id:016x}"}
+                access.info("%s %s %d", scope["method"], scope["path"], status, extra=extra)
             request_id.reset(token)

@@ -14,6 +14,7 @@ from opentelemetry.trace import Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resserve.logs import request_id
+from resserve.server.request_id import TRACE_SCOPE_KEY
 from resserve.tracing import Tracing
 
 
@@ -36,6 +37,7 @@ class TracingMiddleware:
             attributes["client.address"] = client[0]
         with self.tracing.server_span(method, scope["headers"], attributes) as span:
             assert span is not None
+            scope[TRACE_SCOPE_KEY] = span.get_span_context()
 
             async def send_traced(message: Message) -> None:
                 if message["type"] == "http.response.start":

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from opentelemetry.trace import Span, Status, StatusCode
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from resserve import __version__
@@ -41,6 +42,10 @@ from resserve.server.statistics import model_statistics
 
 Reply = TypeVar("Reply")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Reply]]
+SERVICE = "inference.GRPCInferenceService"
+# Codes that are the server's fault (OpenTelemetry's rule for SERVER spans); a client's bad input is not an error.
+SERVER_FAULTS = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
+                           grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS})
 HEALTH_METHODS = frozenset({"ServerLive", "ServerReady", "ModelReady"})
 REPOSITORY_METHODS = frozenset({"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})
 
@@ -54,31 +59,52 @@ def _rpc(method: Handler[Reply]) -> Handler[Reply]:
         started = time.perf_counter()
         model = getattr(request, "model_name", "") or getattr(request, "name", "")
         code, counted = "OK", False
-        rid = request_id_from(_metadata(context))
+        metadata = _metadata(context)
+        rid = request_id_from(metadata)
         token = request_id.set(rid)
+        attributes: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": name,
+                                      "request_id": rid}
+        if model:
+            attributes["model"] = model
         try:
-            await context.send_initial_metadata(((HEADER.decode(), rid),))
-            self.authenticate(name, context)
-            return await method(self, request, context)
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as exc:
-            status, message, trailers = grpc_status(exc)
-            code = status.name
+            # The abort below raises; it comes after the span ends, so a refusal is not recorded
+            # as the server's exception.
+            with self.state.pipeline.tracing.server_span(f"{SERVICE}/{name}", metadata, attributes) as span:
+                try:
+                    await context.send_initial_metadata(((HEADER.decode(), rid),))
+                    self.authenticate(name, context)
+                    reply = await method(self, request, context)
+                    _end_span(span, grpc.StatusCode.OK)
+                    return reply
+                except asyncio.CancelledError:
+                    code = "CANCELLED"
+                    raise
+                except Exception as exc:
+                    status, message, trailers = grpc_status(exc)
+                    code = status.name
+                    _end_span(span, status, message)
             # Counted before abort, which sends the status at once: a client that has it sees it counted.
             self.count(name, model, code, started)
             counted = True
             if trailers:
                 context.set_trailing_metadata(trailers)
             await context.abort(status, message)
-            raise  # abort raises; this keeps type checkers sure the handler never falls through
+            raise AssertionError("unreachable")  # abort raises; type checkers cannot know it
         finally:
             request_id.reset(token)
             if not counted:
                 self.count(name, model, code, started)
 
     return handler
+
+
+def _end_span(span: Span | None, status: grpc.StatusCode, message: str = "") -> None:
+    """The call's status on its span; only the server's own faults mark it an error."""
+    if span is None:
+        return
+    span.set_attribute("rpc.grpc.status_code", status.value[0])
+    if status in SERVER_FAULTS:
+        span.set_status(Status(StatusCode.ERROR, message))
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> list[tuple[bytes, bytes]]:

@@ -4,20 +4,29 @@ served."""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from server_harness import RunningServer, jpeg, serve_in_thread, write_model
+from tritonclient.utils import InferenceServerException
 
+from resserve.bench.process import free_port
 from resserve.config import ServerSettings
+from resserve.logs import RequestContext, json_formatter
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -37,7 +46,8 @@ def server(model_onnx: Path, tmp_path_factory: pytest.TempPathFactory,
     write_model(repo, "r18", model_onnx)
     # "pair" dispatches only once two rows wait (or after 10 s): two requests share a batch.
     write_model(repo, "pair", model_onnx, max_batch_size=2, dynamic_batching={"max_queue_delay_ms": 10_000, "default_timeout_ms": 60_000})
-    with serve_in_thread(ServerSettings(model_repo=repo, models=["r18", "pair"], first_models=[]),
+    with serve_in_thread(ServerSettings(model_repo=repo, models=["r18", "pair"], first_models=[],
+                                        grpc_port=free_port()),
                          tracer_provider=provider) as running:
         yield running
     provider.shutdown()
@@ -105,3 +115,59 @@ def test_errors_are_traced_with_their_status(server: RunningServer, exporter: In
                       headers={"content-type": "image/jpeg"}).status_code == 404
     [root] = _server_spans(exporter, 1)
     assert root.attributes is not None and root.attributes["http.response.status_code"] == 404
+
+
+def test_a_grpc_call_joins_the_clients_trace_with_the_same_steps(server: RunningServer,
+                                                                 exporter: InMemorySpanExporter) -> None:
+    exporter.clear()
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+    image = grpcclient.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([jpeg(320, 240)], dtype=np.object_))
+    client.infer("r18", [image], headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "x-request-id": "grpc-trace"})
+    [root] = _server_spans(exporter, 1)
+    assert root.name == "inference.GRPCInferenceService/ModelInfer"
+    assert f"{root.context.trace_id:032x}" == TRACE_ID
+    assert root.parent is not None and f"{root.parent.span_id:016x}" == PARENT_ID
+    assert root.attributes is not None
+    assert root.attributes["request_id"] == "grpc-trace" and root.attributes["model"] == "r18"
+    assert root.attributes["rpc.system"] == "grpc" and root.attributes["rpc.grpc.status_code"] == 0
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    for step in ("preprocess", "queue wait"):
+        assert spans[step].parent is not None and spans[step].parent.span_id == root.context.span_id, step
+    assert [link.context.span_id for link in spans["engine batch"].links] == [root.context.span_id]
+
+
+def test_a_grpc_refusal_is_traced_with_its_code_and_is_not_a_server_error(server: RunningServer,
+                                                                          exporter: InMemorySpanExporter) -> None:
+    exporter.clear()
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+    with pytest.raises(InferenceServerException) as refused:
+        client.get_model_metadata("nope")
+    assert refused.value.status() == "StatusCode.NOT_FOUND"
+    [root] = _server_spans(exporter, 1)
+    assert root.name == "inference.GRPCInferenceService/ModelMetadata"
+    assert root.attributes is not None and root.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert root.status.status_code == StatusCode.UNSET and not root.events  # the client's mistake, no exception
+
+
+def test_the_access_line_names_the_requests_trace(server: RunningServer, exporter: InMemorySpanExporter) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(json_formatter())
+    handler.addFilter(RequestContext())
+    access = logging.getLogger("resserve.access")
+    access.addHandler(handler)
+    previous = access.level
+    access.setLevel(logging.INFO)
+    try:
+        exporter.clear()
+        assert _classify(server, "r18", **{"x-request-id": "traced-access"}).status_code == 200
+        [root] = _server_spans(exporter, 1)
+        deadline = time.monotonic() + 10
+        while "traced-access" not in stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(previous)
+    [line] = [json.loads(t) for t in stream.getvalue().splitlines() if "traced-access" in t]
+    assert line["trace_id"] == f"{root.context.trace_id:032x}" and line["span_id"] == f"{root.context.span_id:016x}"
