@@ -75,6 +75,9 @@ GUARDED = [
     ("POST", "/v2/models/r18/infer"),
     ("POST", "/v2/models/r18/versions/1/infer"),
     ("POST", "/v2/models/r18/classify"),
+    ("GET", "/v2/models/stats"),  # statistics say which models exist and how busy they are
+    ("GET", "/v2/models/r18/stats"),
+    ("GET", "/v2/models/r18/versions/1/stats"),
     ("GET", "/docs"),
     ("GET", "/openapi.json"),
 ]
