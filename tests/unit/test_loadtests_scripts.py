@@ -54,3 +54,17 @@ def test_plot_stages_draws_one_bar_per_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size[0] > 500
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_access_log_cost_reads_a_process_cpu_time() -> None:
+    sys.path.insert(0, str(LOADTESTS))
+    try:
+        from access_log_cost import _cpu_s
+    finally:
+        sys.path.remove(str(LOADTESTS))
+    before = _cpu_s(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        sum(range(1000))
+    assert 0.25 <= _cpu_s(os.getpid()) - before < 5
