@@ -283,6 +283,9 @@ def serve(
     model_name: Annotated[str | None, typer.Option(help="the --model-file's model name (default: its stem)")] = None,
     work_dir: Annotated[Path | None, typer.Option(
         help="where --model-file's repository is written (default: $TMPDIR/resserve-repo)")] = None,
+    workers: Annotated[str | None, typer.Option(
+        help="server processes on the same port(s), each with its own engines and batcher; a number, or "
+             "auto (one per core) [RESSERVE_WORKERS]")] = None,
 ) -> None:
     """Serve the repository's models over HTTP (OIP v2 + /classify + /metrics), and gRPC (OIP v2) if asked.
 
@@ -305,7 +308,7 @@ def serve(
             raise _fail(exc) from exc
         build_missing, model = True, [name]
     given = {"model_repo": model_repo, "host": host, "port": port, "grpc_port": grpc_port, "models": model or None,
-             "build_missing": build_missing}
+             "build_missing": build_missing, "workers": workers}
     try:
         settings = ServerSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
@@ -314,12 +317,18 @@ def serve(
         raise _fail(ResserveError(f"bad server settings: {validation_problems(exc.errors())}")) from exc
     try:
         from resserve.server.startup import BuildProcess
+        from resserve.server.supervisor import run_workers, worker_count
 
         # Builds run in a child process (`resserve build --events`) behind the open port: the server
         # answers at once and imports neither the build code nor torch.
+        level = logging.getLevelName(logging.getLogger().level).lower()
+        count = worker_count(settings.workers)
+        if count > 1:  # N processes on one socket; each builds nothing but worker 0 (server/supervisor.py)
+            if (code := run_workers(settings, count, log_level=level, shutdown_delay_s=shutdown_delay_s)) != 0:
+                raise typer.Exit(code)
+            return
         builder = BuildProcess(settings.model_repo) if settings.build_missing else None
-        run_server(settings, log_level=logging.getLevelName(logging.getLogger().level).lower(),
-                   shutdown_delay_s=shutdown_delay_s, builder=builder)
+        run_server(settings, log_level=level, shutdown_delay_s=shutdown_delay_s, builder=builder)
     except ResserveError as exc:
         raise _fail(exc) from exc
 

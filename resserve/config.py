@@ -265,6 +265,12 @@ class ServerSettings(BaseSettings):
         True, description="one log line per request (method, path, status, duration, request id); "
                           "not for health probes and /metrics")
     build_missing: bool = Field(True, description="build missing or stale artifacts at start, behind the open port")
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+        1, description="server processes sharing the HTTP (and gRPC) port, each with its own engines, batcher "
+                       "and preprocessing; auto: one per core")
+    pin_workers: bool = Field(
+        True, description="with several workers, give each its own share of the cores, so that engine and "
+                          "preprocessing threads (which default to the cores a process may use) never oversubscribe them")
     first_models: list[str] = Field(
         default_factory=lambda: ["resnet50"],
         description="built and loaded first at start (then fp32 models, then reduced precision, in repository order)")

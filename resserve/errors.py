@@ -67,6 +67,10 @@ class ForbiddenError(ResserveError):
     """A control endpoint is disabled by configuration (HTTP 403)."""
 
 
+class ConflictError(ResserveError):
+    """The request cannot be carried out the way the server runs now, e.g. with workers (HTTP 409)."""
+
+
 class InvalidRequestError(ResserveError):
     """A request is malformed or has bad parameters (HTTP 422)."""
 

@@ -3,6 +3,11 @@
 Names follow ``resserve_<subsystem>_<name>_<unit>``. The stage histograms (decode, preprocess,
 queue wait, inference) break a request's latency down; for single-image requests their sums add
 up to the request duration minus HTTP handling.
+
+With workers (``resserve serve --workers N``) every process writes prometheus-client's
+multiprocess files and ``/metrics`` sums them: counters and histograms are totals over workers,
+live workers' gauges are summed (in flight, queue depth), or their largest (batch cap) or smallest
+(model ready: 1 only when every worker serves it).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ class Metrics:
             "resserve_grpc_request_duration_seconds", "gRPC call duration, receipt to answer",
             ["method", "model", "code"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.in_flight = Gauge(
-            "resserve_http_in_flight_requests", "Requests received and not yet answered", registry=r)
+            "resserve_http_in_flight_requests", "Requests received and not yet answered", registry=r,
+            multiprocess_mode="livesum")
         self.decode = Histogram(
             "resserve_preprocess_decode_seconds", "Image decode time per image",
             ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
@@ -60,13 +66,13 @@ class Metrics:
             ["model", "version"], buckets=BATCH_SIZE_BUCKETS, registry=r)
         self.batch_cap = Gauge(
             "resserve_batcher_batch_cap", "Adaptive batching: the largest batch the latency target allows now",
-            ["model", "version"], registry=r)
+            ["model", "version"], registry=r, multiprocess_mode="livemax")
         self.planned_wait = Histogram(
             "resserve_batcher_planned_wait_seconds", "Adaptive batching: how long each batch was held for more rows",
             ["model", "version"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.queue_depth = Gauge(
             "resserve_batcher_queue_depth", "Requests waiting in the batch queue",
-            ["model", "version"], registry=r)
+            ["model", "version"], registry=r, multiprocess_mode="livesum")
         self.engine_failures = Counter(
             "resserve_engine_failures_total", "Engine batches that raised",
             ["model", "version"], registry=r)
@@ -78,4 +84,4 @@ class Metrics:
             ["model", "version"], registry=r)
         self.model_ready = Gauge(
             "resserve_model_ready", "1 when the model version answers requests",
-            ["model", "version"], registry=r)
+            ["model", "version"], registry=r, multiprocess_mode="livemin")

@@ -35,6 +35,7 @@ from resserve.server.request_id import RequestIdMiddleware
 from resserve.server.startup import BuildSource, InProcessBuilds, start_models, startup_order
 from resserve.server.state import AppState
 from resserve.server.tracing_middleware import TracingMiddleware
+from resserve.server.workers import HEARTBEAT_S, WorkerIdentity, publish_ready
 from resserve.serving.manager import ModelBuilder, ModelManager
 from resserve.serving.states import ModelStates
 from resserve.tracing import Tracing, tracer_provider_from_env
@@ -42,9 +43,17 @@ from resserve.tracing import Tracing, tracer_provider_from_env
 log = logging.getLogger(__name__)
 
 
+async def _heartbeat(state: AppState) -> None:
+    """This worker's own readiness, for its peers' probes, every ``HEARTBEAT_S``."""
+    assert state.worker is not None
+    while True:
+        publish_ready(state.worker, state.serving_everything)
+        await asyncio.sleep(HEARTBEAT_S)
+
+
 def create_app(settings: ServerSettings | None = None, metrics: Metrics | None = None,
                builder: ModelBuilder | BuildSource | None = None,
-               tracer_provider: TracerProvider | None = None) -> FastAPI:
+               tracer_provider: TracerProvider | None = None, worker: WorkerIdentity | None = None) -> FastAPI:
     """The resserve application; tests pass their own settings and a fresh metrics registry.
 
     ``builder`` builds missing or stale models behind the open port when ``settings.build_missing``
@@ -54,6 +63,8 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
 
     ``tracer_provider``: traces go there (tests pass one with an in-memory exporter); without one,
     tracing is on only where ``OTEL_TRACES_EXPORTER`` asks for it (:mod:`resserve.tracing`).
+
+    ``worker``: this process is one of ``resserve serve --workers N`` (:mod:`resserve.server.workers`).
     """
     settings = settings or ServerSettings()
     metrics = metrics or Metrics()
@@ -67,6 +78,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         repository=repository,
         manager=manager,
         pipeline=RequestPipeline(settings, metrics, manager, tracing),
+        worker=worker,
     )
     builds: BuildSource | None = None
     if settings.build_missing and builder is not None:
@@ -83,6 +95,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         starting = asyncio.create_task(start_models(state, order, builds), name="start-models")
         log.info("resserve %s listening; starting %s", __version__, ", ".join(order))
         grpc_server = None
+        heartbeat = asyncio.create_task(_heartbeat(state), name="worker-heartbeat") if worker else None
         try:  # a gRPC port that cannot be bound still releases what started above
             if settings.grpc_port is not None:
                 from resserve.server.oip_grpc.server import GrpcServer  # grpcio only where gRPC is on
@@ -92,6 +105,10 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
             yield
         finally:
             state.draining = True
+            if heartbeat is not None:
+                heartbeat.cancel()
+                assert worker is not None
+                publish_ready(worker, False)
             if grpc_server is not None:  # its calls in flight finish before the queues drain
                 await grpc_server.stop(settings.graceful_shutdown_s)
             if builds is not None:

@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from resserve.errors import EngineError, ForbiddenError, ModelNotFoundError, ResserveError, UnauthorizedError
+from resserve.errors import ConflictError, EngineError, ForbiddenError, ModelNotFoundError, ResserveError, UnauthorizedError
 from resserve.server.failures import record_load_failure
 from resserve.server.state import AppState, get_state
 
@@ -27,10 +27,20 @@ def check_control(state: AppState, authorization: str) -> None:
     if token is None:
         if not state.settings.allow_repository_control:
             raise ForbiddenError("repository control is disabled: set RESSERVE_CONTROL_TOKEN to enable it")
-        return
-    scheme, _, given = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-        raise UnauthorizedError("repository control needs 'Authorization: Bearer <token>'")
+    else:
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise UnauthorizedError("repository control needs 'Authorization: Bearer <token>'")
+
+
+def refuse_with_workers(state: AppState) -> None:
+    """Loads and unloads change one process; with workers they would reach only the one that
+    answers, so they are refused (after authentication: only a caller allowed to control learns
+    how the server runs)."""
+    if state.worker is not None and state.worker.count > 1:
+        raise ConflictError(f"repository control is not available with {state.worker.count} workers: a load "
+                            "or unload would reach only the worker that answers; roll the deployment "
+                            "(or run one worker) to change models")
 
 
 def authorize(request: Request) -> AppState:
@@ -97,6 +107,7 @@ async def load(request: Request, name: str) -> Response:
 
 async def load_model(state: AppState, name: str) -> None:
     """Load or reload ``name``; a failure is recorded and raised as its own kind of error."""
+    refuse_with_workers(state)
     if name not in state.repository.names():
         raise ModelNotFoundError(f"no model {name!r} in the repository")
     try:
@@ -115,5 +126,6 @@ async def unload(request: Request, name: str) -> Response:
 
 
 async def unload_model(state: AppState, name: str) -> None:
+    refuse_with_workers(state)
     await state.manager.unload(name)
     state.failed.pop(name, None)

@@ -21,6 +21,7 @@ STATUS: dict[type[errors.ResserveError], int] = {
     errors.UnauthorizedError: 401,
     errors.ForbiddenError: 403,
     errors.ModelNotFoundError: 404,
+    errors.ConflictError: 409,
     errors.ImageTooLargeError: 413,
     errors.PayloadTooLargeError: 413,
     errors.ClientDisconnectedError: 499,

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from resserve.repository import ModelRepository
 from resserve.server.failures import record_load_failure, without_paths_under
 from resserve.server.state import AppState
+from resserve.server.workers import WorkerIdentity
 from resserve.serving.manager import ModelBuilder
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,57 @@ class BuildProcess:
     def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()  # builds stage in a temporary folder: nothing half-written stays
+
+
+class SharedBuilds:
+    """Worker 0's builds: every event of ``inner`` is also appended to the shared build log."""
+
+    def __init__(self, inner: BuildSource, identity: WorkerIdentity) -> None:
+        self.inner = inner
+        self.identity = identity
+
+    async def events(self, names: list[str]) -> AsyncIterator[BuildEvent]:
+        async for event in self.inner.events(names):
+            shared = {"model": event["model"], "event": event.get("event"),
+                      "message": str(event.get("message", "")),
+                      "reason": str(event.get("error") or event.get("reason") or "")}
+            with self.identity.build_log.open("a") as log:
+                log.write(json.dumps(shared) + "\n")
+            yield event
+
+    def stop(self) -> None:
+        self.inner.stop()
+
+
+class PeerBuilds:
+    """The other workers: worker 0's build events, read from the shared log as they come, until
+    every model has an outcome."""
+
+    def __init__(self, identity: WorkerIdentity, poll_s: float = 0.2) -> None:
+        self.identity = identity
+        self.poll_s = poll_s
+
+    async def events(self, names: list[str]) -> AsyncIterator[BuildEvent]:
+        settled: set[str] = set()
+        offset = 0
+        while not settled.issuperset(names):
+            with self.identity.build_log.open("rb") as log:
+                log.seek(offset)
+                chunk = log.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
+            offset += len(complete)
+            for line in complete.splitlines():
+                event = json.loads(line)
+                if event["model"] in names and event["event"] in ("done", "failed"):
+                    settled.add(event["model"])
+                if event["event"] == "failed":
+                    event["reason"] = f"worker 0's build failed: {event['reason']}"
+                yield event
+            if not settled.issuperset(names):
+                await asyncio.sleep(self.poll_s)
+
+    def stop(self) -> None:
+        """Nothing runs here to stop."""
 
 
 def startup_order(repository: ModelRepository, names: list[str], first: list[str]) -> list[str]:

@@ -10,6 +10,7 @@ from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
 from resserve.server.pipeline import RequestPipeline
+from resserve.server.workers import WorkerIdentity, peers_not_ready
 from resserve.serving.manager import ModelManager
 from resserve.serving.states import ModelStates
 
@@ -27,11 +28,23 @@ class AppState:
     started: bool = False  # every configured model has been built and loaded, or has failed
     draining: bool = False
     failed: dict[str, str] = field(default_factory=dict)  # model -> why its last load failed (no paths)
+    worker: WorkerIdentity | None = None  # one of ``resserve serve --workers N``; None: the only process
+
+    @property
+    def serving_everything(self) -> bool:
+        """This process serves every configured model and is not draining (its own readiness)."""
+        return self.started and not self.draining and not self.unserved_failures() and self.manager.all_ready()
 
     @property
     def ready(self) -> bool:
-        """Every configured model serves (strict, as Triton): a broken model keeps the pod out."""
-        return self.started and not self.draining and not self.unserved_failures() and self.manager.all_ready()
+        """Every configured model serves (strict, as Triton): a broken model keeps the pod out; with
+        workers, in every worker, since a probe reaches only one of them."""
+        return self.serving_everything and not self._workers_not_ready()
+
+    def _workers_not_ready(self) -> list[int]:
+        if self.worker is None:
+            return []
+        return [i for i in peers_not_ready(self.worker) if i != self.worker.index]
 
     def unserved_failures(self) -> dict[str, str]:
         """Models whose load failed and that serve no version: a failed reload, which leaves the
@@ -49,6 +62,9 @@ class AppState:
             return "; ".join(f"model {name} failed to load: {why}" for name, why in failed.items())
         if stuck := self.manager.not_serving():
             return "; ".join(stuck)
+        if peers := self._workers_not_ready():
+            assert self.worker is not None
+            return f"worker {', '.join(map(str, peers))} of {self.worker.count} not ready"
         return "no model is loaded"
 
 

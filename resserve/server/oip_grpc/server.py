@@ -59,7 +59,9 @@ class GrpcServer:
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.max_concurrent_streams", settings.max_connections),
-            ("grpc.so_reuseport", 0),
+            # Off: a second server on a taken port fails rather than sharing it unseen; on only
+            # between workers, which share it on purpose (the kernel spreads connections).
+            ("grpc.so_reuseport", int(state.worker is not None and state.worker.count > 1)),
         ], maximum_concurrent_rpcs=settings.max_connections)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), self.server)
         self.health = ReadinessHealth(state)

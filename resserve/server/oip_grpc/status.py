@@ -4,6 +4,7 @@ Mapped from the HTTP status the error has (:func:`resserve.server.errors.status_
 protocols answer the same error alike: 400/413/415/422 -> INVALID_ARGUMENT (Triton's choice for a
 request it will not run; a too-large request is the client's to fix, not an exhausted resource),
 401 -> UNAUTHENTICATED, 403 -> PERMISSION_DENIED, 404 -> NOT_FOUND, 408/504 -> DEADLINE_EXCEEDED,
+409 -> FAILED_PRECONDITION,
 499 -> CANCELLED, 503 queue full -> RESOURCE_EXHAUSTED, 503 not ready -> UNAVAILABLE, anything else
 -> INTERNAL with a generic message (the traceback is logged). A refusal that may be retried
 carries ``retry-after`` (seconds) in the trailing metadata, as HTTP's Retry-After.
@@ -26,6 +27,7 @@ _BY_HTTP: dict[int, grpc.StatusCode] = {
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
     413: grpc.StatusCode.INVALID_ARGUMENT,
     415: grpc.StatusCode.INVALID_ARGUMENT,
     422: grpc.StatusCode.INVALID_ARGUMENT,
