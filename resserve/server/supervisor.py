@@ -107,6 +107,7 @@ class Supervisor:
         self.quick_deaths = 0
         self.stopping = False
         self.signals = 0
+        self.sock: socket.socket | None = None
         cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.shares: list[set[int] | None] = (list(core_shares(cores, count)) if settings.pin_workers and cores
                                               and count > 1 else [None] * count)
@@ -134,6 +135,10 @@ class Supervisor:
     def _on_signal(self, sig: int, _frame: FrameType | None) -> None:
         self.stopping = True
         self.signals += 1
+        if self.sock is not None and self.signals == 1:
+            # The workers hold their own copies and stop accepting as they drain; once the last
+            # has, new connections are refused rather than left waiting in the backlog.
+            self.sock.close()
         for process in self.processes:
             if process is not None and process.pid is not None and process.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -171,7 +176,7 @@ class Supervisor:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder / "metrics")  # read by each worker at import
         identity = WorkerIdentity(index=0, count=self.count, folder=folder)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        sock = self._bind()
+        sock = self.sock = self._bind()
         log.info("resserve: %d workers on http://%s:%d", self.count, self.settings.host, sock.getsockname()[1])
         failed: int | None = None
         try:

@@ -1,0 +1,134 @@
+"""``resserve serve --workers 2``: real worker processes on one port. Readiness needs every worker,
+/metrics sums them, a killed worker comes back, SIGTERM drains them all losing nothing, and
+repository control is refused rather than reaching one worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from server_harness import jpeg, server_process, write_model
+
+from resserve.server.workers import STALE_AFTER_S
+
+TOKEN = "control-secret"
+
+
+def make_repo(tmp_path: Path, model_onnx: Path) -> Path:
+    repo = tmp_path / "repo"
+    # Batch size 1 and engine threads from the worker's own cores (pinned: one each here).
+    write_model(repo, "r18", model_onnx, max_batch_size=1, intra_op_threads=None,
+                dynamic_batching={"max_queue_delay_ms": 0})
+    return repo
+
+
+@pytest.fixture
+def workers(model_onnx: Path, tmp_path: Path) -> Iterator:
+    # The model is not built yet: worker 0 builds it, worker 1 loads it from worker 0's build log.
+    with server_process(make_repo(tmp_path, model_onnx), tmp_path, "--workers", "2",
+                        env={"RESSERVE_CONTROL_TOKEN": TOKEN, "RESSERVE_LOG_FORMAT": "text"}) as server:
+        yield server
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+
+
+def wait_for(predicate, timeout_s: float = 60.0, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every_s)
+
+
+def classify(url: str, seed: int = 0) -> int:
+    # A fresh connection each time, so the kernel may hand it to either worker.
+    return httpx.post(f"{url}/v2/models/r18/classify", content=jpeg(seed=seed), timeout=60,
+                      headers={"content-type": "image/jpeg", "connection": "close"}).status_code
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    total = 0.0
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and all(part in match.group(1).split(",") for part in wanted.split(",") if part):
+            total += float(match.group(2))
+    return total
+
+
+def test_two_workers_serve_one_port_with_metrics_summed(workers) -> None:
+    pids = worker_pids(workers.process.pid)
+    assert len(pids) == 2
+    affinity = [os.sched_getaffinity(pid) for pid in pids]
+    if len(os.sched_getaffinity(0)) >= 2:  # pinned: disjoint shares of the cores
+        assert not affinity[0] & affinity[1]
+    statuses = [classify(workers.url, seed) for seed in range(12)]
+    assert statuses == [200] * 12
+    # Whichever worker answers the scrape, the counter is the sum over both.
+    counts = {metric(workers.url, "resserve_http_requests_total", endpoint="classify", status="200")
+              for _ in range(6)}
+    assert counts == {12.0}
+    assert metric(workers.url, "resserve_model_ready", model="r18") == 1.0  # livemin: ready in both
+
+
+def test_readiness_needs_every_worker_and_a_killed_one_comes_back(workers) -> None:
+    first, second = worker_pids(workers.process.pid)
+    os.kill(second, signal.SIGSTOP)  # hung: its heartbeat goes stale; the other worker answers probes
+    try:
+        refused = wait_for(lambda: (r := httpx.get(f"{workers.url}/v2/health/ready", timeout=2)).status_code == 503
+                           and r, timeout_s=STALE_AFTER_S + 10)
+        assert refused and "of 2 not ready" in refused.json()["error"]
+    finally:
+        os.kill(second, signal.SIGCONT)
+    assert wait_for(lambda: httpx.get(f"{workers.url}/v2/health/ready", timeout=5).status_code == 200)
+    before = metric(workers.url, "resserve_http_requests_total", endpoint="classify", status="200")
+    assert classify(workers.url) == 200
+    # Counted just after the response is sent: once the sum shows it, it is in a worker's file.
+    assert wait_for(lambda: metric(workers.url, "resserve_http_requests_total", endpoint="classify",
+                                   status="200") == before + 1, timeout_s=10)
+    os.kill(first, signal.SIGKILL)
+    restarted = wait_for(lambda: len(p := worker_pids(workers.process.pid)) == 2 and first not in p and p)
+    assert restarted, workers.output()
+    assert wait_for(lambda: httpx.get(f"{workers.url}/v2/health/ready", timeout=5).status_code == 200)
+    assert [classify(workers.url, seed) for seed in range(4)] == [200] * 4
+    # The dead worker's counts stay in the sum; its live gauges went with it.
+    after = metric(workers.url, "resserve_http_requests_total", endpoint="classify", status="200")
+    assert after == before + 5
+    assert "exited with code -9; restarting it" in workers.output()
+
+
+def test_repository_control_is_refused_with_workers(workers) -> None:
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    assert httpx.post(f"{workers.url}/v2/repository/models/r18/load", timeout=10).status_code == 401
+    refused = httpx.post(f"{workers.url}/v2/repository/models/r18/unload", headers=auth, timeout=10)
+    assert refused.status_code == 409 and "2 workers" in refused.json()["error"]
+    assert httpx.post(f"{workers.url}/v2/repository/index", headers=auth, timeout=10).status_code == 200
+    assert classify(workers.url) == 200  # still served
+
+
+async def test_sigterm_drains_every_worker_losing_nothing(workers) -> None:
+    async with httpx.AsyncClient(base_url=workers.url, timeout=60) as client:
+        # Open the connections first (each lands on one worker), so every request below is
+        # accepted before the signal.
+        await asyncio.gather(*(client.get("/v2/health/live") for _ in range(16)))
+        tasks = [asyncio.create_task(client.post("/v2/models/r18/classify", content=jpeg(seed=i),
+                                                 headers={"content-type": "image/jpeg"})) for i in range(16)]
+        await asyncio.sleep(0.2)  # queued behind batch size 1 in both workers
+        workers.process.send_signal(signal.SIGTERM)
+        responses = await asyncio.gather(*tasks)
+    assert [r.status_code for r in responses] == [200] * 16
+    code = await asyncio.to_thread(workers.process.wait, 90)
+    assert code == 0, workers.output()
+    assert "every worker drained and exited" in workers.output()

@@ -1,0 +1,101 @@
+"""The pieces of worker mode that need no server: core shares, worker counts, heartbeats and the
+build log worker 0 writes and the others follow."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from resserve.server.startup import BuildEvent, PeerBuilds, SharedBuilds
+from resserve.server.supervisor import core_shares, worker_count
+from resserve.server.workers import (
+    STALE_AFTER_S,
+    WorkerIdentity,
+    forget,
+    peers_not_ready,
+    prepare_folder,
+    publish_ready,
+)
+
+
+def test_cores_are_dealt_without_overlap_and_shared_only_when_short() -> None:
+    assert core_shares([0, 1, 2, 3], 2) == [{0, 2}, {1, 3}]
+    assert core_shares([0, 1], 2) == [{0}, {1}]
+    assert core_shares([4, 5, 6], 3) == [{4}, {5}, {6}]
+    assert core_shares([0, 1], 3) == [{0}, {1}, {0}]  # more workers than cores: one core each, shared
+    assert worker_count("auto", cores=16) == 16 and worker_count(3) == 3 and worker_count("auto", cores=0) == 1
+
+
+@pytest.fixture
+def identity(tmp_path: Path) -> WorkerIdentity:
+    prepare_folder(tmp_path)
+    return WorkerIdentity(index=0, count=3, folder=tmp_path)
+
+
+def test_identity_round_trips_through_the_environment(identity: WorkerIdentity) -> None:
+    assert WorkerIdentity.from_env(identity.env()) == identity
+    assert WorkerIdentity.from_env({}) is None
+
+
+def test_a_worker_is_ready_only_with_a_fresh_heartbeat(identity: WorkerIdentity) -> None:
+    assert peers_not_ready(identity) == [0, 1, 2]
+    for index in range(3):
+        publish_ready(identity.model_copy(update={"index": index}), True)
+    assert peers_not_ready(identity) == []
+    stale = time.time() - STALE_AFTER_S - 1
+    os.utime(identity.heartbeat(1), (stale, stale))  # hung: stopped beating
+    assert peers_not_ready(identity) == [1]
+    forget(identity, 2)  # died
+    publish_ready(identity, False)  # draining
+    assert peers_not_ready(identity) == [0, 1, 2]
+
+
+class ListedBuilds:
+    """A build source that reports a fixed list of events (worker 0's builder stands behind it)."""
+
+    def __init__(self, events: list[BuildEvent]) -> None:
+        self.listed = events
+        self.stopped = False
+
+    async def events(self, names: list[str]) -> AsyncIterator[BuildEvent]:
+        for event in self.listed:
+            yield event
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_peers_load_what_worker_zero_built_and_fail_what_it_could_not(identity: WorkerIdentity) -> None:
+    built = [{"model": "a", "event": "step", "message": "building"}, {"model": "a", "event": "done"},
+             {"model": "b", "event": "failed", "error": RuntimeError("bad weights")}]
+    shared = SharedBuilds(ListedBuilds(built), identity)
+    assert [e async for e in shared.events(["a", "b"])] == built  # worker 0 sees its own events unchanged
+    lines = [json.loads(line) for line in identity.build_log.read_text().splitlines()]
+    assert [(e["model"], e["event"]) for e in lines] == [("a", "step"), ("a", "done"), ("b", "failed")]
+    peer = PeerBuilds(identity.model_copy(update={"index": 1}), poll_s=0.01)
+    seen = [e async for e in peer.events(["a", "b"])]
+    assert [(e["model"], e["event"]) for e in seen] == [("a", "step"), ("a", "done"), ("b", "failed")]
+    assert seen[2]["reason"] == "worker 0's build failed: bad weights"
+    shared.stop()
+    assert shared.inner.stopped  # type: ignore[attr-defined]
+
+
+async def test_a_peer_waits_for_lines_still_being_written(identity: WorkerIdentity) -> None:
+    peer = PeerBuilds(identity, poll_s=0.01)
+    events = peer.events(["a"])
+    with identity.build_log.open("a") as log:
+        log.write('{"model": "a", "event": "do')  # half a line: not read yet
+    first = asyncio.ensure_future(anext(events))
+    await asyncio.sleep(0.05)
+    assert not first.done()
+    with identity.build_log.open("a") as log:
+        log.write('ne", "message": "", "reason": ""}\n')
+    assert (await asyncio.wait_for(first, 5))["event"] == "done"
+    with pytest.raises(StopAsyncIteration):
+        await anext(events)  # every model settled: the peer stops following
