@@ -414,6 +414,7 @@ def bench_server_cmd(
     rounds: Annotated[int, typer.Option(help="interleaved windows per size")] = 3,
     window_s: Annotated[float, typer.Option(help="measured seconds per window")] = 8.0,
     warmup_s: Annotated[float, typer.Option(help="unmeasured seconds before each window")] = 2.0,
+    workers: Annotated[int, typer.Option(help="the server's worker processes (serve --workers)")] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
 ) -> None:
     """Engine as served, preprocessing per core and end-to-end JPEG classification, in one run.
@@ -425,14 +426,15 @@ def bench_server_cmd(
     sizes = [_parse_image_size(text) for text in image_size or ["500x375"]]
     try:
         result = run_server_bench(model_repo, model, concurrency=concurrency, image_sizes=tuple(sizes),
-                                  rounds=rounds, window_s=window_s, warmup_s=warmup_s)
+                                  rounds=rounds, window_s=window_s, warmup_s=warmup_s, workers=workers)
     except ResserveError as exc:
         raise _fail(exc) from exc
     rounds_text = ", ".join(f"{r:.0f}" for r in result.engine_img_s_rounds)
     console.print(f"{model}: engine as served ({result.engine_instances} instance(s), batch "
                   f"{result.engine_batch_size}, {result.cores} cores): {result.engine_img_s:.1f} img/s "
                   f"(rounds: {rounds_text})")
-    table = Table(title=f"{model}: {concurrency} clients, {rounds} rounds of {window_s:.0f} s windows")
+    table = Table(title=f"{model}: {concurrency} clients, {workers} worker{'s' if workers > 1 else ''}, "
+                        f"{rounds} rounds of {window_s:.0f} s windows")
     for column in ("size", "preprocess ms", "bound img/s", "e2e img/s", "e2e/bound", "p50/p99 ms", "batch"):
         table.add_column(column, justify="right")
     for s in result.sizes:

@@ -71,6 +71,7 @@ class ServerBenchResult:
     sizes: list[SizeResult]
     engine_img_s_rounds: list[float] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
 
     def size(self, width: int, height: int) -> SizeResult:
         return next(s for s in self.sizes if s.image_size == (width, height))
@@ -215,9 +216,11 @@ def run_server_bench(
     warmup_s: float = 2.0,
     engine_s: float = 3.0,
     preprocess_s: float = 2.0,
+    workers: int = 1,
 ) -> ServerBenchResult:
     """Measure the engine as served, preprocessing per size and the served model per size, in
-    ``rounds`` interleaved rounds; medians over rounds, the ratio as the median of per-round ratios."""
+    ``rounds`` interleaved rounds; medians over rounds, the ratio as the median of per-round ratios.
+    ``workers``: the server runs that many worker processes; the bound stays the machine's."""
     repository = ModelRepository(model_repo)
     builder = BuildPipeline(repository)
     if builder.is_stale(model):
@@ -230,7 +233,8 @@ def run_server_bench(
     jpegs = {size: synthetic_jpegs(16, (size,)) for size in image_sizes}
     engines = ServedEngines(version, batch)
     try:
-        with server_process(model_repo, "--model", model, "--no-build-missing", log_level="warning") as server:
+        with server_process(model_repo, "--model", model, "--no-build-missing", "--workers", str(workers),
+                            log_level="warning") as server:
             measured = asyncio.run(_rounds(server.url, model, version, engines, jpegs, concurrency, rounds,
                                            warmup_s, window_s, engine_s, preprocess_s))
     finally:
@@ -254,7 +258,7 @@ def run_server_bench(
             bound_img_s_rounds=bounds,
             latency_ms=latency_summary_ms(latencies) if latencies else {}, statuses=dict(statuses),
             server_stage_ms=stage_ms, server_request_ms=request_ms, mean_batch_size=mean_batch))
-    return ServerBenchResult(model=model, concurrency=concurrency, cores=cores,
+    return ServerBenchResult(model=model, concurrency=concurrency, cores=cores, workers=workers,
                              engine_instances=config.instance_count, engine_batch_size=batch,
                              engine_img_s=statistics.median(r.engine_img_s for r in measured),
                              engine_img_s_rounds=[r.engine_img_s for r in measured], sizes=sizes,
