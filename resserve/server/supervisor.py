@@ -1,9 +1,12 @@
-"""``resserve serve --workers N``: N server processes on one listening socket.
+"""``resserve serve --workers N``: N server processes on one port.
 
 One Python process is one event loop and one GIL for HTTP parsing, preprocessing hand-offs and
-the batcher; workers multiply all three. The supervisor binds the HTTP socket once and hands it
-to N spawned workers (each runs the whole app: its own engines, batcher, preprocessing pool and,
-on the same port through ``SO_REUSEPORT``, its own gRPC server). It answers no request itself:
+the batcher; workers multiply all three. The supervisor reserves the HTTP port and starts N
+spawned workers; each runs the whole app (its own engines, batcher, preprocessing pool and gRPC
+server) on its own listening socket bound to that port with ``SO_REUSEPORT``, so the kernel
+spreads new connections evenly over the workers. (One socket shared by all was measured to hand
+most keep-alive connections to whichever worker woke first: a load test's 16 connections often
+all landed on one worker, leaving the other idle.) It answers no request itself:
 
 - **cores**: with ``pin_workers`` each worker may run only on its share of the cores, so engine
   and preprocessing threads, which default to the cores a process may use, never add up to more
@@ -14,6 +17,7 @@ on the same port through ``SO_REUSEPORT``, its own gRPC server). It answers no r
 - **SIGTERM / SIGINT** is passed to every worker, each drains as the single process does
   (readiness off, ``shutdown_delay_s``, requests in flight finished, queues drained), and the
   supervisor exits 0 once all have exited 0. A second signal is passed on too (stop at once).
+  Each worker closes its socket as it stops accepting; once all have, new connections are refused.
 
 Worker mode and its shared folder: :mod:`resserve.server.workers`.
 """
@@ -36,7 +40,7 @@ from types import FrameType
 
 from resserve.config import ServerSettings
 from resserve.engines.hardware import available_cores
-from resserve.errors import ConfigError
+from resserve.errors import ConfigError, ResserveError
 from resserve.server.workers import WorkerIdentity, forget, prepare_folder
 
 log = logging.getLogger(__name__)
@@ -68,9 +72,22 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def worker_main(settings: ServerSettings, identity: WorkerIdentity, sock: socket.socket, log_level: str,
+def listening_socket(host: str, port: int, listen: bool = True) -> socket.socket:
+    """A TCP socket on ``host:port`` in the port's ``SO_REUSEPORT`` group: the workers' listening
+    sockets, and the supervisor's reservation (bound, never listening, so it takes no connection)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(2048)
+    return sock
+
+
+def worker_main(settings: ServerSettings, identity: WorkerIdentity, port: int, log_level: str,
                 shutdown_delay_s: float, cores: set[int] | None) -> None:
-    """One worker: the whole app on the supervisor's socket (runs in a spawned process)."""
+    """One worker: the whole app on its own socket on the shared port (runs in a spawned process)."""
     _die_with_parent()
     os.environ.update(identity.env())
     from resserve.console import configure_logging
@@ -89,7 +106,7 @@ def worker_main(settings: ServerSettings, identity: WorkerIdentity, sock: socket
 
     app = create_app(settings, builder=builder, worker=identity)
     server = DrainingServer(uvicorn_config(app, settings, log_level), app.state.resserve, shutdown_delay_s)
-    server.run(sockets=[sock])
+    server.run(sockets=[listening_socket(settings.host, port)])
 
 
 class Supervisor:
@@ -107,25 +124,15 @@ class Supervisor:
         self.quick_deaths = 0
         self.stopping = False
         self.signals = 0
-        self.sock: socket.socket | None = None
         cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.shares: list[set[int] | None] = (list(core_shares(cores, count)) if settings.pin_workers and cores
                                               and count > 1 else [None] * count)
 
-    def _bind(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.settings.host, self.settings.port))
-        sock.listen(2048)
-        sock.set_inheritable(True)
-        return sock
-
-    def _start(self, index: int, identity: WorkerIdentity, sock: socket.socket) -> None:
+    def _start(self, index: int, identity: WorkerIdentity, port: int) -> None:
         worker = identity.model_copy(update={"index": index})
         process = self.context.Process(
             target=worker_main, name=f"resserve-worker-{index}", daemon=False,
-            args=(self.settings, worker, sock, self.log_level, self.shutdown_delay_s, self.shares[index]))
+            args=(self.settings, worker, port, self.log_level, self.shutdown_delay_s, self.shares[index]))
         process.start()
         self.processes[index] = process
         self.started_at[index] = time.monotonic()
@@ -135,17 +142,13 @@ class Supervisor:
     def _on_signal(self, sig: int, _frame: FrameType | None) -> None:
         self.stopping = True
         self.signals += 1
-        if self.sock is not None and self.signals == 1:
-            # The workers hold their own copies and stop accepting as they drain; once the last
-            # has, new connections are refused rather than left waiting in the backlog.
-            self.sock.close()
         for process in self.processes:
             if process is not None and process.pid is not None and process.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGTERM)
         log.info("signal %d: passed to %d workers%s", sig, self.count, "" if self.signals == 1 else " (stop now)")
 
-    def _reap(self, identity: WorkerIdentity, sock: socket.socket) -> int | None:
+    def _reap(self, identity: WorkerIdentity, port: int) -> int | None:
         """Restart the workers that died; an exit code for the server when it must stop."""
         from prometheus_client import multiprocess
 
@@ -165,7 +168,7 @@ class Supervisor:
                 log.error("%d workers died within %.0f s of starting, one after another: stopping",
                           self.quick_deaths, CRASH_WINDOW_S)
                 return 1
-            self._start(index, identity, sock)
+            self._start(index, identity, port)
         return None
 
     def run(self) -> int:
@@ -176,22 +179,28 @@ class Supervisor:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder / "metrics")  # read by each worker at import
         identity = WorkerIdentity(index=0, count=self.count, folder=folder)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        sock = self.sock = self._bind()
-        log.info("resserve: %d workers on http://%s:%d", self.count, self.settings.host, sock.getsockname()[1])
+        # Held until the end: the port stays this server's while workers restart (and port 0
+        # becomes one port for all).
+        try:
+            reserved = listening_socket(self.settings.host, self.settings.port, listen=False)
+        except OSError as exc:
+            raise ResserveError(f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror}") from exc
+        port = reserved.getsockname()[1]
+        log.info("resserve: %d workers on http://%s:%d", self.count, self.settings.host, port)
         failed: int | None = None
         try:
             for index in range(self.count):
-                self._start(index, identity, sock)
+                self._start(index, identity, port)
             while not self.stopping:
-                failed = self._reap(identity, sock)
+                failed = self._reap(identity, port)
                 if failed is not None:
                     self._on_signal(signal.SIGTERM, None)
                     break
                 time.sleep(POLL_S)
-            drained = self._wait_all(identity, sock)
+            drained = self._wait_all(identity, port)
             return drained if failed is None else failed
         finally:
-            sock.close()
+            reserved.close()
             if saved_env is None:
                 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             else:
@@ -200,7 +209,7 @@ class Supervisor:
                 signal.signal(sig, handler)
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _wait_all(self, identity: WorkerIdentity, sock: socket.socket) -> int:
+    def _wait_all(self, identity: WorkerIdentity, port: int) -> int:
         """Wait for every worker's drain; kill what outlives the drain's own bound."""
         bound = self.shutdown_delay_s + self.settings.graceful_shutdown_s + 60.0  # queues, engines
         deadline = time.monotonic() + bound
@@ -214,7 +223,7 @@ class Supervisor:
                 process.kill()
                 process.join(5)
             codes.append(process.exitcode)
-        self._reap(identity, sock)  # gauges and heartbeats of the exited
+        self._reap(identity, port)  # gauges and heartbeats of the exited
         if any(code != 0 for code in codes):
             log.error("workers exited with codes %s", codes)
             return 1
