@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from resserve.bench.engine import environment
 from resserve.bench.process import server_process
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -34,13 +35,6 @@ def _cpu_s(pid: int) -> float:
     """User plus system CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 async def _load(url: str, concurrency: int, seconds: float) -> int:
@@ -103,7 +97,7 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"cpu": _cpu_name(), "model": args.model, "concurrency": args.concurrency,
+        args.json.write_text(json.dumps({"environment": environment(), "model": args.model, "concurrency": args.concurrency,
                                          "seconds": args.seconds, "summary": summary, "points": points}, indent=2))
 
 

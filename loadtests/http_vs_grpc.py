@@ -19,18 +19,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from resserve.bench.engine import environment
 from resserve.bench.process import free_port, server_process
 from resserve.loadtest.generator import LoadGenerator
 from resserve.loadtest.grpc_generator import GrpcLoadGenerator
 from resserve.loadtest.images import generate, load_folder
 from resserve.loadtest.measure import LoadPoint, MeasurementSettings, closed_point
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 async def measure(http_url: str, grpc_target: str, model: str, payloads: list, concurrencies: list[int],
@@ -90,7 +84,7 @@ def main() -> None:
                         env={"RESSERVE_GRPC_PORT": str(grpc_port)}) as server:
         points = asyncio.run(measure(server.url, f"127.0.0.1:{grpc_port}", args.model, payloads, concurrencies,
                                      args.rounds, settings))
-    result = {"cpu": _cpu_name(), "model": args.model, "images": str(args.images or "generated"),
+    result = {"environment": environment(), "model": args.model, "images": str(args.images or "generated"),
               "payloads": len(payloads), "settings": settings.model_dump(), "summary": summary(points),
               "points": points}
     text = json.dumps(result, indent=2)
