@@ -26,6 +26,7 @@ CODES = {
     errors.UnauthorizedError("no key"): grpc.StatusCode.UNAUTHENTICATED,
     errors.ForbiddenError("control disabled"): grpc.StatusCode.PERMISSION_DENIED,
     errors.ModelNotFoundError("no such model"): grpc.StatusCode.NOT_FOUND,
+    errors.ConflictError("not with workers"): grpc.StatusCode.FAILED_PRECONDITION,
     errors.RequestTimeoutError("body too slow"): grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.DeadlineExceededError("deadline passed"): grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.ClientDisconnectedError("gone"): grpc.StatusCode.CANCELLED,
