@@ -68,3 +68,20 @@ def test_access_log_cost_reads_a_process_cpu_time() -> None:
     while time.process_time() < deadline:
         sum(range(1000))
     assert 0.25 <= _cpu_s(os.getpid()) - before < 5
+
+
+def test_the_scaling_model_names_the_first_wall() -> None:
+    sys.path.insert(0, str(LOADTESTS))
+    try:
+        from scaling_model import Costs, Scenario, table, throughput
+    finally:
+        sys.path.remove(str(LOADTESTS))
+    costs = Costs(loop_ms=2.0, decode_ms_per_mp=20.0, image_mp=0.5, engine_img_s_per_core=10.0)
+    cpu = throughput(costs, Scenario(cores=2, workers=1, engine="cpu"))
+    assert cpu.wall == "cores" and cpu.img_s == 2 * 1000 / (2.0 + 10.0 + 100.0)
+    one_loop = throughput(costs, Scenario(cores=64, workers=1, engine="gpu", gpu_speedup=50))
+    assert one_loop.wall == "event loops" and one_loop.img_s == 500.0  # one GIL: 1000 / 2 ms
+    workers = throughput(costs, Scenario(cores=64, workers=64, engine="gpu", gpu_speedup=50))
+    assert workers.wall == "gpu engine" and workers.img_s == 50 * 10.0 * 2  # 50x this 2-core CPU
+    assert throughput(costs, Scenario(cores=64, workers=64, engine="gpu", decode="gpu")).caps["gpu decode"] == 4000
+    assert "event loops 500" in table([one_loop])
