@@ -26,6 +26,9 @@ def make_repo(tmp_path: Path, model_onnx: Path) -> Path:
     # Batch size 1 and engine threads from the worker's own cores (pinned: one each here).
     write_model(repo, "r18", model_onnx, max_batch_size=1, intra_op_threads=None,
                 dynamic_batching={"max_queue_delay_ms": 0})
+    # Every batch sleeps a second: requests are surely still in flight when SIGTERM lands.
+    write_model(repo, "slow", model_onnx, intra_op_threads=None, dynamic_batching={"max_queue_delay_ms": 0},
+                fault_injection={"hang_every_n_batches": 1, "hang_s": 1.0})
     return repo
 
 
@@ -70,8 +73,8 @@ def metric(url: str, name: str, **labels: str) -> float:
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     total = 0.0
     for line in text.splitlines():
-        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
-        if match and all(part in match.group(1).split(",") for part in wanted.split(",") if part):
+        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+        if match and all(part in (match.group(1) or "").split(",") for part in wanted.split(",") if part):
             total += float(match.group(2))
     return total
 
@@ -133,9 +136,14 @@ async def test_sigterm_drains_every_worker_losing_nothing(workers) -> None:
         # Open the connections first (each lands on one worker), so every request below is
         # accepted before the signal.
         await asyncio.gather(*(client.get("/v2/health/live") for _ in range(16)))
-        tasks = [asyncio.create_task(client.post("/v2/models/r18/classify", content=jpeg(seed=i),
+        tasks = [asyncio.create_task(client.post("/v2/models/slow/classify", content=jpeg(seed=i),
                                                  headers={"content-type": "image/jpeg"})) for i in range(16)]
-        await asyncio.sleep(0.2)  # queued behind batch size 1 in both workers
+        # Every request received (summed over workers; the scrape itself is one more in flight),
+        # each worker's batches sleeping: a request not yet written when the signal lands could meet
+        # a keep-alive connection the server is closing, which is no drain's fault.
+        in_flight = await asyncio.to_thread(
+            wait_for, lambda: metric(workers.url, "resserve_http_in_flight_requests") >= 17, 30.0, 0.01)
+        assert in_flight, "the 16 requests never were all in flight"
         workers.process.send_signal(signal.SIGTERM)
         responses = await asyncio.gather(*tasks)
     assert [r.status_code for r in responses] == [200] * 16
