@@ -12,12 +12,15 @@ import logging
 import time
 from contextvars import ContextVar
 from opentelemetry import trace
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 request_id: ContextVar[str | None] = ContextVar("resserve_request_id", default=None)
 
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _RENAME = {"asctime": "timestamp", "levelname": "level", "name": "logger"}
+# uvicorn gives its records a ``color_message`` extra: the message again, with ANSI colour escapes.
+_NOT_FIELDS = (*RESERVED_ATTRS, "color_message")
 
 
 class RequestContext(logging.Filter):
@@ -36,7 +39,8 @@ class RequestContext(logging.Filter):
 
 def json_formatter() -> logging.Formatter:
     """timestamp (ISO 8601, UTC), level, logger, message, request_id, and any ``extra`` fields."""
-    formatter = JsonFormatter(JSON_FIELDS, rename_fields=_RENAME, timestamp=False, json_ensure_ascii=False)
+    formatter = JsonFormatter(JSON_FIELDS, rename_fields=_RENAME, timestamp=False, json_ensure_ascii=False,
+                              reserved_attrs=_NOT_FIELDS)
     formatter.converter = time.gmtime
     formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
     formatter.default_msec_format = "%s.%03dZ"

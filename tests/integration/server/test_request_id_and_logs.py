@@ -111,3 +111,6 @@ def test_serve_writes_one_json_object_per_line(model_onnx: Path, tmp_path: Path)
     loggers = {r["logger"] for r in records}
     assert "uvicorn.error" in loggers and "resserve.access" in loggers  # uvicorn's own lines too
     assert any(r.get("request_id") == "e2e-1" and r.get("status") == 200 for r in records)
+    # uvicorn's records carry a coloured copy of their message (color_message): never written
+    assert any(r["logger"] == "uvicorn.error" and r["message"].startswith("Started server process") for r in records)
+    assert all("color_message" not in r for r in records) and "\x1b[" not in server.output()
