@@ -32,6 +32,7 @@ from resserve.metrics import Metrics
 from resserve.preprocess import preprocess_timed
 from resserve.server.scores import softmax
 from resserve.serving.manager import ModelManager, ServedModel
+from resserve.threads import PREPROCESS_PREFIX, set_os_thread_name
 from resserve.tracing import OFF, Tracing, now_ns
 
 # A request may ask for a longer deadline than the model's default, but not an unbounded one:
@@ -62,7 +63,8 @@ class RequestPipeline:
         self.manager = manager
         self.tracing = tracing
         self.threads = settings.preprocess_threads or available_cores()
-        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="preprocess")
+        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="preprocess",
+                                       initializer=set_os_thread_name, initargs=(PREPROCESS_PREFIX,))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -36,6 +36,7 @@ from resserve.errors import (
 from resserve.metrics import Metrics
 from resserve.serving.adaptive import SloBatchPolicy
 from resserve.serving.statistics import ModelStatistics
+from resserve.threads import ENGINE_PREFIX, set_os_thread_name
 from resserve.tracing import Carried, now_ns
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,8 @@ class BatchQueue:
     async def start(self) -> None:
         """Start one worker per runner."""
         for index, runner in enumerate(self._runners):
-            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{self._labels[0]}-{index}")
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{self._labels[0]}-{index}",
+                                          initializer=set_os_thread_name, initargs=(f"{ENGINE_PREFIX}-{index}",))
             self._executors.append(executor)
             self._workers.append(asyncio.create_task(self._work(runner, executor), name=f"batcher-{index}"))
 
