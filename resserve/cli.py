@@ -411,6 +411,8 @@ def bench_server_cmd(
     model: Annotated[str, typer.Option(help="model to measure")] = "resnet50",
     concurrency: Annotated[int, typer.Option(help="closed-loop clients")] = 16,
     image_size: Annotated[list[str] | None, typer.Option(help="JPEG size WxH; repeat for several")] = None,
+    images: Annotated[Path | None, typer.Option(help="a folder of real photos, measured as one more set")] = None,
+    photos_limit: Annotated[int | None, typer.Option(help="at most this many photos from --images")] = None,
     rounds: Annotated[int, typer.Option(help="interleaved windows per size")] = 3,
     window_s: Annotated[float, typer.Option(help="measured seconds per window")] = 8.0,
     warmup_s: Annotated[float, typer.Option(help="unmeasured seconds before each window")] = 2.0,
@@ -426,9 +428,12 @@ def bench_server_cmd(
     sizes = [_parse_image_size(text) for text in image_size or ["500x375"]]
     try:
         result = run_server_bench(model_repo, model, concurrency=concurrency, image_sizes=tuple(sizes),
-                                  rounds=rounds, window_s=window_s, warmup_s=warmup_s, workers=workers)
+                                  images=images, photos_limit=photos_limit, rounds=rounds, window_s=window_s,
+                                  warmup_s=warmup_s, workers=workers)
     except ResserveError as exc:
         raise _fail(exc) from exc
+    except FileNotFoundError as exc:
+        raise _fail(ResserveError(str(exc))) from exc
     rounds_text = ", ".join(f"{r:.0f}" for r in result.engine_img_s_rounds)
     console.print(f"{model}: engine as served ({result.engine_instances} instance(s), batch "
                   f"{result.engine_batch_size}, {result.cores} cores): {result.engine_img_s:.1f} img/s "
@@ -439,7 +444,7 @@ def bench_server_cmd(
         table.add_column(column, justify="right")
     for s in result.sizes:
         lat = s.latency_ms
-        table.add_row(f"{s.image_size[0]}x{s.image_size[1]}", f"{s.preprocess_ms_one_core:.2f}",
+        table.add_row(s.label, f"{s.preprocess_ms_one_core:.2f}",
                       f"{s.bound_img_s:.1f}", f"{s.e2e_img_s:.1f}", f"{s.ratio:.2f}",
                       f"{lat.get('p50_ms', 0):.0f}/{lat.get('p99_ms', 0):.0f}", f"{s.mean_batch_size:.1f}")
     console.print(table)
@@ -447,14 +452,21 @@ def bench_server_cmd(
     for column in ("size", *result.sizes[0].server_stage_ms, "request"):
         stages.add_column(column, justify="right")
     for s in result.sizes:
-        stages.add_row(f"{s.image_size[0]}x{s.image_size[1]}", *(f"{v:.1f}" for v in s.server_stage_ms.values()),
-                       f"{s.server_request_ms:.1f}")
+        stages.add_row(s.label, *(f"{v:.1f}" for v in s.server_stage_ms.values()), f"{s.server_request_ms:.1f}")
     console.print(stages)
+    if result.sizes[0].cores_used:
+        cpu = Table(title="where the CPU went: cores busy (CPU ms per image served), from /proc over the windows")
+        groups = list(result.sizes[0].cores_used)
+        for column in ("size", *groups):
+            cpu.add_column(column, justify="right")
+        for s in result.sizes:
+            cpu.add_row(s.label, *(f"{s.cores_used[g]:.2f}" + (f" ({s.cpu_ms_per_image[g]:.2f})"
+                                                               if g in s.cpu_ms_per_image else "") for g in groups))
+        console.print(cpu)
     if len(result.sizes) > 1:
         base = result.sizes[0]
         for s in result.sizes[1:]:
-            console.print(f"{s.image_size[0]}x{s.image_size[1]} costs {base.e2e_img_s / s.e2e_img_s:.2f}x "
-                          f"{base.image_size[0]}x{base.image_size[1]} end-to-end")
+            console.print(f"{s.label} costs {base.e2e_img_s / s.e2e_img_s:.2f}x {base.label} end-to-end")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(as_dict(result), indent=2))

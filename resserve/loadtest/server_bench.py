@@ -32,8 +32,9 @@ from resserve.bench.stats import latency_summary_ms
 from resserve.build.pipeline import BuildPipeline
 from resserve.engines.hardware import available_cores
 from resserve.loadtest.generator import LoadGenerator
-from resserve.loadtest.images import Payload
+from resserve.loadtest.images import Payload, load_folder
 from resserve.loadtest.server_metrics import Snapshot, breakdown, parse
+from resserve.loadtest.thread_cpu import ServerCpu
 from resserve.preprocess import DecodeOptions, preprocess
 from resserve.repository import ModelRepository, ModelVersion
 from resserve.serving.manager import serving_engine
@@ -42,9 +43,10 @@ from resserve.synthetic import synthetic_jpegs
 
 @dataclass
 class SizeResult:
-    """One upload size: its preprocessing cost, the bound it implies and what HTTP delivered."""
+    """One upload size (or a folder of real photos): its preprocessing cost, the bound it implies
+    and what HTTP delivered."""
 
-    image_size: tuple[int, int]
+    image_size: tuple[int, int]  # for photos: the median width and height
     preprocess_ms_one_core: float
     bound_img_s: float
     e2e_img_s: float  # median over the interleaved windows
@@ -56,6 +58,9 @@ class SizeResult:
     server_stage_ms: dict[str, float] = field(default_factory=dict)
     server_request_ms: float = 0.0
     mean_batch_size: float = 0.0
+    label: str = ""  # "500x375", or "photos: <folder> (<count>)"
+    cpu_ms_per_image: dict[str, float] = field(default_factory=dict)  # by thread group, over the windows
+    cores_used: dict[str, float] = field(default_factory=dict)  # the same as cores busy on average
 
 
 @dataclass
@@ -74,7 +79,10 @@ class ServerBenchResult:
     workers: int = 1
 
     def size(self, width: int, height: int) -> SizeResult:
-        return next(s for s in self.sizes if s.image_size == (width, height))
+        return next(s for s in self.sizes if s.image_size == (width, height) and not s.label.startswith("photos"))
+
+    def photos(self) -> SizeResult:
+        return next(s for s in self.sizes if s.label.startswith("photos"))
 
 
 def bound_img_s(engine_img_s: float, preprocess_s_per_image: float, cores: int) -> float:
@@ -144,55 +152,77 @@ class _Window:
     statuses: Counter[str]
     before: Snapshot
     after: Snapshot
+    seconds: float = 0.0
+    served: int = 0  # every image answered 200 in the window, sent before it or not (CPU is shared)
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
 
 async def _closed_window(generator: LoadGenerator, metrics_url: str, model: str, concurrency: int,
-                         warmup_s: float, duration_s: float) -> _Window:
-    """Warm up, scrape, measure, scrape: the requests sent and answered inside the window count."""
+                         warmup_s: float, duration_s: float, server_pid: int | None = None) -> _Window:
+    """Warm up, scrape, measure, scrape: the requests sent and answered inside the window count.
+    With ``server_pid``, the server's CPU per thread group over the window is read from /proc."""
     generator.samples.clear()
     stop = asyncio.Event()
     load = asyncio.create_task(generator.closed_loop(concurrency, stop))
     await asyncio.sleep(warmup_s)
     before = parse(await generator.get_text(metrics_url), model)
+    cpu = ServerCpu(server_pid) if server_pid else None
+    if cpu:
+        cpu.start()
     measure_from = time.perf_counter()
     await asyncio.sleep(duration_s)
     stop_at = time.perf_counter()
+    cpu_s = cpu.stop() if cpu else {}
     after = parse(await generator.get_text(metrics_url), model)
     stop.set()
     await load
     counted = [s for s in generator.samples if s.sent >= measure_from and s.done <= stop_at]
+    served = sum(1 for s in generator.samples if measure_from <= s.done <= stop_at and s.status == "200")
     statuses = Counter(s.status for s in counted)
     return _Window(statuses.get("200", 0) / (stop_at - measure_from), [s.latency_s for s in counted],
-                   statuses, before, after)
+                   statuses, before, after, stop_at - measure_from, served, cpu_s)
 
 
 @dataclass
 class _Round:
     engine_img_s: float
-    preprocess_s: dict[tuple[int, int], float]
-    windows: dict[tuple[int, int], _Window]
+    preprocess_s: dict[str, float]
+    windows: dict[str, _Window]
 
 
 async def _rounds(url: str, model: str, version: ModelVersion, engines: ServedEngines,
-                  jpegs: dict[tuple[int, int], list[bytes]], concurrency: int, rounds: int, warmup_s: float,
-                  window_s: float, engine_s: float, preprocess_s: float) -> list[_Round]:
-    """Each round measures the bare engine, preprocessing per size and the server per size, back to
-    back, so each round's bound and end-to-end rate share the machine's state of that minute."""
+                  image_sets: dict[str, list[Payload]], concurrency: int, rounds: int, warmup_s: float,
+                  window_s: float, engine_s: float, preprocess_s: float,
+                  server_pid: int | None = None) -> list[_Round]:
+    """Each round measures the bare engine, preprocessing per image set and the server per image
+    set, back to back, so each round's bound and end-to-end rate share the machine's state of that
+    minute."""
     measured = []
     for _ in range(rounds):
         # Blocking on purpose: nothing else runs while the engine and preprocessing are timed.
         engine_img_s = engines.rate(engine_s)
-        pre = {size: preprocess_seconds(images, version, preprocess_s, engines.pixels)
-               for size, images in jpegs.items()}
+        pre = {label: preprocess_seconds([p.body for p in payloads], version, preprocess_s, engines.pixels)
+               for label, payloads in image_sets.items()}
         windows = {}
-        for size, images in jpegs.items():
-            payloads = [Payload(f"{i}.jpg", data, "image/jpeg", *size) for i, data in enumerate(images)]
+        for label, payloads in image_sets.items():
             async with LoadGenerator(f"{url}/v2/models/{model}/classify", payloads,
                                      max_outstanding=concurrency + 1) as generator:  # + the /metrics scrape
-                windows[size] = await _closed_window(generator, f"{url}/metrics", model, concurrency,
-                                                     warmup_s, window_s)
+                windows[label] = await _closed_window(generator, f"{url}/metrics", model, concurrency,
+                                                      warmup_s, window_s, server_pid)
         measured.append(_Round(engine_img_s, pre, windows))
     return measured
+
+
+def _cpu_per_image(windows: list[_Window]) -> tuple[dict[str, float], dict[str, float]]:
+    """CPU ms per served image and cores busy, by thread group, over all of a set's windows."""
+    seconds = sum(w.seconds for w in windows)
+    served = sum(w.served for w in windows)
+    if not seconds or not served or not any(w.cpu_s for w in windows):
+        return {}, {}
+    groups = list(dict.fromkeys(g for w in windows for g in w.cpu_s))
+    total = {g: sum(w.cpu_s.get(g, 0.0) for w in windows) for g in groups}
+    return ({g: 1000.0 * v / served for g, v in total.items() if g != "idle"},
+            {g: v / seconds for g, v in total.items()})
 
 
 def _summed_breakdown(windows: list[_Window]) -> tuple[dict[str, float], float, float]:
@@ -205,22 +235,42 @@ def _summed_breakdown(windows: list[_Window]) -> tuple[dict[str, float], float, 
     return result.stage_ms, result.request_ms, result.mean_batch_size
 
 
+def _image_sets(image_sizes: tuple[tuple[int, int], ...], images: Path | None,
+                photos_limit: int | None) -> dict[str, list[Payload]]:
+    """Synthetic JPEGs per size (16 each), then the folder of real photos if one is given."""
+    sets = {f"{w}x{h}": [Payload(f"{i}.jpg", data, "image/jpeg", w, h)
+                         for i, data in enumerate(synthetic_jpegs(16, ((w, h),)))] for w, h in image_sizes}
+    if images is not None:
+        photos = load_folder(images, photos_limit)
+        sets[f"photos: {Path(images).name} ({len(photos)})"] = photos
+    return sets
+
+
+def _median_size(payloads: list[Payload]) -> tuple[int, int]:
+    return (int(statistics.median(p.width for p in payloads)), int(statistics.median(p.height for p in payloads)))
+
+
 def run_server_bench(
     model_repo: Path,
     model: str,
     *,
     concurrency: int = 16,
     image_sizes: tuple[tuple[int, int], ...] = ((500, 375),),
+    images: Path | None = None,
+    photos_limit: int | None = None,
     rounds: int = 3,
     window_s: float = 8.0,
     warmup_s: float = 2.0,
     engine_s: float = 3.0,
     preprocess_s: float = 2.0,
     workers: int = 1,
+    thread_cpu: bool = True,
 ) -> ServerBenchResult:
-    """Measure the engine as served, preprocessing per size and the served model per size, in
-    ``rounds`` interleaved rounds; medians over rounds, the ratio as the median of per-round ratios.
-    ``workers``: the server runs that many worker processes; the bound stays the machine's."""
+    """Measure the engine as served, preprocessing per image set and the served model per image
+    set, in ``rounds`` interleaved rounds; medians over rounds, the ratio as the median of per-round
+    ratios. ``images``: a folder of real photos measured as one more set, beside the synthetic
+    sizes. ``workers``: the server runs that many worker processes; the bound stays the machine's.
+    ``thread_cpu``: read the server's CPU per thread group over each window from /proc (Linux)."""
     repository = ModelRepository(model_repo)
     builder = BuildPipeline(repository)
     if builder.is_stale(model):
@@ -230,34 +280,38 @@ def run_server_bench(
     batch = min(max(config.dynamic_batching.preferred_batch_sizes or [config.max_batch_size]),
                 config.max_batch_size)
     cores = available_cores()
-    jpegs = {size: synthetic_jpegs(16, (size,)) for size in image_sizes}
+    image_sets = _image_sets(image_sizes, images, photos_limit)
     engines = ServedEngines(version, batch)
+    track = thread_cpu and Path("/proc/self/task").is_dir()
     try:
         with server_process(model_repo, "--model", model, "--no-build-missing", "--workers", str(workers),
                             log_level="warning") as server:
-            measured = asyncio.run(_rounds(server.url, model, version, engines, jpegs, concurrency, rounds,
-                                           warmup_s, window_s, engine_s, preprocess_s))
+            measured = asyncio.run(_rounds(server.url, model, version, engines, image_sets, concurrency, rounds,
+                                           warmup_s, window_s, engine_s, preprocess_s,
+                                           server.process.pid if track else None))
     finally:
         engines.close()
 
     sizes = []
-    for size in image_sizes:
-        windows = [r.windows[size] for r in measured]
-        bounds = [bound_img_s(r.engine_img_s, r.preprocess_s[size], cores) for r in measured]
+    for label, payloads in image_sets.items():
+        windows = [r.windows[label] for r in measured]
+        bounds = [bound_img_s(r.engine_img_s, r.preprocess_s[label], cores) for r in measured]
         rates = [w.img_s for w in windows]
         latencies = [latency for w in windows for latency in w.latencies]
         statuses: Counter[str] = Counter()
         for w in windows:
             statuses.update(w.statuses)
         stage_ms, request_ms, mean_batch = _summed_breakdown(windows)
+        cpu_ms, cores_used = _cpu_per_image(windows)
         sizes.append(SizeResult(
-            image_size=size,
-            preprocess_ms_one_core=1000.0 * statistics.median(r.preprocess_s[size] for r in measured),
+            image_size=_median_size(payloads), label=label,
+            preprocess_ms_one_core=1000.0 * statistics.median(r.preprocess_s[label] for r in measured),
             bound_img_s=statistics.median(bounds), e2e_img_s=statistics.median(rates), e2e_img_s_windows=rates,
             ratio=statistics.median(rate / bound for rate, bound in zip(rates, bounds, strict=True)),
             bound_img_s_rounds=bounds,
             latency_ms=latency_summary_ms(latencies) if latencies else {}, statuses=dict(statuses),
-            server_stage_ms=stage_ms, server_request_ms=request_ms, mean_batch_size=mean_batch))
+            server_stage_ms=stage_ms, server_request_ms=request_ms, mean_batch_size=mean_batch,
+            cpu_ms_per_image=cpu_ms, cores_used=cores_used))
     return ServerBenchResult(model=model, concurrency=concurrency, cores=cores, workers=workers,
                              engine_instances=config.instance_count, engine_batch_size=batch,
                              engine_img_s=statistics.median(r.engine_img_s for r in measured),
