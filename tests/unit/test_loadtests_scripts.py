@@ -85,3 +85,39 @@ def test_the_scaling_model_names_the_first_wall() -> None:
     assert workers.wall == "gpu engine" and workers.img_s == 50 * 10.0 * 2  # 50x this 2-core CPU
     assert throughput(costs, Scenario(cores=64, workers=64, engine="gpu", decode="gpu")).caps["gpu decode"] == 4000
     assert "event loops 500" in table([one_loop])
+
+
+def _import(name: str):
+    sys.path.insert(0, str(LOADTESTS))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(LOADTESTS))
+
+
+def test_bench_variants_summary_has_a_row_per_model_and_workers_with_every_run() -> None:
+    summary = _import("bench_variants").summary
+
+    def run(model: str, workers: int, ratio: float, engine_ms: float) -> dict:
+        size = {"label": "500x375", "e2e_img_s_windows": [90.0 * ratio, 100.0 * ratio], "ratio": ratio,
+                "preprocess_ms_one_core": 2.0, "bound_img_s": 100.0, "latency_ms": {"p99_ms": 300.0},
+                "mean_batch_size": 6.0, "cores_used": {"engine threads": 1.5, "event loops": 0.2, "idle": 0.1},
+                "cpu_ms_per_image": {"engine threads": engine_ms, "event loops": 2.0}}
+        return {"model": model, "workers": workers, "engine_img_s": 120.0, "sizes": [size]}
+
+    # a, 1 worker: windows 72, 80, 75.6, 84 -> median 77.8
+    text = summary([run("a", 1, 0.8, 15.0), run("a", 2, 0.9, 14.0), run("a", 1, 0.84, 17.0), run("b", 1, 1.0, 9.0)])
+    rows = [line for line in text.splitlines() if line.startswith("| a ") or line.startswith("| b ")]
+    assert "| a | 1 | 2 | 120.0 | 2.00 | 100.0 | 77.8 | 0.80, 0.84 | 300, 300 | 6.0 |" in rows
+    assert "| a | 2 | 1 | 120.0 | 2.00 | 100.0 | 85.5 | 0.90 | 300 | 6.0 |" in rows
+    # The CPU table: cores busy, CPU ms per image in brackets, medians over a row's runs.
+    assert "| a | 1 | 1.50 (16.00) | 0.20 (2.00) | 0.10 |" in rows
+    assert text.startswith("### 500x375") and len(rows) == 6
+
+
+def test_the_tiny_repository_for_the_loop_cost_is_a_servable_model(tmp_path: Path) -> None:
+    from resserve.repository import ModelRepository
+
+    repo = _import("scaling_costs").tiny_model_repo(tmp_path)
+    config = ModelRepository(repo).config("tiny")
+    assert config.preprocess.crop_wh == (32, 32) and config.max_batch_size == 16
