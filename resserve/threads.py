@@ -8,7 +8,6 @@ from the thread itself. Threads that a native library starts from a named thread
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 PR_SET_NAME = 15
@@ -26,5 +25,6 @@ def set_os_thread_name(name: str) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        # The process's own symbols (libc is among them): find_library("c") would spawn ldconfig.
+        _libc = ctypes.CDLL(None, use_errno=True)
     return _libc.prctl(PR_SET_NAME, name.encode()[:MAX_NAME_BYTES], 0, 0, 0) == 0
