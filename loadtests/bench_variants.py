@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--model", action="append", help="model to measure (repeat; default: every model)")
     parser.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
     parser.add_argument("--passes", type=int, default=1)
+    parser.add_argument("--first-pass", type=int, default=0, help="number the passes from here (add runs to a folder)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window-s", type=float, default=8.0)
     parser.add_argument("--images", type=Path, help="a folder of real photos, measured beside 500x375")
@@ -95,7 +96,7 @@ def main() -> None:
     models = args.model or ModelRepository(args.model_repo).names()
     workers = [int(w) for w in args.workers.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    for index in range(args.passes):
+    for index in range(args.first_pass, args.first_pass + args.passes):
         for model in models:
             for count in workers if index % 2 == 0 else workers[::-1]:
                 result = run_server_bench(args.model_repo, model, rounds=args.rounds, window_s=args.window_s,

@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--pair", action="append", required=True, help="RESSERVE_MODEL=PEER_ONNX (repeat)")
     parser.add_argument("--images", type=Path, help="a folder of images (default: generated 500x375)")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="resserve's worker processes (serve --workers)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--window-s", type=float, default=4.0)
@@ -75,12 +76,13 @@ def main() -> None:
     results = []
     for pair in args.pair:
         model, onnx = pair.split("=", 1)
-        with server_process(args.model_repo, "--model", model, "--no-build-missing", log_level="warning") as ours, \
+        with server_process(args.model_repo, "--model", model, "--no-build-missing", "--workers", str(args.workers),
+                            log_level="warning") as ours, \
                 server_process(None, command=[sys.executable, str(PEER), onnx, "--port", "{port}"]) as peer:
             points = asyncio.run(_rounds(ours.url, peer.url, model, payloads, args.concurrency, args.rounds, settings))
         results.append({**summarize(model, onnx, points), "points": points})
         print(json.dumps({k: v for k, v in results[-1].items() if k != "points"}), flush=True)
-    document = {"environment": environment(), "images": str(args.images or "generated 500x375"),
+    document = {"environment": environment(), "images": str(args.images or "generated 500x375"), "workers": args.workers,
                 "payloads": len(payloads), "concurrency": args.concurrency, "settings": settings.model_dump(),
                 "results": results}
     if args.json:
