@@ -16,8 +16,9 @@ missing:
    synthetic 500x375 and 1600x1200 JPEGs, with the GPU tensor's deviation from the CPU path's.
 4. ``server``: ``resserve serve`` on one torch-CUDA fp16 ResNet-50 built here, loaded by the
    project's load generator (closed loop, 64 clients by default); ``--workers`` is passed only
-   where ``resserve serve --help`` lists it. The server decodes on the CPU (GPU decode is not
-   wired into it yet).
+   where ``resserve serve --help`` lists it. The server decodes on the CPU, then once more with
+   the model's ``gpu_decode: true`` (nvJPEG and GPU preprocessing in the server) at the first
+   worker count, where the installed resserve has that option.
 
 The lent machine's ``python3`` has CUDA torch and torchvision but few of resserve's dependencies
 and no network: ``make gpu-wheels`` (here) downloads them into ``gpu-wheels/``, which travels
@@ -406,6 +407,12 @@ def _serve_has_workers() -> bool:
     return "--workers" in done.stdout
 
 
+def _has_gpu_decode() -> bool:
+    from resserve.config import ModelConfig
+
+    return "gpu_decode" in ModelConfig.model_fields
+
+
 def stage_tests(result: dict[str, Any], save: Callable[[], None], args: argparse.Namespace) -> None:
     """``pytest tests/gpu``: the summary line, what was skipped and why, what failed."""
     command = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "tests/gpu"]
@@ -555,8 +562,8 @@ def stage_server(result: dict[str, Any], save: Callable[[], None], args: argpars
 
     deadline = time.monotonic() + args.stage_budget_s
     result.update(rows=[], points=[], notes=[
-        "GPU JPEG decode is not wired into the server yet: it decodes on the CPU (Pillow, fast_jpeg_decode "
-        "and fast_preprocess) in its preprocess threads",
+        "CPU decode: Pillow with fast_jpeg_decode and fast_preprocess in the preprocess threads; GPU decode: "
+        "the same model with gpu_decode: true (nvJPEG and torch on the GPU, one image at a time per worker)",
         "the engine as the server opens it: torch fp16 channels-last eager (a model config has no CUDA "
         "graphs option); max_batch_size 64, max_queue_delay_ms 2; seeded random weights"])
     settings = MeasurementSettings(warmup_s=5.0, window_s=args.window_s, stable_windows=3, max_windows=4)
@@ -576,12 +583,18 @@ def stage_server(result: dict[str, Any], save: Callable[[], None], args: argpars
         result["notes"].append(f"build {time.monotonic() - begun:.0f} s: {built[-1] if built else ''}")
         save()
         has_workers = _serve_has_workers()
-        runs = [w for w in args.workers.split(",") if w] if has_workers else [""]
+        runs = [(w, "cpu") for w in args.workers.split(",") if w] if has_workers else [("", "cpu")]
         if not has_workers:
             result["notes"].append("resserve serve has no --workers here: one server process")
+        if _has_gpu_decode():
+            runs.insert(1, (runs[0][0], "gpu"))  # beside the first CPU-decode run, before the other counts
+        else:
+            result["notes"].append("this resserve's model config has no gpu_decode: CPU decode only")
         last_s = 0.0
-        for workers in runs:
+        for workers, decode in runs:
             label = f"--workers {workers}" if workers else "one process"
+            config = SERVER_MODEL_CONFIG + ("gpu_decode: true\n" if decode == "gpu" else "")
+            (repo / SERVER_MODEL / "config.yaml").write_text(config)  # read at load: the build stays fresh
             if time.monotonic() + 1.2 * last_s > deadline:
                 result["notes"].append(f"{label}: not measured, the stage's time ran out")
                 continue
@@ -602,15 +615,16 @@ def stage_server(result: dict[str, Any], save: Callable[[], None], args: argpars
                 point = asyncio.run(load())
             last_s = time.monotonic() - begun
             batch_note = f", mean batch {point.server.mean_batch_size:.1f}" if point.server else ""
-            result["points"].append({"workers": workers or None, **point.model_dump(mode="json")})
+            result["points"].append({"workers": workers or None, "decode": decode, **point.model_dump(mode="json")})
             result["rows"].append(row(
-                "server", f"{SERVER_MODEL}, {label}, {args.concurrency} clients, 500x375 JPEG, CPU decode",
+                "server", f"{SERVER_MODEL}, {label}, {args.concurrency} clients, 500x375 JPEG, {decode.upper()} decode",
                 img_s=point.throughput_img_s, p50_ms=point.latency_ms.get("p50_ms"),
                 p99_ms=point.latency_ms.get("p99_ms"),
                 note=f"errors {point.error_rate:.3f}; {'stable' if point.stable else 'NOT stable'} over "
                      f"{len(point.windows)} windows of {args.window_s:g} s{batch_note}; ready in {ready_s:.0f} s; "
                      f"generator {point.generator_cpu_us_per_request:.0f} us CPU/request"))
-            say(f"{label}: {point.throughput_img_s:.0f} img/s, p99 {point.latency_ms.get('p99_ms', 0):.0f} ms")
+            say(f"{label}, {decode} decode: {point.throughput_img_s:.0f} img/s, "
+                f"p99 {point.latency_ms.get('p99_ms', 0):.0f} ms")
             save()
 
 

@@ -169,6 +169,9 @@ class ModelConfig(_Strict):
     uint8_input: bool = Field(
         False, description="preprocessing stops at uint8 pixels; the engine normalizes inside the model "
         "(onnxruntime, openvino). OIP tensor requests then send UINT8 [N, H, W, 3] pixels")
+    gpu_decode: bool = Field(
+        False, description="decode JPEGs with nvJPEG and preprocess on the GPU (torch with CUDA and torchvision); "
+        "headers are checked by Pillow first, other formats and EXIF-rotated JPEGs take the CPU path")
     warmup_batch_sizes: list[int] = Field(default_factory=lambda: [1])
     engine_timeout_s: float | None = Field(
         60.0, gt=0, description="watchdog: a batch running longer marks the model not ready until it returns")
@@ -193,6 +196,8 @@ class ModelConfig(_Strict):
             raise ValueError("engine torch needs source.arch (it runs the PyTorch model, not an ONNX file)")
         if self.uint8_input and self.engine not in ("auto", *PIXEL_INPUT_ENGINES):
             raise ValueError(f"uint8_input needs the {' or '.join(PIXEL_INPUT_ENGINES)} engine, not {self.engine}")
+        if self.gpu_decode and self.uint8_input:
+            raise ValueError("gpu_decode makes the float input tensor on the GPU; it cannot feed a uint8_input model")
         bad = [b for b in self.dynamic_batching.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if bad:
             raise ValueError(f"preferred_batch_sizes {bad} must lie in 1..max_batch_size ({self.max_batch_size})")

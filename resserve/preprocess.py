@@ -216,30 +216,54 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read and checked before any pixel is decoded."""
+
+    format: str  # one of SUPPORTED_FORMATS
+    width: int
+    height: int
+    orientation: int  # EXIF 1..8 as far as the header shows (a JPEG's APP1 precedes its pixels)
+
+
+def _checked_header(data: bytes, options: DecodeOptions) -> tuple[Image.Image, ImageHeader]:
+    """Open ``data`` (header only) and refuse it if empty, unsupported or over the pixel limit."""
+    if not data:
+        raise InvalidImageError("empty body: no image bytes")
+    image = _open(data)
+    fmt = _FORMAT_ALIASES.get(image.format or "", image.format or "")
+    if fmt not in SUPPORTED_FORMATS:
+        raise UnsupportedMediaTypeError(f"unsupported image format {image.format!r}")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidImageError(f"image has no pixels ({width}x{height})")
+    # The header's size, before any pixel is decoded: a 30000x30000 PNG of a few KB stops here.
+    if width * height > options.max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {options.max_pixels}"
+        )
+    return image, ImageHeader(fmt, width, height, _orientation(image))
+
+
+def read_header(data: bytes, options: DecodeOptions = DecodeOptions()) -> ImageHeader:
+    """The checks :func:`decode_image` makes before decoding, for a decoder other than Pillow's
+    (nvJPEG): the same refusals (400/413/415) for the same bytes, and no pixel decoded."""
+    with _pillow_warnings_ignored():
+        return _checked_header(data, options)[1]
+
+
 def decode_image(
     data: bytes, contract: PreprocessContract, options: DecodeOptions = DecodeOptions()
 ) -> Image.Image:
     """Untrusted bytes -> upright 8-bit RGB image, or a domain error; checks size before pixels."""
-    if not data:
-        raise InvalidImageError("empty body: no image bytes")
     with _pillow_warnings_ignored():
-        image = _open(data)
-        fmt = _FORMAT_ALIASES.get(image.format or "", image.format or "")
-        if fmt not in SUPPORTED_FORMATS:
-            raise UnsupportedMediaTypeError(f"unsupported image format {image.format!r}")
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise InvalidImageError(f"image has no pixels ({width}x{height})")
-        # The header's size, before any pixel is decoded: a 30000x30000 PNG of a few KB stops here.
-        if width * height > options.max_pixels:
-            raise ImageTooLargeError(
-                f"image is {width}x{height} = {width * height} pixels; the limit is {options.max_pixels}"
-            )
+        image, header = _checked_header(data, options)
+        fmt = header.format
         try:
             if options.fast_jpeg_draft and fmt == "JPEG":
                 _draft(image, contract)
             image.load()  # GIF/WebP/TIFF: the first frame, which Pillow opens at
-            if _orientation(image) != 1:
+            if _orientation(image) != 1:  # after load: a PNG's eXIf chunk may follow its pixels
                 try:
                     image = ImageOps.exif_transpose(image)
                 except Exception:

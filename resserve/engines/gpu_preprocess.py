@@ -6,9 +6,11 @@ resize (shorter side or exact, antialiased), centre crop (zero padding where the
 ``device="cuda"``, the batched list form) is kept apart from the arithmetic, which is plain torch
 on whatever device its tensors are on, so it runs and is tested on a CPU tensor too.
 
-Not the server's path yet: ``loadtests/gpu_check.py`` measures it beside the CPU path. Two gaps
-before it can be: EXIF orientation is not applied, and the pixel limit (``max_pixels``) is not
-checked before decoding. torch and torchvision are imported lazily: neither is a serving dependency.
+The server uses it for models with ``gpu_decode: true`` through :class:`GpuImageDecoder`: Pillow
+reads and checks each header first (format, pixel limit, EXIF orientation: the same refusals as
+the CPU path, before any pixel is decoded), then JPEGs stored upright go to nvJPEG and everything
+else (PNG, WebP, rotated JPEGs) to the CPU path. ``loadtests/gpu_check.py`` measures both. torch
+and torchvision are imported lazily: neither is a serving dependency.
 
 Example::
 
@@ -18,12 +20,16 @@ Example::
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from resserve.contract import PreprocessContract
 from resserve.errors import ConfigError, EngineUnavailableError, InvalidImageError
-from resserve.preprocess import _resize_target, _scale_bias
+from resserve.preprocess import DecodeOptions, _resize_target, _scale_bias, read_header
 
 # The filters whose result stays within a level of Pillow's: antialiased bilinear, and bicubic
 # (antialiased, torch uses Pillow's a = -0.5). Nearest is refused: torch's "nearest-exact" took
@@ -139,3 +145,36 @@ class GpuPreprocessor:
     def __call__(self, images: Sequence[bytes]) -> Any:
         """JPEG files -> (N, 3, h, w) float32 (or NHWC) on the device; the caller synchronizes."""
         return resize_crop_normalize(decode_jpegs(images, self.device), self.contract)
+
+
+class GpuImageDecoder:
+    """The server's per-image hook: one encoded image -> the model's input as a numpy array, decoded
+    and preprocessed on the GPU, or ``None`` where the CPU path must take it.
+
+    Images arrive one at a time from the preprocessing threads; one lock keeps one image at a time
+    on the device (the threads share torchvision's nvJPEG state), and the result comes back to the
+    host because the batch queue concatenates numpy rows.
+    """
+
+    def __init__(self, contract: PreprocessContract, options: DecodeOptions, device: str = "cuda") -> None:
+        if options.uint8_pixels:
+            raise ConfigError("gpu_decode makes the float input tensor; it cannot feed a uint8_input model")
+        self.preprocessor = GpuPreprocessor(contract, device)  # refuses the contract or a missing GPU here
+        self.options = options
+        self._lock = threading.Lock()
+
+    def __call__(self, data: bytes) -> tuple[np.ndarray, float, float] | None:
+        """(tensor without the batch axis, decode seconds, transform seconds), or None for the CPU path.
+
+        Raises the CPU path's own errors for bytes it would refuse (empty, unsupported, too many pixels).
+        """
+        header = read_header(data, self.options)
+        if header.format != "JPEG" or header.orientation != 1:
+            return None
+        with self._lock:
+            start = time.perf_counter()
+            decoded = decode_jpegs([data], self.preprocessor.device)
+            decode_done = time.perf_counter()
+            batch = resize_crop_normalize(decoded, self.preprocessor.contract)
+            tensor = batch[0].cpu().numpy()  # waits for the device
+        return tensor, decode_done - start, time.perf_counter() - decode_done

@@ -220,6 +220,8 @@ def _first(group_error: BaseExceptionGroup) -> BaseException:  # type: ignore[ty
 
 def _timed(data: bytes, served: ServedModel) -> tuple[np.ndarray, float, float, float]:
     started = time.perf_counter()
+    if served.gpu_decoder is not None and (on_gpu := served.gpu_decoder(data)) is not None:
+        return (*on_gpu, started)
     tensor, decode_s, transform_s = preprocess_timed(data, served.contract, served.decode_options)
     return tensor, decode_s, transform_s, started
 

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -66,6 +67,8 @@ class ServedModel:
     queue: BatchQueue
     decode_options: DecodeOptions
     statistics: ModelStatistics
+    # gpu_decode: encoded image -> (tensor, decode s, transform s) on the GPU, or None for the CPU path
+    gpu_decoder: Callable[[bytes], tuple[np.ndarray, float, float] | None] | None = None
     loaded_at: float = field(default_factory=time.time)
     ready: bool = True
     admitted: int = 0  # requests past admission: reading, preprocessing or queued (event-loop only)
@@ -211,6 +214,9 @@ class ModelManager:
     def _open(self, model_version: ModelVersion) -> ServedModel:
         """Create, load and warm every instance (runs in a worker thread)."""
         config = model_version.config
+        # Before any engine is opened: a machine without a GPU fails this model at once, nothing to release.
+        gpu = (gpu_decoder(model_version.contract, DecodeOptions(max_pixels=self.settings.max_image_pixels))
+               if config.gpu_decode else None)
         engines = []
         for _ in range(config.instance_count):
             # ONNX Runtime keeps its spinning intra-op threads: measured end to end to help, not to
@@ -262,6 +268,7 @@ class ModelManager:
                                          # What the engine takes, not what was asked: engine auto
                                          # may have resolved to one without pixel input.
                                          uint8_pixels=engines[0].input_spec.dtype == np.uint8),
+            gpu_decoder=gpu,
         )
         queue.on_health = lambda healthy: self._engine_health(served, healthy)
         return served
@@ -276,6 +283,14 @@ class ModelManager:
 def capacity_of(config: ModelConfig) -> int:
     """Images a model admits at once: ``max_queue_size`` plus one running batch per instance."""
     return config.dynamic_batching.max_queue_size + config.max_batch_size * config.instance_count
+
+
+def gpu_decoder(contract: PreprocessContract, options: DecodeOptions) -> Callable[[bytes], Any]:
+    """nvJPEG decode and GPU preprocessing for one model; EngineUnavailableError (the model fails to
+    load, the others serve) where torch, CUDA or torchvision is missing."""
+    from resserve.engines.gpu_preprocess import GpuImageDecoder  # imports torch when it runs, not before
+
+    return GpuImageDecoder(contract, options)
 
 
 def serving_engine(model_version: ModelVersion) -> Engine:

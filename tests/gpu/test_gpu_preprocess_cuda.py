@@ -49,3 +49,32 @@ def test_decode_gives_rgb_uint8_on_the_device_and_refuses_garbage() -> None:
         decode_jpegs([b"not a jpeg at all"], "cuda")
     with pytest.raises(InvalidImageError, match="empty body"):
         decode_jpegs([b""], "cuda")
+
+
+def test_the_servers_gpu_decoder_takes_upright_jpegs_and_leaves_the_rest_to_the_cpu() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA GPU")
+    import io
+
+    from PIL import Image
+
+    from resserve.engines.gpu_preprocess import GpuImageDecoder
+    from resserve.errors import ImageTooLargeError
+    from resserve.preprocess import DecodeOptions
+
+    contract = imagenet_contract()
+    decoder = GpuImageDecoder(contract, DecodeOptions(max_pixels=1600 * 1200))
+    for data in synthetic_jpegs(3, [(500, 375), (1600, 1200), (375, 500)], seed=5):
+        tensor, decode_s, transform_s = decoder(data)
+        assert isinstance(tensor, np.ndarray) and tensor.shape == (3, 224, 224) and decode_s >= 0 and transform_s > 0
+        diff = np.abs(tensor - preprocess(data, contract))
+        assert diff.mean() < MEAN_ABS_BOUND and diff.max() < MAX_ABS_BOUND, (diff.mean(), diff.max())
+    image = Image.open(io.BytesIO(synthetic_jpegs(1, [(64, 48)])[0]))
+    png, rotated = io.BytesIO(), io.BytesIO()
+    image.save(png, "PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(rotated, "JPEG", exif=exif)
+    assert decoder(png.getvalue()) is None and decoder(rotated.getvalue()) is None  # the CPU path's
+    with pytest.raises(ImageTooLargeError):
+        decoder(synthetic_jpegs(1, [(1601, 1200)])[0])
