@@ -223,7 +223,9 @@ class ImageHeader:
     format: str  # one of SUPPORTED_FORMATS
     width: int
     height: int
-    orientation: int  # EXIF 1..8 as far as the header shows (a JPEG's APP1 precedes its pixels)
+    # EXIF 1..8 for a JPEG (its APP1 segment precedes the pixels); None for other formats, whose
+    # EXIF Pillow reads only by decoding (a PNG's eXIf chunk may follow its pixels).
+    orientation: int | None
 
 
 def _checked_header(data: bytes, options: DecodeOptions) -> tuple[Image.Image, ImageHeader]:
@@ -242,7 +244,7 @@ def _checked_header(data: bytes, options: DecodeOptions) -> tuple[Image.Image, I
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels; the limit is {options.max_pixels}"
         )
-    return image, ImageHeader(fmt, width, height, _orientation(image))
+    return image, ImageHeader(fmt, width, height, _orientation(image) if fmt == "JPEG" else None)
 
 
 def read_header(data: bytes, options: DecodeOptions = DecodeOptions()) -> ImageHeader:
