@@ -196,6 +196,10 @@ class ModelConfig(_Strict):
             raise ValueError("engine torch needs source.arch (it runs the PyTorch model, not an ONNX file)")
         if self.uint8_input and self.engine not in ("auto", *PIXEL_INPUT_ENGINES):
             raise ValueError(f"uint8_input needs the {' or '.join(PIXEL_INPUT_ENGINES)} engine, not {self.engine}")
+        if self.engine == "onnxruntime" and self.precision == "int8" and self.device == "tensorrt":
+            raise ValueError("engine onnxruntime, precision int8 cannot run on device tensorrt: ONNX Runtime's "
+                             "TensorRT provider takes int8 only as symmetric signed Q/DQ, and resserve's "
+                             "onnxruntime int8 build is unsigned for the CPU; use device cuda, or engine tensorrt")
         if self.gpu_decode and self.uint8_input:
             raise ValueError("gpu_decode makes the float input tensor on the GPU; it cannot feed a uint8_input model")
         bad = [b for b in self.dynamic_batching.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]

@@ -163,16 +163,20 @@ def quantize_int8(
     per_channel: bool = True,
     method: Method = "percentile",
     batch_size: int = DEFAULT_CHUNK,
+    symmetric: bool = False,
 ) -> Path:
     """Static int8 quantization of ``src`` into ``dst`` (QDQ, dynamic batch), calibrated on ``calibration``.
 
     ``calibration``: preprocessed float32 images, (N, 3, H, W), a few hundred representative
-    ones for real use. Returns ``dst``.
+    ones for real use. ``symmetric``: s8 activations and weights with zero points 0, the only
+    Q/DQ TensorRT runs (explicit quantization); slower on the CPU than the default. Returns ``dst``.
     """
     if activation_type not in _QUANT_TYPES or weight_type not in _QUANT_TYPES:
         raise ExportError(
             f"int8 types are u8 or s8, got activations {activation_type!r}, weights {weight_type!r}"
         )
+    if symmetric and (activation_type, weight_type) != ("s8", "s8"):
+        raise ExportError(f"symmetric quantization is s8 x s8, got activations {activation_type}, weights {weight_type}")
     if method not in _METHODS:
         raise ExportError(f"calibration method must be one of {', '.join(_METHODS)}, got {method!r}")
     calibration = np.asarray(calibration)
@@ -211,14 +215,15 @@ def quantize_int8(
                 weight_type=_QUANT_TYPES[weight_type],
                 calibrate_method=_METHODS[method],
                 calibration_providers=["CPUExecutionProvider"],
-                extra_options={"CalibStridedMinMax": _stride(len(reader))},
+                extra_options={"CalibStridedMinMax": _stride(len(reader)),
+                               **({"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else {})},
                 nodes_to_exclude=_kept_fp32(onnx.load(str(prepared))),
             )
             quantized = onnx.load(str(quantized_path))
         except Exception as exc:
             raise ExportError(f"int8 quantization of {src} failed: {exc}") from exc
     log.debug("onnxruntime calibration output:\n%s", chatter.getvalue())
-    description = (f"static QDQ, {activation_type} activations, {weight_type} weights "
+    description = (f"static QDQ{', symmetric' if symmetric else ''}, {activation_type} activations, {weight_type} weights "
                    f"{'per channel' if per_channel else 'per tensor'}, {method} on {len(calibration)} images")
     _save_with_metadata(quantized, source, dst, precision="int8", quantization=description)
     log.info("quantized %s -> %s: %s", src, dst, description)

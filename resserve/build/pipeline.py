@@ -114,7 +114,8 @@ class BuildPipeline:
                 contract = config.preprocess or metadata.preprocess or imagenet_contract()
                 images = config.calibration.images
                 report = compile_variant(variant, config, staging, contract,
-                                         self._source_path(name, images) if images else None)
+                                         self._source_path(name, images) if images else None,
+                                         cache_dir=self.root / CACHE_FOLDER / name / variant.engine)
             record = {
                 "content_hash": content_hash,
                 "engine": variant.engine,

@@ -12,14 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from resserve.engines.hardware import gpu_identity, require_tensorrt
+from resserve.engines.onnxruntime import batch_profile, image_input
 from resserve.engines.tensorrt import (
     PLAN_FILE,
     PRECISIONS,
@@ -49,14 +52,56 @@ def profile_shapes(input_shape_chw: tuple[int, int, int], max_batch_size: int,
     """
     if len(input_shape_chw) != 3 or any(not isinstance(d, int) or d < 1 for d in input_shape_chw):
         raise ConfigError(f"input shape must be three positive ints (C, H, W), got {input_shape_chw}")
-    if max_batch_size < 1:
-        raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    if any(b < 1 for b in preferred_batch_sizes):
-        raise ConfigError(f"preferred batch sizes must be >= 1, got {list(preferred_batch_sizes)}")
-    fitting = [b for b in preferred_batch_sizes if b <= max_batch_size]
-    opt = max(fitting) if fitting else max_batch_size
+    low, opt, high = batch_profile(max_batch_size, preferred_batch_sizes)  # the same as ONNX Runtime's provider
     chw = tuple(input_shape_chw)
-    return ProfileShapes((1, *chw), (opt, *chw), (max_batch_size, *chw))
+    return ProfileShapes((low, *chw), (opt, *chw), (high, *chw))
+
+
+SUPPORTED_MAJORS = (10, 11)
+
+
+def trt_major(trt_version: str) -> int:
+    """TensorRT's major version from its version string; ConfigError where it cannot be read."""
+    try:
+        return int(trt_version.split(".")[0])
+    except ValueError as exc:
+        raise ConfigError(f"cannot read TensorRT's version {trt_version!r}") from exc
+
+
+def unsupported_build(trt_version: str, precision: str) -> str | None:
+    """Why this TensorRT cannot build ``precision`` with resserve's builder, or None if it can."""
+    try:
+        major = trt_major(trt_version)
+    except ConfigError as exc:
+        return str(exc)
+    if major not in SUPPORTED_MAJORS:
+        return (f"TensorRT {trt_version} is a major resserve has not been written for (it builds with "
+                f"{' and '.join(f'{m}.x' for m in SUPPORTED_MAJORS)}); pip install 'tensorrt>=10,<12'")
+    return None
+
+
+def strongly_typed(trt_version: str) -> bool:
+    """TensorRT 11 builds only strongly typed networks: no precision flags, no calibrator. The
+    precision comes from the ONNX itself (:func:`typed_onnx`). TensorRT 10 takes flags and calibrates."""
+    return trt_major(trt_version) >= 11
+
+
+def typed_onnx(reference: Path, folder: Path, precision: str, calibration: np.ndarray | None) -> Path:
+    """The ONNX a strongly typed build of ``precision`` parses: the fp32 reference itself; fp16
+    weights with float32 input and output (Casts at each end); or explicit symmetric s8 Q/DQ
+    calibrated on ``calibration``. All run in ONNX Runtime on the CPU too (their parity is tested)."""
+    from resserve.build.ort_quant import convert_fp16, quantize_int8
+
+    if precision == "fp32":
+        return Path(reference)
+    if precision == "fp16":
+        return convert_fp16(reference, Path(folder) / "typed-fp16.onnx")
+    if precision == "int8":
+        if calibration is None or len(calibration) == 0:
+            raise ConfigError("int8 needs calibration images for its Q/DQ scales")
+        return quantize_int8(reference, Path(folder) / "typed-int8-qdq.onnx", calibration, activation_type="s8",
+                             weight_type="s8", symmetric=True)
+    raise ConfigError(f"unknown TensorRT precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
 def plan_cache_key(onnx_sha256: str, precision: str, shapes: ProfileShapes, trt_version: str, gpu_name: str,
@@ -171,10 +216,53 @@ def _set_timing_cache(config: Any, path: Path) -> None:
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
+def reuse_plan(output_dir: Path, cache_dir: Path | None, key: str, *, trt_version: str, gpu_name: str,
+               compute_capability: str) -> Path | None:
+    """``output_dir/model.plan`` where a plan with ``key`` is already there or in ``cache_dir`` (copied
+    over with its record); None where it must be built. A corrupt or old record counts as none."""
+    for folder in (output_dir, cache_dir):
+        if folder is None or not (Path(folder) / PLAN_FILE).is_file():
+            continue
+        try:
+            record = PlanRecord.read(folder)
+        except EngineUnavailableError as exc:
+            log.info("not reusing %s: %s", folder, exc)
+            continue
+        if record is None:
+            continue
+        ok, why = plan_matches(record, trt_version=trt_version, gpu_name=gpu_name,
+                               compute_capability=compute_capability, key=key)
+        if not ok:
+            log.info("not reusing the TensorRT plan in %s: %s", folder, why)
+            continue
+        if Path(folder) != Path(output_dir):
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(folder) / PLAN_FILE, Path(output_dir) / PLAN_FILE)
+            shutil.copyfile(Path(folder) / RECORD_FILE, Path(output_dir) / RECORD_FILE)
+        log.info("reusing TensorRT plan from %s (key %s)", folder, key[:12])
+        return Path(output_dir) / PLAN_FILE
+    return None
+
+
+def keep_in_cache(output_dir: Path, cache_dir: Path | None) -> None:
+    """Copy the plan and its record into ``cache_dir`` (the record last: a half copy is never reused)."""
+    if cache_dir is None or Path(cache_dir) == Path(output_dir):
+        return
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cache_dir) / RECORD_FILE).unlink(missing_ok=True)
+    shutil.copyfile(Path(output_dir) / PLAN_FILE, Path(cache_dir) / PLAN_FILE)
+    shutil.copyfile(Path(output_dir) / RECORD_FILE, Path(cache_dir) / RECORD_FILE)
+
+
 def build_plan(onnx_path: Path, output_dir: Path, *, precision: Precision, max_batch_size: int,
                preferred_batch_sizes: Sequence[int] = (), calibration: np.ndarray | None = None,
-               workspace_gb: float = 4.0, device_id: int = 0, force: bool = False) -> Path:
-    """Build (or reuse, when ``plan.json``'s key matches) ``output_dir/model.plan``; return its path."""
+               workspace_gb: float = 4.0, device_id: int = 0, force: bool = False,
+               cache_dir: Path | None = None) -> Path:
+    """Build (or reuse, when a ``plan.json``'s key matches) ``output_dir/model.plan``; return its path.
+
+    ``cache_dir``: where the timing cache, the int8 calibration table and a copy of the plan live
+    across builds (``resserve build`` stages every build in a fresh folder, so caches kept beside
+    the plan would never be read again); default ``output_dir``."""
     require_tensorrt("build a TensorRT plan")
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown TensorRT precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -186,28 +274,31 @@ def build_plan(onnx_path: Path, output_dir: Path, *, precision: Precision, max_b
     import tensorrt as trt
     import torch
 
+    if (why := unsupported_build(trt.__version__, precision)) is not None:
+        raise EngineUnavailableError(why)
     output_dir.mkdir(parents=True, exist_ok=True)
     plan_path = output_dir / PLAN_FILE
     with torch.cuda.device(device_id):
         gpu_name, capability = gpu_identity(device_id)
         builder = trt.Builder(trt_logger())
-        network, tensor, _parser = _parse(trt, builder, onnx_path)
-        chw = tuple(tensor.shape)[1:]
-        shapes = profile_shapes(chw, max_batch_size, preferred_batch_sizes)  # type: ignore[arg-type]
+        typed = strongly_typed(trt.__version__)
         onnx_sha, calib_sha = sha256_file(onnx_path), None
         if precision == "int8":
             calibration = np.ascontiguousarray(calibration, dtype=np.float32)
             calib_sha = hashlib.sha256(calibration.tobytes()).hexdigest()
+        _, chw = image_input(onnx.load(str(onnx_path), load_external_data=False))
+        shapes = profile_shapes(chw, max_batch_size, preferred_batch_sizes)  # type: ignore[arg-type]
         key = plan_cache_key(onnx_sha, precision, shapes, trt.__version__, gpu_name, capability,
                              calibration_sha256=calib_sha)
-        record = PlanRecord.read(output_dir) if plan_path.is_file() else None
-        if record is not None and not force:
-            ok, why = plan_matches(record, trt_version=trt.__version__, gpu_name=gpu_name,
-                                   compute_capability=capability, key=key)
-            if ok:
-                log.info("reusing TensorRT plan %s (key %s)", plan_path, key[:12])
-                return plan_path
-            log.info("rebuilding TensorRT plan %s: %s", plan_path, why)
+        caches = Path(cache_dir) if cache_dir is not None else output_dir
+        if not force and (reused := reuse_plan(output_dir, cache_dir, key, trt_version=trt.__version__,
+                                               gpu_name=gpu_name, compute_capability=capability)):
+            return reused
+        # TensorRT 11: the precision is in the ONNX (fp16 weights, or Q/DQ); TensorRT 10: flags below.
+        source = typed_onnx(onnx_path, caches, precision, calibration) if typed else onnx_path
+        network, tensor, _parser = _parse(trt, builder, source)
+        if tuple(tensor.shape)[1:] != tuple(chw):
+            raise ExportError(f"TensorRT reads input {tensor.name} as {tuple(tensor.shape)}, the ONNX says {chw}")
         for wanted, attribute in (("fp16", "platform_has_fast_fp16"), ("int8", "platform_has_fast_int8")):
             if precision == wanted and not _fast(builder, attribute, capability):
                 raise EngineUnavailableError(f"{gpu_name} (compute capability {capability}) has no fast "
@@ -219,9 +310,9 @@ def build_plan(onnx_path: Path, output_dir: Path, *, precision: Precision, max_b
         profile.set_shape(tensor.name, shapes.min, shapes.opt, shapes.max)
         if config.add_optimization_profile(profile) < 0:
             raise ExportError(f"TensorRT rejected the optimization profile {shapes}")
-        if precision in ("fp16", "int8"):
+        if precision in ("fp16", "int8") and not typed:
             config.set_flag(trt.BuilderFlag.FP16)  # layers int8 cannot run fall back to fp16, not fp32
-        if precision == "int8":
+        if precision == "int8" and not typed:
             assert calibration is not None and calib_sha is not None
             size = calibration_batch_size(len(calibration), max_batch_size)
             batches = list(calibration_batches(calibration, size))
@@ -232,13 +323,15 @@ def build_plan(onnx_path: Path, output_dir: Path, *, precision: Precision, max_b
             tag = hashlib.sha256((onnx_sha + calib_sha).encode()).hexdigest()[:16]
             with warnings.catch_warnings():  # implicit int8 calibration is deprecated in TensorRT 10
                 warnings.simplefilter("ignore", DeprecationWarning)
-                calibrator = _make_calibrator(trt, torch, batches, output_dir / f"calibration-{tag}.cache",
+                caches.mkdir(parents=True, exist_ok=True)
+                calibrator = _make_calibrator(trt, torch, batches, caches / f"calibration-{tag}.cache",
                                               torch.device("cuda", device_id))
                 config.set_flag(trt.BuilderFlag.INT8)
                 config.int8_calibrator = calibrator
                 if not config.set_calibration_profile(calib_profile):
                     raise ExportError(f"TensorRT rejected the calibration profile {fixed}")
-        timing_path = output_dir / TIMING_CACHE_FILE
+        caches.mkdir(parents=True, exist_ok=True)
+        timing_path = caches / TIMING_CACHE_FILE
         _set_timing_cache(config, timing_path)
 
         log.info("building TensorRT %s plan for %s on %s (batch %d..%d, opt %d)", precision, onnx_path.name,
@@ -254,5 +347,6 @@ def build_plan(onnx_path: Path, output_dir: Path, *, precision: Precision, max_b
     PlanRecord(key=key, trt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
                precision=precision, min_shape=shapes.min, opt_shape=shapes.opt, max_shape=shapes.max,
                onnx_sha256=onnx_sha, calibration_sha256=calib_sha).write(output_dir)
+    keep_in_cache(output_dir, cache_dir)
     log.info("wrote %s (%d bytes)", plan_path, plan_path.stat().st_size)
     return plan_path

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def compile_variant(variant: Variant, config: ModelConfig, folder: Path, contract: PreprocessContract,
-                    calibration_dir: Path | None) -> AccuracyReport | None:
-    """Build ``variant`` from ``folder/model.onnx``; returns its accuracy report (None for the reference)."""
+                    calibration_dir: Path | None, cache_dir: Path | None = None) -> AccuracyReport | None:
+    """Build ``variant`` from ``folder/model.onnx``; returns its accuracy report (None for the reference).
+    ``cache_dir``: the model's engine caches that outlive the staging folder (TensorRT)."""
     if variant.is_reference:
         return None
     reference = folder / REFERENCE
@@ -57,7 +58,7 @@ def compile_variant(variant: Variant, config: ModelConfig, folder: Path, contrac
         build_plan(reference, target.parent, precision=variant.precision,  # type: ignore[arg-type]
                    max_batch_size=config.max_batch_size,
                    preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
-                   calibration=calibration if variant.needs_calibration else None)
+                   calibration=calibration if variant.needs_calibration else None, cache_dir=cache_dir)
     elif variant.engine == "torch":
         # The torch engine runs the source model itself; its artifact is written by the exporter.
         pass

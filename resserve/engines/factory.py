@@ -20,7 +20,7 @@ from pathlib import Path
 
 from resserve.config import PIXEL_INPUT_ENGINES, ModelConfig
 from resserve.engines.base import Engine, PixelInput
-from resserve.engines.onnxruntime import OnnxRuntimeEngine
+from resserve.engines.onnxruntime import OnnxRuntimeEngine, batch_profile
 from resserve.engines.select import resolve_engine
 from resserve.errors import ConfigError, EngineUnavailableError
 from resserve.metadata import read_metadata
@@ -90,7 +90,9 @@ def open_engine(variant: Variant, config: ModelConfig, folder: Path, pixels: Pix
     engine: Engine
     if variant.engine == "onnxruntime":
         engine = OnnxRuntimeEngine(artifact, config.device, intra_op_threads=config.intra_op_threads,
-                                   fp16=variant.precision == "fp16", pixels=pixels)
+                                   fp16=variant.precision == "fp16", int8=variant.precision == "int8",
+                                   pixels=pixels, batches=batch_profile(
+                                       config.max_batch_size, config.dynamic_batching.preferred_batch_sizes))
     elif variant.engine == "openvino":
         from resserve.engines.openvino import OpenVinoEngine
 

@@ -8,6 +8,7 @@ that is absent is an error that says how to get it, never a silent CPU fallback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import onnxruntime as ort
 from resserve.engines.base import Engine, PixelInput, TensorSpec, check_batch_rows
 from resserve.engines.hardware import available_cores
 from resserve.engines.pixel_graph import with_pixel_input
-from resserve.errors import EngineError, EngineUnavailableError
+from resserve.errors import ConfigError, EngineError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,27 @@ _ORT_DTYPES = {
 }
 
 
-def resolve_provider(requested: str) -> str:
-    """Short provider name to use: the requested one if installed, the best one for ``auto``."""
+SHORT_NAMES = {full: short for short, full in PROVIDERS.items()}
+# What ONNX Runtime's TensorRT provider runs as int8: explicit Q/DQ networks with symmetric signed
+# activations. resserve's ONNX Runtime int8 build makes unsigned (asymmetric) activations, the
+# CPU's fast path, so int8 never goes through that provider: a config error, or skipped by auto.
+TENSORRT_INT8_REFUSAL = ("ONNX Runtime's TensorRT provider runs int8 only from symmetric signed (s8) Q/DQ "
+                         "activations, and resserve's onnxruntime int8 build makes unsigned ones for the CPU")
+
+
+def resolve_provider(requested: str, *, int8: bool = False) -> str:
+    """Short provider name to use: the requested one if installed, the best one for ``auto``
+    (never TensorRT for an int8 model, see TENSORRT_INT8_REFUSAL)."""
     installed = set(ort.get_available_providers())
+    if requested == "tensorrt" and int8:
+        raise EngineUnavailableError(f"{TENSORRT_INT8_REFUSAL}; use provider 'cuda' or engine 'tensorrt'")
     if requested == "auto":
-        for name in AUTO_ORDER:
+        order = [n for n in AUTO_ORDER if not (int8 and n == "tensorrt")]
+        if int8 and PROVIDERS["tensorrt"] in installed:
+            log.info("onnxruntime provider auto: not tensorrt for an int8 model (%s)", TENSORRT_INT8_REFUSAL)
+        for name in order:
             if PROVIDERS[name] in installed:
-                skipped = [n for n in AUTO_ORDER[: AUTO_ORDER.index(name)]]
+                skipped = [n for n in order[: order.index(name)]]
                 why = f" ({', '.join(skipped)} not installed)" if skipped else ""
                 log.info("onnxruntime provider auto -> %s%s", name, why)
                 return name
@@ -66,6 +81,52 @@ def resolve_provider(requested: str) -> str:
     return requested
 
 
+def batch_profile(max_batch_size: int, preferred_batch_sizes: Sequence[int] = ()) -> tuple[int, int, int]:
+    """(min, opt, max) batch of a TensorRT optimization profile: 1 .. ``max_batch_size``, tuned for
+    the largest preferred size that fits (the batcher dispatches at preferred sizes)."""
+    if max_batch_size < 1:
+        raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    if any(b < 1 for b in preferred_batch_sizes):
+        raise ConfigError(f"preferred batch sizes must be >= 1, got {list(preferred_batch_sizes)}")
+    fitting = [b for b in preferred_batch_sizes if b <= max_batch_size]
+    return 1, (max(fitting) if fitting else max_batch_size), max_batch_size
+
+
+def image_input(model: onnx.ModelProto) -> tuple[str, tuple[int, ...]]:
+    """The single input's name and its shape without the batch axis (every other axis static)."""
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if len(inputs) != 1:
+        raise EngineError(f"expected one image input, the model has {len(inputs)}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    rest = tuple(d.dim_value for d in dims[1:])
+    if len(dims) < 2 or any(not d.HasField("dim_value") or d.dim_value < 1 for d in dims[1:]):
+        raise EngineError(f"input {inputs[0].name}: every axis but the batch must be static for TensorRT profiles")
+    return inputs[0].name, rest
+
+
+def tensorrt_provider_options(*, device_id: int, fp16: bool, cache_dir: Path, input_name: str,
+                              sample_shape: tuple[int, ...], batches: tuple[int, int, int]) -> dict[str, Any]:
+    """ONNX Runtime TensorRT provider options: engine and timing caches, and an explicit optimization
+    profile over the model's batch bounds, so ONNX Runtime builds one engine for every batch the
+    batcher can send instead of rebuilding it (for seconds to minutes) at each new, larger batch."""
+
+    def shape(batch: int) -> str:
+        return f"{input_name}:" + "x".join(str(d) for d in (batch, *sample_shape))
+
+    low, opt, high = batches
+    return {
+        "device_id": device_id,
+        "trt_fp16_enable": fp16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache_dir),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache_dir),
+        "trt_profile_min_shapes": shape(low),
+        "trt_profile_opt_shapes": shape(opt),
+        "trt_profile_max_shapes": shape(high),
+    }
+
+
 class OnnxRuntimeEngine(Engine):
     """One ``InferenceSession`` over an ONNX file.
 
@@ -87,8 +148,10 @@ class OnnxRuntimeEngine(Engine):
         allow_spinning: bool = True,
         device_id: int = 0,
         fp16: bool = False,
+        int8: bool = False,
         cache_dir: Path | None = None,
         pixels: PixelInput | None = None,
+        batches: tuple[int, int, int] = (1, 16, 16),
     ) -> None:
         self.path = Path(path)
         self.pixels = pixels
@@ -97,24 +160,22 @@ class OnnxRuntimeEngine(Engine):
         self.allow_spinning = allow_spinning
         self.device_id = device_id
         self.fp16 = fp16
+        self.int8 = int8
+        self.batches = batches  # (min, opt, max) batch of the TensorRT provider's profile
         self.cache_dir = cache_dir or self.path.parent / "ort_cache"
         self.provider: str | None = None
         self._session: ort.InferenceSession | None = None
         self._specs: tuple[TensorSpec, TensorSpec] | None = None  # read once: infer runs per batch
 
-    def _provider_chain(self, provider: str) -> list[tuple[str, dict[str, Any]]]:
+    def _provider_chain(self, provider: str, model: onnx.ModelProto | None) -> list[tuple[str, dict[str, Any]]]:
         chain: list[tuple[str, dict[str, Any]]] = []
         if provider == "tensorrt":
             trt_cache = self.cache_dir / "tensorrt"
             trt_cache.mkdir(parents=True, exist_ok=True)
-            chain.append((PROVIDERS["tensorrt"], {
-                "device_id": self.device_id,
-                "trt_fp16_enable": self.fp16,
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(trt_cache),
-                "trt_timing_cache_enable": True,
-                "trt_timing_cache_path": str(trt_cache),
-            }))
+            name, sample = image_input(model if model is not None else onnx.load(str(self.path)))
+            chain.append((PROVIDERS["tensorrt"], tensorrt_provider_options(
+                device_id=self.device_id, fp16=self.fp16, cache_dir=trt_cache, input_name=name,
+                sample_shape=sample, batches=self.batches)))
         if provider in ("tensorrt", "cuda"):
             # CUDA behind TensorRT runs the nodes TensorRT rejects.
             chain.append((PROVIDERS["cuda"], {"device_id": self.device_id}))
@@ -124,7 +185,7 @@ class OnnxRuntimeEngine(Engine):
     def load(self) -> None:
         if not self.path.is_file():
             raise EngineError(f"ONNX file {self.path} does not exist; run `resserve build` or `resserve export`")
-        provider = resolve_provider(self.requested_provider)
+        provider = resolve_provider(self.requested_provider, int8=self.int8)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.intra_op_threads
@@ -132,17 +193,18 @@ class OnnxRuntimeEngine(Engine):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Spinning threads win a little latency but steal the cores preprocessing needs.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
-        chain = self._provider_chain(provider)
         try:
-            model: str | bytes = str(self.path)
-            if self.pixels is not None:
-                model = with_pixel_input(onnx.load(str(self.path)), self.pixels).SerializeToString()
+            proto = with_pixel_input(onnx.load(str(self.path)), self.pixels) if self.pixels is not None else None
+            chain = self._provider_chain(provider, proto)
+            model: str | bytes = str(self.path) if proto is None else proto.SerializeToString()
             session = ort.InferenceSession(
                 model,
                 sess_options=options,
                 providers=[name for name, _ in chain],
                 provider_options=[opts for _, opts in chain],
             )
+        except EngineError:
+            raise
         except Exception as exc:
             raise EngineError(f"onnxruntime could not load {self.path}: {exc}") from exc
         active = session.get_providers()
@@ -151,9 +213,9 @@ class OnnxRuntimeEngine(Engine):
             message = f"onnxruntime provider {PROVIDERS[provider]} failed to initialise; active: {active}"
             if self.requested_provider != "auto":
                 raise EngineUnavailableError(message + "; see onnxruntime's log above for the cause")
-            log.warning("%s; falling back to CPUExecutionProvider", message)
-            provider = "cpu"
-        self.provider = provider
+            # ONNX Runtime itself falls down the chain (TensorRT -> CUDA -> CPU): report what runs.
+            log.warning("%s; running on %s", message, active[0])
+        self.provider = SHORT_NAMES.get(active[0], active[0])
         self._session = session
         self._specs = None
         log.info("loaded %s with %s (%d intra-op threads)", self.path.name, active[0], self.intra_op_threads)

@@ -73,8 +73,17 @@ class PlanRecord(BaseModel):
 
     @classmethod
     def read(cls, folder: Path) -> PlanRecord | None:
+        """The record, None where there is none; EngineUnavailableError (asking for a rebuild) where it
+        is corrupt or written by an older resserve with other fields."""
         path = Path(folder) / RECORD_FILE
-        return cls.model_validate(json.loads(path.read_text())) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError and ValidationError too
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EngineUnavailableError(f"{path} is unreadable or from another resserve version ({first}); "
+                                         "rebuild the plan with `resserve build --force`") from exc
 
 
 def plan_matches(record: PlanRecord, *, trt_version: str, gpu_name: str, compute_capability: str,
@@ -115,6 +124,15 @@ def trt_logger() -> Any:
 
         _LOGGER = _Forward()
     return _LOGGER
+
+
+def plan_tensor_dtype(trt: Any, trt_dtype: Any) -> np.dtype | str:
+    """numpy's dtype for a plan's tensor, or TensorRT's own name where numpy has none (BF16, FP8,
+    INT4: ``trt.nptype`` raises TypeError for those)."""
+    try:
+        return np.dtype(trt.nptype(trt_dtype))
+    except TypeError:
+        return str(getattr(trt_dtype, "name", trt_dtype))
 
 
 class TensorRTEngine(Engine):
@@ -167,7 +185,7 @@ class TensorRTEngine(Engine):
             if len(inputs) != 1 or len(outputs) != 1:
                 raise EngineError(f"{self.path} has inputs {inputs}, outputs {outputs}; expected one each")
             for name in names:
-                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+                dtype = plan_tensor_dtype(trt, engine.get_tensor_dtype(name))
                 if dtype != np.float32:
                     raise EngineError(f"{self.path}: tensor {name} is {dtype}; resserve plans are float32")
             (in_name,), (out_name,) = inputs, outputs

@@ -51,6 +51,19 @@ def test_tensorrt_provider_fp16_builds_cache_and_matches(onnx_path: Path, tmp_pa
     assert any((tmp_path / "tensorrt").iterdir())  # engine cache written for the next start
 
 
+@pytest.mark.tensorrt
+def test_tensorrt_provider_serves_every_batch_of_its_profile_from_one_engine(onnx_path: Path, tmp_path: Path) -> None:
+    """The profile spans 1..max_batch_size, so a larger batch later needs no rebuild: one engine file."""
+    engine = OnnxRuntimeEngine(onnx_path, "tensorrt", cache_dir=tmp_path, batches=(1, 4, 8))
+    engine.load()
+    for batch in (2, 8, 1):
+        x = synthetic_batch(batch, 224, seed=batch)
+        compare_logits(f"tensorrt batch {batch}", cpu_reference(onnx_path, x), engine.infer(x), rtol=CUDA_RTOL)
+    engines = list((tmp_path / "tensorrt").glob("*.engine"))
+    assert len(engines) == 1, engines
+    assert engine.provider == "tensorrt"
+
+
 requires_ort_cuda = pytest.mark.skipif(
     "CUDAExecutionProvider" not in ort.get_available_providers(),
     reason="onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu instead of onnxruntime)",

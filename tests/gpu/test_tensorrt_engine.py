@@ -138,3 +138,14 @@ def test_int8_plan_agrees_on_held_out_images(onnx_path: Path, reference: OnnxRun
     # cosine 0.98 on these images. Real weights are held to 0.99 top-1 by the build's floor.
     assert report.top5_agreement >= 0.9 and report.cosine_mean >= 0.97, report.summary()
     assert report.top1_agreement >= 0.6, report.summary()
+
+
+def test_plan_tensor_types_numpy_cannot_hold_are_named_not_raised() -> None:
+    import tensorrt as trt
+
+    from resserve.engines.tensorrt import plan_tensor_dtype
+
+    assert plan_tensor_dtype(trt, trt.DataType.FLOAT) == np.float32
+    assert plan_tensor_dtype(trt, trt.DataType.HALF) == np.float16
+    if hasattr(trt.DataType, "BF16"):  # trt.nptype raises TypeError for it
+        assert plan_tensor_dtype(trt, trt.DataType.BF16) == "BF16"

@@ -183,3 +183,45 @@ def test_calibration_count_that_is_not_a_multiple_of_the_chunk(resnet18_onnx, tm
     images = load_batch(imagenet_contract(), 13)
     out = quantize_int8(resnet18_onnx.path, tmp_path / "q.onnx", images)
     assert out.is_file()
+
+
+def _zero_points(model: onnx.ModelProto) -> list[np.ndarray]:
+    init = {i.name: i for i in model.graph.initializer}
+    return [onnx.numpy_helper.to_array(init[n.input[2]]) for n in model.graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+
+
+def test_the_typed_int8_onnx_tensorrt_11_parses_is_symmetric_and_agrees(
+    fp32_path: Path, fp32_engine: OnnxRuntimeEngine, images: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """TensorRT runs Q/DQ only as signed int8 with zero points 0 (explicit quantization); the same
+    file runs in ONNX Runtime on the CPU, so its parity with fp32 is measured here, not on a GPU."""
+    from resserve.build.tensorrt import typed_onnx
+
+    path = typed_onnx(fp32_path, tmp_path, "int8", images[0][:16])
+    model = onnx.load(str(path))
+    points = _zero_points(model)
+    assert points and not any(p.any() for p in points)  # every zero point 0: symmetric
+    assert {p.dtype for p in points} == {np.dtype(np.int8), np.dtype(np.int32)}  # int32: the biases
+    assert _zero_point_types(model) == {onnx.TensorProto.INT8}  # activations signed
+    assert _metadata(model)["resserve.quantization"].startswith("static QDQ, symmetric, s8 activations")
+    engine = OnnxRuntimeEngine(path, "cpu")
+    engine.load()
+    report = compare(fp32_engine, engine, images[1], variant="int8 s8 symmetric", reference_name="fp32",
+                     method="percentile")
+    assert report.cosine_mean >= MIN_COSINE and report.top5_agreement >= MIN_TOP5, report.summary()
+
+
+def test_the_typed_fp16_onnx_keeps_float32_io(fp32_path: Path, tmp_path: Path) -> None:
+    from resserve.build.tensorrt import typed_onnx
+
+    model = onnx.load(str(typed_onnx(fp32_path, tmp_path, "fp16", None)))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert {i.data_type for i in model.graph.initializer if len(i.dims) == 4} == {onnx.TensorProto.FLOAT16}
+
+
+def test_symmetric_quantization_is_s8_only(fp32_path: Path, images: tuple[np.ndarray, np.ndarray],
+                                           tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="symmetric quantization is s8 x s8"):
+        quantize_int8(fp32_path, tmp_path / "x.onnx", images[0][:8], symmetric=True)

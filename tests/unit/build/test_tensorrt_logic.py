@@ -16,6 +16,11 @@ import pytest
 
 from resserve.build.tensorrt import (
     build_plan,
+    keep_in_cache,
+    reuse_plan,
+    strongly_typed,
+    typed_onnx,
+    unsupported_build,
     calibration_batch_size,
     calibration_batches,
     plan_cache_key,
@@ -121,6 +126,18 @@ def test_plan_record_round_trip(tmp_path: Path) -> None:
     assert PlanRecord.read(tmp_path / "missing") is None
 
 
+@pytest.mark.parametrize("text, why", [
+    ("{not json", "Expecting property name"),
+    ('{"key": "k", "trt_version": "10.3.0"}', "validation error"),  # an older schema: fields missing
+    ("", "Expecting value"),
+])
+def test_a_corrupt_or_old_record_asks_for_a_rebuild(tmp_path: Path, text: str, why: str) -> None:
+    (tmp_path / RECORD_FILE).write_text(text)
+    with pytest.raises(EngineUnavailableError, match="resserve build --force") as raised:
+        PlanRecord.read(tmp_path)
+    assert why in str(raised.value) and RECORD_FILE in str(raised.value)
+
+
 def test_plan_record_rejects_unknown_fields_and_precisions() -> None:
     with pytest.raises(ValueError, match="extra"):
         record(surprise=1)
@@ -210,3 +227,76 @@ def test_tensorrt_engine_load_without_tensorrt_is_a_clear_error(tmp_path: Path) 
     with pytest.raises(EngineUnavailableError, match=f"cannot load the TensorRT plan .*{PLAN_FILE}"):
         engine.load()
     assert engine.describe()["engine"] == "tensorrt"  # describable before loading, for logs
+
+
+# --- which TensorRT builds what ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", ["10.0.1", "10.3.0", "10.13.2.6", "11.0.0.1", "11.4.0"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_10_and_11_build_every_precision(version: str, precision: str) -> None:
+    assert unsupported_build(version, precision) is None
+
+
+def test_an_unknown_major_or_version_is_refused() -> None:
+    assert "has not been written for" in (unsupported_build("12.0.0", "fp32") or "")
+    assert "tensorrt>=10,<12" in (unsupported_build("9.2.0", "fp16") or "")
+    assert "cannot read" in (unsupported_build("nightly", "fp16") or "")
+
+
+def test_tensorrt_11_builds_strongly_typed_and_10_with_flags() -> None:
+    assert not strongly_typed("10.13.2.6") and strongly_typed("11.0.0") and strongly_typed("11.4.0.11")
+    with pytest.raises(ConfigError, match="cannot read"):
+        strongly_typed("x.y")
+
+
+def test_a_strongly_typed_fp32_build_parses_the_reference_itself(tmp_path: Path) -> None:
+    reference = tmp_path / "model.onnx"
+    assert typed_onnx(reference, tmp_path / "cache", "fp32", None) == reference
+    with pytest.raises(ConfigError, match="calibration"):
+        typed_onnx(reference, tmp_path / "cache", "int8", None)
+    with pytest.raises(ConfigError, match="unknown TensorRT precision"):
+        typed_onnx(reference, tmp_path / "cache", "bf16", None)
+
+
+def test_the_gpu_extra_pins_the_supported_major() -> None:
+    import tomllib
+
+    root = Path(__file__).parents[3]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    assert "tensorrt>=10,<12" in extra and "onnxruntime-gpu>=1.27" in extra  # 1.27: the first for TensorRT 11
+
+
+# --- plans kept across builds (resserve build stages each build in a fresh folder) -------------------
+
+def _built(folder: Path, plan: bytes = b"plan bytes", **overrides: object) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PLAN_FILE).write_bytes(plan)
+    record(**overrides).write(folder)
+
+
+def test_a_fresh_staging_folder_reuses_the_cached_plan(tmp_path: Path) -> None:
+    built, cache, staging = tmp_path / "v1", tmp_path / "cache", tmp_path / "staging"
+    _built(built)
+    keep_in_cache(built, cache)
+    assert (cache / PLAN_FILE).read_bytes() == b"plan bytes" and PlanRecord.read(cache) == record()
+    plan = reuse_plan(staging, cache, plan_cache_key(**KEY_ARGS), **HERE)
+    assert plan == staging / PLAN_FILE and plan.read_bytes() == b"plan bytes"
+    assert PlanRecord.read(staging) == record()
+
+
+def test_a_cached_plan_for_another_key_gpu_or_version_is_not_reused(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _built(cache)
+    other_key = plan_cache_key(**{**KEY_ARGS, "precision": "int8"})
+    assert reuse_plan(tmp_path / "a", cache, other_key, **HERE) is None
+    assert reuse_plan(tmp_path / "b", cache, plan_cache_key(**KEY_ARGS), **{**HERE, "trt_version": "10.4.0"}) is None
+    assert reuse_plan(tmp_path / "c", cache, plan_cache_key(**KEY_ARGS), **{**HERE, "compute_capability": "8.9"}) is None
+    assert not (tmp_path / "a" / PLAN_FILE).exists()
+
+
+def test_a_corrupt_cached_record_means_build_anew(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _built(cache)
+    (cache / RECORD_FILE).write_text("{")
+    assert reuse_plan(tmp_path / "staging", cache, plan_cache_key(**KEY_ARGS), **HERE) is None
+    assert reuse_plan(tmp_path / "staging", None, plan_cache_key(**KEY_ARGS), **HERE) is None
