@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,7 @@ from resserve.bench.process import server_process
 from resserve.engines.hardware import available_cores
 from resserve.loadtest.generator import LoadGenerator
 from resserve.loadtest.images import Payload, load_folder
-from resserve.loadtest.server_bench import ServedEngines, preprocess_seconds
-from resserve.loadtest.thread_cpu import ServerCpu
+from resserve.loadtest.server_bench import ServedEngines, closed_window, preprocess_seconds
 from resserve.repository import ModelRepository
 from resserve.synthetic import synthetic_jpegs
 
@@ -74,24 +72,14 @@ def tiny_model_repo(folder: Path) -> Path:
 async def _loop_window(url: str, pid: int, concurrency: int, warmup_s: float, window_s: float) -> dict[str, Any]:
     bodies = synthetic_jpegs(8, ((48, 36),))
     payloads = [Payload(f"{i}.jpg", body, "image/jpeg", 48, 36) for i, body in enumerate(bodies)]
-    async with LoadGenerator(f"{url}/v2/models/tiny/classify", payloads, max_outstanding=concurrency) as generator:
-        stop = asyncio.Event()
-        load = asyncio.create_task(generator.closed_loop(concurrency, stop))
-        await asyncio.sleep(warmup_s)
-        cpu = ServerCpu(pid)
-        cpu.start()
-        begin = time.perf_counter()
-        await asyncio.sleep(window_s)
-        end = time.perf_counter()
-        used = cpu.stop()
-        stop.set()
-        await load
-    served = sum(1 for s in generator.samples if begin <= s.done <= end and s.status == "200")
+    async with LoadGenerator(f"{url}/v2/models/tiny/classify", payloads, max_outstanding=concurrency + 1) as generator:
+        window = await closed_window(generator, f"{url}/metrics", "tiny", concurrency, warmup_s, window_s, pid)
+    used = window.cpu_s
     server_groups = {g: v for g, v in used.items() if g not in ("load generator", "idle")}
-    return {"requests_s": served / (end - begin), "served": served,
-            "server_cpu_ms_per_request": 1000 * sum(server_groups.values()) / served,
-            "cpu_ms_per_request": {g: 1000 * v / served for g, v in used.items() if g != "idle"},
-            "cores": {g: v / (end - begin) for g, v in used.items()}}
+    return {"requests_s": window.img_s, "served": window.served,
+            "server_cpu_ms_per_request": 1000 * sum(server_groups.values()) / window.served,
+            "cpu_ms_per_request": {g: 1000 * v / window.served for g, v in used.items() if g != "idle"},
+            "cores": {g: v / window.seconds for g, v in used.items()}}
 
 
 def loop_cost(workers: int, concurrency: int, rounds: int, window_s: float) -> dict[str, Any]:

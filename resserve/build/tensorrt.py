@@ -68,8 +68,8 @@ def trt_major(trt_version: str) -> int:
         raise ConfigError(f"cannot read TensorRT's version {trt_version!r}") from exc
 
 
-def unsupported_build(trt_version: str, precision: str) -> str | None:
-    """Why this TensorRT cannot build ``precision`` with resserve's builder, or None if it can."""
+def unsupported_build(trt_version: str) -> str | None:
+    """Why resserve's builder cannot build with this TensorRT, or None if it can (every precision)."""
     try:
         major = trt_major(trt_version)
     except ConfigError as exc:
@@ -274,7 +274,7 @@ def build_plan(onnx_path: Path, output_dir: Path, *, precision: Precision, max_b
     import tensorrt as trt
     import torch
 
-    if (why := unsupported_build(trt.__version__, precision)) is not None:
+    if (why := unsupported_build(trt.__version__)) is not None:
         raise EngineUnavailableError(why)
     output_dir.mkdir(parents=True, exist_ok=True)
     plan_path = output_dir / PLAN_FILE
@@ -291,6 +291,7 @@ def build_plan(onnx_path: Path, output_dir: Path, *, precision: Precision, max_b
         key = plan_cache_key(onnx_sha, precision, shapes, trt.__version__, gpu_name, capability,
                              calibration_sha256=calib_sha)
         caches = Path(cache_dir) if cache_dir is not None else output_dir
+        caches.mkdir(parents=True, exist_ok=True)
         if not force and (reused := reuse_plan(output_dir, cache_dir, key, trt_version=trt.__version__,
                                                gpu_name=gpu_name, compute_capability=capability)):
             return reused
@@ -323,14 +324,12 @@ def build_plan(onnx_path: Path, output_dir: Path, *, precision: Precision, max_b
             tag = hashlib.sha256((onnx_sha + calib_sha).encode()).hexdigest()[:16]
             with warnings.catch_warnings():  # implicit int8 calibration is deprecated in TensorRT 10
                 warnings.simplefilter("ignore", DeprecationWarning)
-                caches.mkdir(parents=True, exist_ok=True)
                 calibrator = _make_calibrator(trt, torch, batches, caches / f"calibration-{tag}.cache",
                                               torch.device("cuda", device_id))
                 config.set_flag(trt.BuilderFlag.INT8)
                 config.int8_calibrator = calibrator
                 if not config.set_calibration_profile(calib_profile):
                     raise ExportError(f"TensorRT rejected the calibration profile {fixed}")
-        caches.mkdir(parents=True, exist_ok=True)
         timing_path = caches / TIMING_CACHE_FILE
         _set_timing_cache(config, timing_path)
 

@@ -157,8 +157,7 @@ class GpuImageDecoder:
     """
 
     def __init__(self, contract: PreprocessContract, options: DecodeOptions, device: str = "cuda") -> None:
-        if options.uint8_pixels:
-            raise ConfigError("gpu_decode makes the float input tensor; it cannot feed a uint8_input model")
+        # Float tensors only: ModelConfig refuses gpu_decode with uint8_input.
         self.preprocessor = GpuPreprocessor(contract, device)  # refuses the contract or a missing GPU here
         self.options = options
         self._lock = threading.Lock()

@@ -146,20 +146,26 @@ class ServedEngines:
 
 
 @dataclass
-class _Window:
-    img_s: float
+class Window:
+    """One closed-loop window: what was answered inside it, the server's metrics around it and,
+    where asked, the server's CPU by thread group (``resserve.loadtest.thread_cpu``)."""
+
     latencies: list[float]
     statuses: Counter[str]
     before: Snapshot
     after: Snapshot
-    seconds: float = 0.0
-    served: int = 0  # images answered 200 inside the window
+    seconds: float
+    served: int  # images answered 200 inside the window
     cpu_s: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def img_s(self) -> float:
+        return self.served / self.seconds
 
-async def _closed_window(generator: LoadGenerator, metrics_url: str, model: str, concurrency: int,
-                         warmup_s: float, duration_s: float, server_pid: int | None = None) -> _Window:
-    """Warm up, scrape, measure, scrape: the requests sent and answered inside the window count.
+
+async def closed_window(generator: LoadGenerator, metrics_url: str, model: str, concurrency: int,
+                        warmup_s: float, duration_s: float, server_pid: int | None = None) -> Window:
+    """Warm up, scrape, measure, scrape: the requests answered inside the window count.
     With ``server_pid``, the server's CPU per thread group over the window is read from /proc."""
     generator.samples.clear()
     stop = asyncio.Event()
@@ -181,16 +187,15 @@ async def _closed_window(generator: LoadGenerator, metrics_url: str, model: str,
     # answers, and undercounts a 1.2 s-latency model by a fifth over a 6 s window.
     counted = [s for s in generator.samples if measure_from <= s.done <= stop_at]
     statuses = Counter(s.status for s in counted)
-    served = statuses.get("200", 0)
-    return _Window(served / (stop_at - measure_from), [s.latency_s for s in counted],
-                   statuses, before, after, stop_at - measure_from, served, cpu_s)
+    return Window([s.latency_s for s in counted], statuses, before, after, stop_at - measure_from,
+                  statuses.get("200", 0), cpu_s)
 
 
 @dataclass
 class _Round:
     engine_img_s: float
     preprocess_s: dict[str, float]
-    windows: dict[str, _Window]
+    windows: dict[str, Window]
 
 
 async def _rounds(url: str, model: str, version: ModelVersion, engines: ServedEngines,
@@ -210,13 +215,13 @@ async def _rounds(url: str, model: str, version: ModelVersion, engines: ServedEn
         for label, payloads in image_sets.items():
             async with LoadGenerator(f"{url}/v2/models/{model}/classify", payloads,
                                      max_outstanding=concurrency + 1) as generator:  # + the /metrics scrape
-                windows[label] = await _closed_window(generator, f"{url}/metrics", model, concurrency,
+                windows[label] = await closed_window(generator, f"{url}/metrics", model, concurrency,
                                                       warmup_s, window_s, server_pid)
         measured.append(_Round(engine_img_s, pre, windows))
     return measured
 
 
-def _cpu_per_image(windows: list[_Window]) -> tuple[dict[str, float], dict[str, float]]:
+def _cpu_per_image(windows: list[Window]) -> tuple[dict[str, float], dict[str, float]]:
     """CPU ms per served image and cores busy, by thread group, over all of a set's windows."""
     seconds = sum(w.seconds for w in windows)
     served = sum(w.served for w in windows)
@@ -228,7 +233,7 @@ def _cpu_per_image(windows: list[_Window]) -> tuple[dict[str, float], dict[str, 
             {g: v / seconds for g, v in total.items()})
 
 
-def _summed_breakdown(windows: list[_Window]) -> tuple[dict[str, float], float, float]:
+def _summed_breakdown(windows: list[Window]) -> tuple[dict[str, float], float, float]:
     """Stage means over all of a size's windows (histogram deltas add up)."""
     total: dict[tuple[str, str], float] = {}
     for window in windows:
