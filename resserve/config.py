@@ -114,6 +114,21 @@ class CalibrationConfig(_Strict):
     held_out: int = Field(200, ge=1, le=100_000, description="held-out images for the accuracy report",
                           json_schema_extra=_build_input("reduced"))
     min_top1_agreement: float = Field(0.99, ge=0, le=1, description="a build below this fails")
+    check_images: int = Field(
+        32, ge=0, le=1024, description="held-out images stored with the artifact (JPEG crops, ~15 kB each, and both "
+        "models' logits) for the load-time check on another CPU; 0: none", json_schema_extra=_build_input("reduced"))
+    load_check: Literal["auto", "always", "off"] = Field(
+        "auto", description="re-check agreement on the stored images before the model turns ready: auto, when "
+        "the accuracy report was measured on another instruction-set class (AVX2, AVX-512, VNNI, AMX); always; "
+        "off")
+
+
+class OnnxRuntimeConfig(_Strict):
+    """ONNX Runtime options."""
+
+    int8_exact_kernels: Literal["auto", "on", "off"] = Field(
+        "auto", description="exact int8 CPU kernels (session.x64quantprecision): auto, where this CPU's u8 x s8 "
+        "kernels saturate (AVX2, AVX-512 without VNNI; probed at load); on: everywhere (slower on VNNI); off: never")
 
 
 class OpenVinoConfig(_Strict):
@@ -178,6 +193,7 @@ class ModelConfig(_Strict):
     fault_injection: FaultInjectionConfig | None = None
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, json_schema_extra=_build_input("nested"))
     openvino: OpenVinoConfig = Field(default_factory=OpenVinoConfig)
+    onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
 
     def build_spec(self, engine: str) -> dict[str, Any]:
         """The settings a build on ``engine`` depends on, as declared beside each field: what the

@@ -77,6 +77,21 @@ def read_metadata(path: Path) -> ModelMetadata:
     return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
 
 
+class RuntimeRecord(BaseModel):
+    """What ran when a report was measured, or what serves now (``Engine.runtime()``): the answers of a
+    reduced-precision model depend on these, so they are recorded, compared at load and exported."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    engine: str
+    engine_version: str | None = None
+    isa: str  # instruction-set class: amx, avx512_vnni, avx512, avx2, baseline, other
+    precision: str | None = None
+    inference_precision: str | None = None  # what the runtime says it runs non-quantized layers in
+    int8_kernels: str | None = None  # ONNX Runtime's CPU int8: exact, exact (x64quantprecision), saturating
+    provider: str | None = None
+
+
 class AccuracyReport(BaseModel):
     """Agreement of ``variant`` with ``reference`` on ``images`` held-out images (``accuracy.json``).
 
@@ -93,9 +108,11 @@ class AccuracyReport(BaseModel):
     cosine_mean: float
     cosine_min: float
     method: str
+    measured_on: RuntimeRecord | None = None  # None: a report from before it was recorded
 
     def summary(self) -> str:
-        return (f"{self.variant} vs {self.reference} on {self.images} held-out images: top-1 "
+        where = f" on {self.measured_on.isa}" if self.measured_on else ""
+        return (f"{self.variant} vs {self.reference} on {self.images} held-out images{where}: top-1 "
                 f"{self.top1_agreement:.2%}, top-5 {self.top5_agreement:.2%}, cosine {self.cosine_mean:.5f}")
 
     def check(self, min_top1: float) -> None:

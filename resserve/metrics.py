@@ -85,3 +85,9 @@ class Metrics:
         self.model_ready = Gauge(
             "resserve_model_ready", "1 when the model version answers requests",
             ["model", "version"], registry=r, multiprocess_mode="livemin")
+        # What serves, as far as it decides the answers (an info metric: the labels carry it, the value is 1).
+        self.model_runtime = Gauge(
+            "resserve_model_runtime_info", "What serves the model version: engine, instruction-set class, "
+            "precision, what the runtime runs non-quantized layers in, int8 kernels",
+            ["model", "version", "engine", "isa", "precision", "inference_precision", "int8_kernels"],
+            registry=r, multiprocess_mode="livemax")

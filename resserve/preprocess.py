@@ -392,7 +392,11 @@ def to_tensor(image: Image.Image, contract: PreprocessContract) -> np.ndarray:
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
-    pixels = np.asarray(image, dtype=np.uint8)
+    return normalize_pixels(np.asarray(image, dtype=np.uint8), contract)
+
+
+def normalize_pixels(pixels: np.ndarray, contract: PreprocessContract) -> np.ndarray:
+    """uint8 RGB pixels, (H, W, 3) or a batch (N, H, W, 3), -> what :func:`to_tensor` makes of them."""
     if contract.color_order == "BGR":
         pixels = pixels[..., ::-1]
     x = pixels.astype(np.float32)
@@ -401,7 +405,7 @@ def to_tensor(image: Image.Image, contract: PreprocessContract) -> np.ndarray:
     x -= np.asarray(contract.mean, dtype=np.float32)
     x /= np.asarray(contract.std, dtype=np.float32)
     if contract.layout == "NCHW":
-        x = x.transpose(2, 0, 1)
+        x = np.moveaxis(x, -1, -3)
     return np.ascontiguousarray(x)
 
 

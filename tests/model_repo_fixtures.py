@@ -67,3 +67,50 @@ def write_config(folder: Path, config: dict) -> Path:
 def messages() -> tuple[list[str], Callable[[str], None]]:
     said: list[str] = []
     return said, said.append
+
+
+W1, W2_SPREAD, B1, B2 = 0.6, 0.2, 2.0, 0.0
+
+
+def two_conv_classifier(path: Path, seed: int = 0, classes: int = NUM_CLASSES) -> Path:
+    """Conv(3->16) -> Relu -> Conv(16->32) -> Relu -> GAP -> Gemm: the second convolution is quantized
+    by resserve's int8 build (the first reads the image with 27 weights a channel and stays fp32).
+
+    Its second convolution's weights share a positive component, as trained filters often do, so
+    pairs of u8 x s8 products overflow 16 bits: int8 answers here differ between CPUs whose kernels
+    saturate (AVX2) and those that do not (VNNI, AMX), as ResNets' do.
+    """
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, array: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+
+    w2 = rng.standard_normal((32, 16, 3, 3)) * W2_SPREAD + 1.0
+    initializers = [
+        init("w1", rng.standard_normal((16, 3, 3, 3)) * W1),
+        init("b1", rng.standard_normal(16) * 0.1 + B1),
+        init("w2", w2 / np.sqrt(16 * 9)),
+        init("b2", rng.standard_normal(32) * 0.1 - B2),
+        init("fc_w", rng.standard_normal((classes, 32))),
+        init("fc_b", rng.standard_normal(classes) * 0.1),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1], strides=[4, 4]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="head", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "two_conv_classifier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

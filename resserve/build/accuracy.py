@@ -10,20 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from resserve.agreement import agreement
 from resserve.engines.base import Engine
-from resserve.metadata import AccuracyReport
-
-
-def agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """Top-1 agreement, top-5 agreement (reference top-1 in candidate top-5), per-row cosine."""
-    ref_top1 = reference.argmax(axis=1)
-    top1 = float(np.mean(candidate.argmax(axis=1) == ref_top1))
-    k = min(5, candidate.shape[1])
-    cand_top5 = np.argpartition(-candidate, k - 1, axis=1)[:, :k]
-    top5 = float(np.mean([r in row for r, row in zip(ref_top1, cand_top5, strict=True)]))
-    a, b = reference.astype(np.float64), candidate.astype(np.float64)
-    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    return top1, top5, cosine
+from resserve.metadata import AccuracyReport, RuntimeRecord
 
 
 def run_batched(engine: Engine, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -34,9 +23,14 @@ def run_batched(engine: Engine, images: np.ndarray, batch_size: int = 16) -> np.
 def compare(reference: Engine, candidate: Engine, images: np.ndarray, *, variant: str, reference_name: str,
             method: str, batch_size: int = 16) -> AccuracyReport:
     """Run both engines on ``images`` and report their agreement."""
-    ref = run_batched(reference, images, batch_size)
-    out = run_batched(candidate, images, batch_size)
+    return report_of(run_batched(reference, images, batch_size), run_batched(candidate, images, batch_size),
+                     candidate, variant=variant, reference_name=reference_name, method=method)
+
+
+def report_of(ref: np.ndarray, out: np.ndarray, candidate: Engine, *, variant: str, reference_name: str,
+              method: str) -> AccuracyReport:
+    """The agreement of logits ``out`` with ``ref``, and what ``candidate`` ran them on."""
     top1, top5, cosine = agreement(ref, out)
-    return AccuracyReport(variant=variant, reference=reference_name, images=len(images), top1_agreement=top1,
+    return AccuracyReport(variant=variant, reference=reference_name, images=len(ref), top1_agreement=top1,
                           top5_agreement=top5, cosine_mean=float(cosine.mean()), cosine_min=float(cosine.min()),
-                          method=method)
+                          method=method, measured_on=RuntimeRecord.model_validate(candidate.runtime()))

@@ -15,7 +15,7 @@ import numpy as np
 
 from resserve.contract import PreprocessContract
 from resserve.errors import ConfigError, ResserveError
-from resserve.preprocess import preprocess
+from resserve.preprocess import DecodeOptions, normalize_pixels, preprocess
 from resserve.synthetic import synthetic_jpegs
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,10 @@ def load_batch(
     folder: Path | None = None,
     seed: int = CALIBRATION_SEED,
     skip: int = 0,
+    pixels: bool = False,
 ) -> np.ndarray:
-    """``count`` preprocessed images as one float32 batch in the model's input layout.
+    """``count`` preprocessed images as one float32 batch in the model's input layout (``pixels``:
+    the uint8 (N, H, W, 3) crops before normalization instead).
 
     From ``folder`` when given (images ``skip`` .. ``skip + count`` in sorted order, so a held-out
     set can follow the calibration set without overlap), else the seeded placeholder pictures.
@@ -52,11 +54,12 @@ def load_batch(
     if count < 1:
         raise ConfigError(f"need at least one calibration image, asked for {count}")
     tensors = []
+    options = DecodeOptions(uint8_pixels=pixels)
     if folder is not None:
         files = image_files(folder)[skip:]
         for path in files:
             try:
-                tensors.append(preprocess(path.read_bytes(), contract))
+                tensors.append(preprocess(path.read_bytes(), contract, options))
             except ResserveError as exc:
                 log.warning("skipping %s: %s", path, exc)
             if len(tensors) == count:
@@ -64,17 +67,24 @@ def load_batch(
         if len(tensors) < count:
             raise ConfigError(f"{folder} has {len(tensors)} usable images after the first {skip}; need {count}")
     else:
-        tensors = [preprocess(data, contract) for data in synthetic_jpegs(count, PLACEHOLDER_SIZES, seed + skip)]
+        tensors = [preprocess(data, contract, options)
+                   for data in synthetic_jpegs(count, PLACEHOLDER_SIZES, seed + skip)]
     return np.ascontiguousarray(np.stack(tensors))
 
 
 def calibration_and_held_out(
     contract: PreprocessContract, calibration_count: int, held_out_count: int, folder: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint calibration and held-out batches (held-out: never seen by calibration)."""
+    """Disjoint calibration and held-out batches of model inputs (held-out: never seen by calibration)."""
     calibration = load_batch(contract, calibration_count, folder=folder, seed=CALIBRATION_SEED)
+    pixels = held_out_pixels(contract, held_out_count, folder, calibration_count)
+    return calibration, normalize_pixels(pixels, contract)
+
+
+def held_out_pixels(contract: PreprocessContract, count: int, folder: Path | None = None,
+                    calibration_count: int = 0) -> np.ndarray:
+    """The held-out images as uint8 (N, H, W, 3) crops: :func:`resserve.preprocess.normalize_pixels`
+    makes the model inputs of them, and a few are stored with the artifact for the load-time check."""
     if folder is not None:
-        held_out = load_batch(contract, held_out_count, folder=folder, skip=calibration_count)
-    else:
-        held_out = load_batch(contract, held_out_count, seed=HELD_OUT_SEED)
-    return calibration, held_out
+        return load_batch(contract, count, folder=folder, skip=calibration_count, pixels=True)
+    return load_batch(contract, count, seed=HELD_OUT_SEED, pixels=True)

@@ -13,13 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from resserve.build.accuracy import compare
-from resserve.build.calibration import calibration_and_held_out
+from resserve.agreement import CheckSet, decode_crops, encode_crops
+from resserve.build.accuracy import report_of, run_batched
+from resserve.build.calibration import held_out_pixels, load_batch
 from resserve.config import ModelConfig
 from resserve.contract import PreprocessContract
+from resserve.engines.base import Engine
 from resserve.engines.factory import REFERENCE, Variant, open_engine
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
 from resserve.metadata import AccuracyReport
+from resserve.preprocess import normalize_pixels
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +35,9 @@ def compile_variant(variant: Variant, config: ModelConfig, folder: Path, contrac
         return None
     reference = folder / REFERENCE
     cal = config.calibration
-    calibration, held_out = calibration_and_held_out(
-        contract, cal.count if variant.needs_calibration else 1, cal.held_out, calibration_dir)
+    calibration_count = cal.count if variant.needs_calibration else 1
+    calibration = load_batch(contract, calibration_count, folder=calibration_dir)
+    held_out = held_out_pixels(contract, cal.held_out, calibration_dir, calibration_count)
     target = variant.artifact(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
     if variant.engine == "onnxruntime":
@@ -62,22 +66,39 @@ def compile_variant(variant: Variant, config: ModelConfig, folder: Path, contrac
     elif variant.engine == "torch":
         # The torch engine runs the source model itself; its artifact is written by the exporter.
         pass
-    return measure_accuracy(variant, config, folder, held_out)
+    return measure_accuracy(variant, config, folder, held_out, contract)
 
 
-def measure_accuracy(variant: Variant, config: ModelConfig, folder: Path, held_out: np.ndarray) -> AccuracyReport:
-    """Agreement of the built variant with the fp32 reference on held-out images; enforce the floor."""
+def measure_accuracy(variant: Variant, config: ModelConfig, folder: Path, held_out: np.ndarray,
+                     contract: PreprocessContract) -> AccuracyReport:
+    """Agreement of the built variant with the fp32 reference on held-out images (uint8 crops); enforce
+    the floor. The first ``calibration.check_images`` of them, with both models' logits, are stored
+    as the load-time check set."""
     reference = OnnxRuntimeEngine(folder / REFERENCE, "cpu")
     reference.load()
     candidate = open_engine(variant, config, folder)
     try:
         images = f"{config.calibration.images}" if config.calibration.images else "generated image-like placeholders"
-        report = compare(reference, candidate, held_out, variant=f"{config.name} ({variant.name})",
-                         reference_name="onnxruntime-fp32", method=f"held-out images: {images}")
+        tensors = normalize_pixels(held_out, contract)
+        ref, out = run_batched(reference, tensors), run_batched(candidate, tensors)
+        report = report_of(ref, out, candidate, variant=f"{config.name} ({variant.name})",
+                           reference_name="onnxruntime-fp32", method=f"held-out images: {images}")
+        report.write(folder)
+        if config.calibration.check_images:
+            _store_check_set(held_out[: config.calibration.check_images], reference, candidate, contract, folder)
     finally:
         candidate.close()
         reference.close()
-    report.write(folder)
     log.info("%s", report.summary())
     report.check(config.calibration.min_top1_agreement)
     return report
+
+
+def _store_check_set(crops: np.ndarray, reference: Engine, candidate: Engine, contract: PreprocessContract,
+                     folder: Path) -> None:
+    """A few held-out crops as stored (JPEG), with both models' logits on the stored pixels."""
+    jpegs = encode_crops(crops)
+    tensors = normalize_pixels(decode_crops(jpegs), contract)
+    check = CheckSet(jpegs, run_batched(reference, tensors), run_batched(candidate, tensors))
+    size = check.write(folder).stat().st_size
+    log.info("stored %d held-out images for the load-time check on other CPUs (%d kB)", len(jpegs), size // 1024)

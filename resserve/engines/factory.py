@@ -92,7 +92,8 @@ def open_engine(variant: Variant, config: ModelConfig, folder: Path, pixels: Pix
         engine = OnnxRuntimeEngine(artifact, config.device, intra_op_threads=config.intra_op_threads,
                                    fp16=variant.precision == "fp16", int8=variant.precision == "int8",
                                    pixels=pixels, batches=batch_profile(
-                                       config.max_batch_size, config.dynamic_batching.preferred_batch_sizes))
+                                       config.max_batch_size, config.dynamic_batching.preferred_batch_sizes),
+                                   int8_exact_kernels=config.onnxruntime.int8_exact_kernels)
     elif variant.engine == "openvino":
         from resserve.engines.openvino import OpenVinoEngine
 

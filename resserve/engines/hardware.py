@@ -13,10 +13,14 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
+
+from resserve.cgroup import cgroup_cpu_limit
 from resserve.errors import EngineUnavailableError
 
 log = logging.getLogger(__name__)
@@ -29,14 +33,18 @@ def _installed(module: str) -> bool:
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (respects cgroup/affinity limits, unlike cpu_count).
+    """CPU cores this process may use: its affinity mask, capped by the cgroup's CPU quota.
 
-    Not cached: the affinity mask is the process's, and ``taskset`` may change it.
+    A Kubernetes CPU limit is a quota (``cpu.max``), not an affinity mask: a pod limited to 2 CPUs
+    on a 64-core node still sees 64 cores in its mask, and thread pools sized by the mask would be
+    throttled. Not cached: ``taskset`` may change the mask while the process runs.
     """
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
 
 
 @functools.cache
@@ -55,6 +63,84 @@ def cpu_vendor_and_flags() -> tuple[str, frozenset[str]]:
     except OSError:
         pass
     return vendor, flags
+
+
+# --- The instruction set: what decides the numbers a reduced-precision model gives -------------
+
+IsaClass = Literal["amx", "avx512_vnni", "avx512", "avx2", "baseline", "other"]
+# ISA classes where int8 kernels multiply-accumulate exactly in 32 bits (VNNI, AMX); below them,
+# ONNX Runtime's u8 x s8 kernels add pairs of products in 16 bits (VPMADDUBSW) and can saturate.
+EXACT_INT8_CLASSES: frozenset[str] = frozenset({"amx", "avx512_vnni"})
+
+
+@functools.cache
+def cpu_features() -> frozenset[str]:
+    """The CPU's features as the CPU itself reports them (CPUID, through numpy's runtime dispatch),
+    plus AMX from the kernel's flags.
+
+    CPUID and not /proc/cpuinfo: under an emulator (``qemu-x86_64 -cpu EPYC-Milan``) or a VM
+    with masked features, /proc/cpuinfo describes the host while the code runs on what CPUID says.
+    """
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__  # numpy's own CPUID dispatch table
+    except ImportError:  # pragma: no cover - numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__  # type: ignore[no-redef]
+    found = {name for name, present in __cpu_features__.items() if present}
+    _, flags = cpu_vendor_and_flags()
+    # numpy has no AMX entry; trust the kernel's flag only where CPUID shows the same generation.
+    if "AVX512_SPR" in found and {"amx_tile", "amx_int8"} <= flags:
+        found.update({"AMX_TILE", "AMX_INT8"} | ({"AMX_BF16"} if "amx_bf16" in flags else set()))
+    return frozenset(found)
+
+
+def isa_class(features: frozenset[str] | None = None) -> IsaClass:
+    """The widest instruction-set class here, as far as it changes reduced-precision results:
+    ``amx`` (Sapphire Rapids), ``avx512_vnni`` (Zen 4, Ice Lake), ``avx512`` (Skylake-SP),
+    ``avx2`` (Zen 3, Haswell), ``baseline`` (x86-64 below AVX2) or ``other`` (not x86)."""
+    found = cpu_features() if features is None else features
+    if "AMX_INT8" in found:
+        return "amx"
+    if "AVX512VNNI" in found:
+        return "avx512_vnni"
+    if "AVX512F" in found:
+        return "avx512"
+    if "AVX2" in found:
+        return "avx2"
+    return "baseline" if "SSE2" in found else "other"
+
+
+# Products whose pairwise 16-bit sum overflows: 255 * 127 * 2 = 64770 > 32767.
+_PROBE_DEPTH = 64
+
+
+@functools.cache
+def ort_int8_kernels_saturate() -> bool:
+    """Whether ONNX Runtime's u8 x s8 CPU kernels saturate on this CPU (AVX2 or AVX-512 without VNNI).
+
+    Measured, not inferred from flags: one MatMulInteger whose exact sum is known. Where they
+    saturate, ONNX Runtime's ``session.x64quantprecision`` selects exact kernels (documented in its
+    quantization guide); elsewhere that option only costs time.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.full((_PROBE_DEPTH, 1), 127, np.int8), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "int8_probe",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, _PROBE_DEPTH])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"a": np.full((1, _PROBE_DEPTH), 255, np.uint8)})
+    exact = 255 * 127 * _PROBE_DEPTH
+    saturates = int(out[0, 0]) != exact
+    log.info("ONNX Runtime u8 x s8 kernels on this CPU (%s): %s", isa_class(),
+             f"saturate ({int(out[0, 0])} for {exact})" if saturates else "exact")
+    return saturates
 
 
 # --- OpenVINO's CPU plugin -------------------------------------------------------------------

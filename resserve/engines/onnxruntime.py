@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from resserve.engines.base import Engine, PixelInput, TensorSpec, check_batch_rows
-from resserve.engines.hardware import available_cores
+from resserve.engines.hardware import available_cores, isa_class, ort_int8_kernels_saturate
 from resserve.engines.pixel_graph import with_pixel_input
 from resserve.errors import ConfigError, EngineError, EngineUnavailableError
 
@@ -29,6 +29,11 @@ PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+# ONNX Runtime's session option for exact int8 kernels on x86-64 CPUs whose u8 x s8 kernels add
+# pairs of products in 16 bits (AVX2, AVX-512 without VNNI): the same file then gives the same
+# answers as on VNNI and AMX (figures: docs/engines-and-precision.md, int8 on every CPU).
+EXACT_INT8_OPTION = "session.x64quantprecision"
+Int8Kernels = Literal["exact", "exact (x64quantprecision)", "saturating"]
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -79,6 +84,15 @@ def resolve_provider(requested: str, *, int8: bool = False) -> str:
             f"(installed: {', '.join(sorted(installed))}); {hint}, or use provider 'cpu'"
         )
     return requested
+
+
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                           "MatMulInteger"})
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    """Whether the graph runs int8 kernels (static QDQ, QOperator or integer ops)."""
+    return any(node.op_type in QUANTIZED_OPS for node in model.graph.node)
 
 
 def batch_profile(max_batch_size: int, preferred_batch_sizes: Sequence[int] = ()) -> tuple[int, int, int]:
@@ -148,10 +162,11 @@ class OnnxRuntimeEngine(Engine):
         allow_spinning: bool = True,
         device_id: int = 0,
         fp16: bool = False,
-        int8: bool = False,
+        int8: bool | None = None,
         cache_dir: Path | None = None,
         pixels: PixelInput | None = None,
         batches: tuple[int, int, int] = (1, 16, 16),
+        int8_exact_kernels: Literal["auto", "on", "off"] = "auto",
     ) -> None:
         self.path = Path(path)
         self.pixels = pixels
@@ -160,8 +175,10 @@ class OnnxRuntimeEngine(Engine):
         self.allow_spinning = allow_spinning
         self.device_id = device_id
         self.fp16 = fp16
-        self.int8 = int8
+        self.int8 = int8  # None: read from the file (quantized operators) at load
         self.batches = batches  # (min, opt, max) batch of the TensorRT provider's profile
+        self.int8_exact_kernels = int8_exact_kernels
+        self.int8_kernels: Int8Kernels | None = None  # what the CPU provider runs, once loaded
         self.cache_dir = cache_dir or self.path.parent / "ort_cache"
         self.provider: str | None = None
         self._session: ort.InferenceSession | None = None
@@ -185,7 +202,15 @@ class OnnxRuntimeEngine(Engine):
     def load(self) -> None:
         if not self.path.is_file():
             raise EngineError(f"ONNX file {self.path} does not exist; run `resserve build` or `resserve export`")
-        provider = resolve_provider(self.requested_provider, int8=self.int8)
+        proto = None
+        if self.int8 is None or self.pixels is not None:
+            try:
+                proto = onnx.load(str(self.path))
+            except Exception as exc:
+                raise EngineError(f"onnxruntime could not load {self.path}: {exc}") from exc
+            if self.int8 is None:
+                self.int8 = is_quantized(proto)
+        provider = resolve_provider(self.requested_provider, int8=bool(self.int8))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.intra_op_threads
@@ -193,8 +218,11 @@ class OnnxRuntimeEngine(Engine):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Spinning threads win a little latency but steal the cores preprocessing needs.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
+        int8_kernels = self._int8_kernels(provider)
+        if int8_kernels == "exact (x64quantprecision)":
+            options.add_session_config_entry(EXACT_INT8_OPTION, "1")
         try:
-            proto = with_pixel_input(onnx.load(str(self.path)), self.pixels) if self.pixels is not None else None
+            proto = with_pixel_input(proto, self.pixels) if self.pixels is not None and proto is not None else None
             chain = self._provider_chain(provider, proto)
             model: str | bytes = str(self.path) if proto is None else proto.SerializeToString()
             session = ort.InferenceSession(
@@ -216,9 +244,35 @@ class OnnxRuntimeEngine(Engine):
             # ONNX Runtime itself falls down the chain (TensorRT -> CUDA -> CPU): report what runs.
             log.warning("%s; running on %s", message, active[0])
         self.provider = SHORT_NAMES.get(active[0], active[0])
+        self.int8_kernels = int8_kernels if self.provider == "cpu" else None
         self._session = session
         self._specs = None
         log.info("loaded %s with %s (%d intra-op threads)", self.path.name, active[0], self.intra_op_threads)
+
+    def _int8_kernels(self, provider: str) -> Int8Kernels | None:
+        """Which int8 CPU kernels this session gets: exact ones where the CPU's own are exact (VNNI,
+        AMX), ONNX Runtime's exact x64 mode where they saturate (``auto``), or as configured."""
+        if not self.int8 or provider != "cpu":
+            return None
+        if self.int8_exact_kernels == "on":
+            return "exact (x64quantprecision)"
+        saturate = ort_int8_kernels_saturate()
+        if not saturate:
+            return "exact"
+        if self.int8_exact_kernels == "off":
+            log.warning("%s: int8 kernels saturate on this CPU (%s) and int8_exact_kernels is off: "
+                        "answers differ from VNNI/AMX machines", self.path.name, isa_class())
+            return "saturating"
+        log.info("%s: this CPU's (%s) u8 x s8 kernels saturate; using ONNX Runtime's exact int8 kernels (%s)",
+                 self.path.name, isa_class(), EXACT_INT8_OPTION)
+        return "exact (x64quantprecision)"
+
+    def runtime(self) -> dict[str, Any]:
+        info = super().runtime()
+        precision = "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
+        info.update(engine_version=ort.__version__, provider=self.provider, precision=precision,
+                    inference_precision="f16" if self.fp16 else "f32", int8_kernels=self.int8_kernels)
+        return info
 
     @property
     def session(self) -> ort.InferenceSession:
@@ -268,6 +322,7 @@ class OnnxRuntimeEngine(Engine):
             active_providers=self.session.get_providers() if self._session else [],
             intra_op_threads=self.intra_op_threads,
             pixel_input=self.pixels is not None,
+            int8_kernels=self.int8_kernels,
         )
         return info
 

@@ -237,6 +237,15 @@ class OpenVinoEngine(Engine):
         )
         return info
 
+    def runtime(self) -> dict[str, Any]:
+        import openvino as ov
+
+        info = super().runtime()
+        info.update(engine_version=ov.__version__, precision=self.precision,
+                    inference_precision=(self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+                                         if self._compiled is not None else None))
+        return info
+
     def close(self) -> None:
         self._requests = []
         self._compiled = None

@@ -22,7 +22,8 @@ from resserve.contract import PreprocessContract
 from resserve.engines.base import Engine, PixelInput
 from resserve.engines.factory import open_engine
 from resserve.errors import ModelNotFoundError, ModelNotReadyError
-from resserve.metadata import ModelMetadata
+from resserve.agreement import LoadCheck
+from resserve.metadata import ModelMetadata, RuntimeRecord
 from resserve.metrics import Metrics
 from resserve.preprocess import DecodeOptions
 from resserve.redact import weights_name, without_paths
@@ -30,6 +31,7 @@ from resserve.repository import ModelRepository, ModelVersion
 from resserve.serving.adaptive import SloBatchPolicy
 from resserve.serving.batching import BatchQueue, Runner
 from resserve.serving.faults import FaultyRunner
+from resserve.serving.load_check import load_check
 from resserve.serving.states import RETRY_AFTER_S, ModelStates
 from resserve.serving.statistics import ModelStatistics
 
@@ -69,6 +71,7 @@ class ServedModel:
     statistics: ModelStatistics
     # gpu_decode: encoded image -> (tensor, decode s, transform s) on the GPU, or None for the CPU path
     gpu_decoder: Callable[[bytes], tuple[np.ndarray, float, float] | None] | None = None
+    load_check: LoadCheck | None = None  # the re-check on this CPU, when the report was measured on another
     loaded_at: float = field(default_factory=time.time)
     ready: bool = True
     admitted: int = 0  # requests past admission: reading, preprocessing or queued (event-loop only)
@@ -91,6 +94,11 @@ class ServedModel:
     def random_weights(self) -> bool:
         return self.metadata.random_weights
 
+    @property
+    def runtime(self) -> RuntimeRecord:
+        """What serves: engine, instruction-set class, precision, int8 kernels."""
+        return RuntimeRecord.model_validate(self.engines[0].runtime())
+
     def describe(self) -> dict[str, Any]:
         """The ``resserve`` section of ``/v2/models/{name}``: facts about the model, files by name only."""
         return without_paths({
@@ -99,6 +107,8 @@ class ServedModel:
             "ready": self.serving,
             "engine_healthy": self.engine_healthy,
             "engine": self.engines[0].describe(),
+            "runtime": self.runtime.model_dump(),
+            "load_check": self.load_check.model_dump() if self.load_check else None,
             "instances": len(self.engines),
             "max_batch_size": self.config.max_batch_size,
             "arch": self.metadata.arch,
@@ -171,6 +181,7 @@ class ModelManager:
             old = self._models.get(name)
             self._models[name] = served
             self.metrics.model_ready.labels(name, served.version).set(1)
+            self.metrics.model_runtime.labels(name, served.version, *_runtime_labels(served.runtime)).set(1)
             log.info("model %s version %s ready (%s)", name, served.version,
                      "RANDOM weights" if served.random_weights else served.metadata.weights_source)
         if old is not None:
@@ -202,6 +213,12 @@ class ModelManager:
         current = self._models.get(served.name)
         if current is None or current.version != served.version:  # a same-version reload stays 1
             self.metrics.model_ready.labels(served.name, served.version).set(0)
+        if current is None or _runtime_labels(current.runtime) != _runtime_labels(served.runtime) \
+                or current.version != served.version:
+            try:
+                self.metrics.model_runtime.remove(served.name, served.version, *_runtime_labels(served.runtime))
+            except KeyError:
+                pass
         budget_s = self.settings.graceful_shutdown_s
         started = time.monotonic()
         await served.queue.close(timeout_s=budget_s, finalizers=[engine.close for engine in served.engines])
@@ -217,14 +234,21 @@ class ModelManager:
         # Before any engine is opened: a machine without a GPU fails this model at once, nothing to release.
         gpu = (gpu_decoder(model_version.contract, DecodeOptions(max_pixels=self.settings.max_image_pixels))
                if config.gpu_decode else None)
-        engines = []
-        for _ in range(config.instance_count):
-            # ONNX Runtime keeps its spinning intra-op threads: measured end to end to help, not to
-            # starve preprocessing (docs/engines-and-precision.md, Measured behind the defaults).
-            engine = serving_engine(model_version)
-            warm_s = engine.warmup(tuple(config.warmup_batch_sizes))
-            log.info("model %s: engine warmed up in %.2f s", config.name, warm_s)
-            engines.append(engine)
+        engines: list[Engine] = []
+        try:
+            for _ in range(config.instance_count):
+                # ONNX Runtime keeps its spinning intra-op threads: measured end to end to help, not to
+                # starve preprocessing (docs/engines-and-precision.md, Measured behind the defaults).
+                engine = serving_engine(model_version)
+                engines.append(engine)
+                warm_s = engine.warmup(tuple(config.warmup_batch_sizes))
+                log.info("model %s: engine warmed up in %.2f s", config.name, warm_s)
+            # Every instance runs the same file with the same options: checking one checks them all.
+            checked = load_check(model_version, engines[0])
+        except BaseException:
+            for engine in engines:
+                engine.close()
+            raise
         num_classes = engines[0].output_spec.shape[-1]
         batching = config.dynamic_batching
         runners: list[Runner] = [e.infer for e in engines]
@@ -269,6 +293,7 @@ class ModelManager:
                                          # may have resolved to one without pixel input.
                                          uint8_pixels=engines[0].input_spec.dtype == np.uint8),
             gpu_decoder=gpu,
+            load_check=checked,
         )
         queue.on_health = lambda healthy: self._engine_health(served, healthy)
         return served
@@ -278,6 +303,11 @@ class ModelManager:
         pod) out of readiness (``engine_healthy`` reads the queue itself)."""
         if self._models.get(served.name) is served:
             self.metrics.model_ready.labels(served.name, served.version).set(1 if healthy else 0)
+
+
+def _runtime_labels(runtime: RuntimeRecord) -> tuple[str, ...]:
+    return (runtime.engine, runtime.isa, runtime.precision or "", runtime.inference_precision or "",
+            runtime.int8_kernels or "")
 
 
 def capacity_of(config: ModelConfig) -> int:

@@ -88,5 +88,5 @@ def test_build_spec_is_declared_beside_the_fields() -> None:
     assert set(spec) == {"source", "engine", "precision", "device", "max_batch_size", "dynamic_batching",
                          "calibration"}
     assert spec["dynamic_batching"] == {"preferred_batch_sizes": []}
-    assert set(spec["calibration"]) == {"images", "count", "held_out"}
+    assert set(spec["calibration"]) == {"images", "count", "held_out", "check_images"}
     assert set(config_for("onnxruntime-fp32").build_spec("onnxruntime")) == {"source", "engine", "precision"}
