@@ -21,7 +21,8 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY resserve ./resserve
 # The venv is copied whole into the runtime stage, so build-time files never reach it.
 # GPU: onnxruntime-gpu and onnxruntime install the same module, so the CPU wheel is removed and
-# the GPU one reinstalled over it; the import check proves the CUDA provider and TensorRT are there.
+# the GPU one reinstalled over it; the import check proves the CUDA provider, TensorRT and
+# cuda-python (the TensorRT engine's CUDA memory and streams) are there, and torch is not.
 # hadolint ignore=DL3013
 RUN python3 -m venv /opt/resserve \
  && /opt/resserve/bin/pip install -c constraints.txt . \
@@ -29,7 +30,7 @@ RUN python3 -m venv /opt/resserve \
       /opt/resserve/bin/pip install -c constraints.txt ".[gpu]" \
       && /opt/resserve/bin/pip uninstall -y onnxruntime \
       && /opt/resserve/bin/pip install -c constraints.txt --force-reinstall --no-deps onnxruntime-gpu \
-      && /opt/resserve/bin/python -c "import onnxruntime, tensorrt; assert 'CUDAExecutionProvider' in onnxruntime.get_available_providers(); print(tensorrt.__version__)"; \
+      && /opt/resserve/bin/python -c "import importlib.util, onnxruntime, tensorrt, cuda.bindings.runtime; assert 'CUDAExecutionProvider' in onnxruntime.get_available_providers(); assert importlib.util.find_spec('torch') is None; print(tensorrt.__version__)"; \
     fi \
  && /opt/resserve/bin/resserve --help > /dev/null
 

@@ -53,7 +53,7 @@ GPU_WHEELS ?= gpu-wheels
 GPU_WHEELS_MAX_MIB ?= 55
 GPU_WHEELS_PACKAGES := pydantic pydantic-settings pyyaml typer rich fastapi 'uvicorn[standard]' \
   python-multipart orjson prometheus-client opentelemetry-api opentelemetry-sdk python-json-logger \
-  httpx aiohttp onnx onnxscript safetensors pytest pytest-asyncio
+  httpx aiohttp onnx onnxscript safetensors pytest pytest-asyncio 'cuda-python>=12.6,<13' 
 # e.g. onnxruntime: 28 MiB, over the limit with the rest (the GPU machine has its own); grpcio: 6 MiB
 GPU_WHEELS_EXTRA ?=
 MANYLINUX := manylinux1 manylinux2014 $(foreach n,5 17 24 27 28 31 34,manylinux_2_$(n))

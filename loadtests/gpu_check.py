@@ -6,8 +6,10 @@ Stages, each in a child process of its own with a time limit (a hang or a crash 
 stage's failure, never the whole check's), each skipped with the reason where what it needs is
 missing:
 
-1. ``tests``: ``pytest tests/gpu`` (the GPU-marked tests; TensorRT and ONNX Runtime CUDA skip
-   there as always where those are absent).
+1. ``tests``: the GPU-marked tests, twice: the TensorRT, ONNX Runtime GPU and cuda-python tests
+   with torch made unimportable (what the GPU runtime image carries: no torch), on a ResNet-18
+   ONNX file exported first; then the torch tests (TensorRT and ONNX Runtime CUDA skip as always
+   where those are absent).
 2. ``engine``: the torch engine on CUDA through ``resserve.bench.engine.bench_engine`` (what
    ``resserve bench engine`` runs): ResNet-50 fp16 and bf16, channels-last, eager and with a
    CUDA graph per batch size, then ResNet-18 fp16, at batch 1..256, seeded random weights.
@@ -85,7 +87,7 @@ DEPENDENCIES = {
     "pythonjsonlogger": "python-json-logger", "httpx": "httpx", "aiohttp": "aiohttp", "onnx": "onnx",
     "onnxruntime": "onnxruntime", "onnxscript": "onnxscript", "safetensors": "safetensors",
     "pytest": "pytest", "pytest_asyncio": "pytest-asyncio", "grpc": "grpcio", "tritonclient": "tritonclient",
-    "tensorrt": "tensorrt", "openvino": "openvino",
+    "tensorrt": "tensorrt", "openvino": "openvino", "cuda.bindings": "cuda-bindings",
 }
 _CORE = ["numpy", "PIL", "pydantic", "pydantic_settings", "yaml"]
 # Stage -> (time limit in seconds, modules it imports, needs torchvision).
@@ -413,9 +415,29 @@ def _has_gpu_decode() -> bool:
     return "gpu_decode" in ModelConfig.model_fields
 
 
-def stage_tests(result: dict[str, Any], save: Callable[[], None], args: argparse.Namespace) -> None:
-    """``pytest tests/gpu``: the summary line, what was skipped and why, what failed."""
-    command = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "tests/gpu"]
+# What the GPU runtime image runs (TensorRT, ONNX Runtime GPU, cuda-python, no torch): these tests
+# run with torch made unimportable, on an ONNX file exported first by a process that has torch.
+IMAGE_TESTS = ("tests/gpu/test_tensorrt_engine.py", "tests/gpu/test_onnxruntime_gpu.py",
+               "tests/gpu/test_onnxruntime_fp16_cuda.py", "tests/unit/engines/test_cuda_runtime.py")
+TORCH_TESTS = ("tests/gpu/test_torch_cuda.py", "tests/gpu/test_gpu_preprocess_cuda.py")
+NO_TORCH_SITECUSTOMIZE = """\
+import importlib.abc, sys
+
+
+class _NoTorch(importlib.abc.MetaPathFinder):  # the GPU runtime image has no torch
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is not part of the GPU runtime image (make gpu-check blocks it here)")
+        return None
+
+
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def _pytest(paths: Collection[str], env: dict[str, str], budget_s: float) -> tuple[str, list[str], int | None]:
+    """One pytest run: its summary line, what failed or was skipped and why, its exit code (None: timeout)."""
+    command = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", *paths]
     notes = []
     if importlib.util.find_spec("pytest_asyncio") is None:
         # pyproject's asyncio_mode is then an unknown option, which the warnings-as-errors setting fails.
@@ -424,11 +446,9 @@ def stage_tests(result: dict[str, Any], save: Callable[[], None], args: argparse
     else:
         command += ["-p", "pytest_asyncio.plugin"]
     say("running " + " ".join(command[1:]))
-    # The machine's own pytest plugins (benchmark, xdist, ...) may not suit the pytest from gpu-wheels.
-    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     try:
         done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env, timeout=args.stage_budget_s)
+                              env=env, timeout=budget_s)
         output, returncode = done.stdout, done.returncode
     except subprocess.TimeoutExpired as exc:
         output, returncode = exc.stdout or "", None
@@ -439,11 +459,54 @@ def stage_tests(result: dict[str, Any], save: Callable[[], None], args: argparse
                     if re.search(r"\d+ (passed|failed|skipped|errors?|deselected)|no tests ran", line)), "no summary")
     say(summary)
     notes += [line for line in lines if line.startswith(("FAILED", "ERROR", "SKIPPED"))][:12]
-    result.update(rows=[row("tests", "pytest tests/gpu", note=summary)], notes=notes, returncode=returncode)
-    if returncode is None:
-        result.update(status="failed", reason=f"pytest did not finish in {args.stage_budget_s:.0f} s")
-    elif returncode not in (0, 5):  # 5: nothing collected
-        result.update(status="failed", reason=f"pytest exited {returncode}: {summary}")
+    return summary, notes, returncode
+
+
+def _export_for_image_tests(folder: Path) -> tuple[Path | None, str]:
+    """ResNet-18 (seeded) exported with this machine's torch, for the torch-free tests."""
+    try:
+        from resserve.build.export import export_onnx
+        from resserve.models.weights import load_model
+
+        path = folder / "resnet18.onnx"
+        export_onnx(load_model("resnet18", random_weights=True, seed=0), path)
+        return path, ""
+    except Exception as exc:  # no torch or a broken export: those tests export nothing and skip
+        return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[:1]}"
+
+
+def stage_tests(result: dict[str, Any], save: Callable[[], None], args: argparse.Namespace) -> None:
+    """``pytest`` on the GPU tests twice: TensorRT, ONNX Runtime GPU and CUDA tests with torch blocked
+    (the GPU runtime image's own dependencies), then the torch tests."""
+    started = time.monotonic()
+    # The machine's own pytest plugins (benchmark, xdist, ...) may not suit the pytest from gpu-wheels.
+    base_env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    rows, notes, failures = [], [], []
+    with tempfile.TemporaryDirectory(prefix="gpu-check-image-") as scratch:
+        onnx_path, why = _export_for_image_tests(Path(scratch))
+        blocker = Path(scratch) / "no_torch"
+        blocker.mkdir()
+        (blocker / "sitecustomize.py").write_text(NO_TORCH_SITECUSTOMIZE)
+        image_env = {**base_env, "PYTHONPATH": os.pathsep.join(p for p in (str(blocker), base_env.get("PYTHONPATH"))
+                                                                 if p)}
+        if onnx_path is not None:
+            image_env["RESSERVE_GPU_TEST_ONNX"] = str(onnx_path)
+        else:
+            notes.append(f"no ONNX file for the torch-free run ({why})")
+        runs = (("GPU image deps, no torch", IMAGE_TESTS, image_env), ("torch", TORCH_TESTS, base_env))
+        for index, (label, paths, env) in enumerate(runs):
+            budget = max(10.0, (args.stage_budget_s - (time.monotonic() - started)) / (len(runs) - index))
+            summary, run_notes, returncode = _pytest(paths, env, budget)
+            rows.append(row("tests", f"pytest ({label})", note=summary))
+            notes += [f"{label}: {n}" for n in run_notes]
+            if returncode is None:
+                failures.append(f"{label}: pytest did not finish in {budget:.0f} s")
+            elif returncode not in (0, 5):  # 5: nothing collected
+                failures.append(f"{label}: pytest exited {returncode}: {summary}")
+            result.update(rows=rows, notes=notes)
+            save()
+    if failures:
+        result.update(status="failed", reason="; ".join(failures))
 
 
 def stage_engine(result: dict[str, Any], save: Callable[[], None], args: argparse.Namespace) -> None:

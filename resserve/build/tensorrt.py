@@ -151,14 +151,15 @@ def _fast(builder: Any, attribute: str, capability: str) -> bool:
     return (major, minor) >= ((6, 1) if attribute.endswith("int8") else (7, 0))
 
 
-def _make_calibrator(trt: Any, torch: Any, batches: list[np.ndarray], cache: Path, device: Any) -> Any:
+def _make_calibrator(trt: Any, batches: list[np.ndarray], cache: Path) -> Any:
     """An entropy calibrator feeding ``batches`` from one device buffer, caching its table."""
+    from resserve.engines import cuda_runtime as cuda
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc]
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self._pending = iter(batches)
-            self._buffer = torch.empty(batches[0].shape, dtype=torch.float32, device=device)
+            self._buffer = cuda.DeviceBuffer(batches[0].nbytes)
 
         def get_batch_size(self) -> int:
             return int(batches[0].shape[0])
@@ -167,15 +168,17 @@ def _make_calibrator(trt: Any, torch: Any, batches: list[np.ndarray], cache: Pat
             batch = next(self._pending, None)
             if batch is None:
                 return None
-            self._buffer.copy_(torch.from_numpy(batch))
-            torch.cuda.synchronize(device)  # TensorRT reads it on its own stream
-            return [int(self._buffer.data_ptr())]  # one pointer per input; the network has one
+            cuda.copy_array_to_device(self._buffer, batch)  # synchronous: TensorRT reads it on its own stream
+            return [self._buffer.ptr]  # one pointer per input; the network has one
 
         def read_calibration_cache(self) -> bytes | None:
             return cache.read_bytes() if cache.is_file() else None
 
         def write_calibration_cache(self, data: Any) -> None:
             cache.write_bytes(bytes(memoryview(data)))
+
+        def close(self) -> None:
+            self._buffer.close()
 
     return _Calibrator()
 
@@ -272,13 +275,16 @@ def build_plan(onnx_path: Path, output_dir: Path, *, precision: Precision, max_b
     if not onnx_path.is_file():
         raise ExportError(f"ONNX file {onnx_path} does not exist")
     import tensorrt as trt
-    import torch
+
+    from resserve.engines.cuda_runtime import use_device
 
     if (why := unsupported_build(trt.__version__)) is not None:
         raise EngineUnavailableError(why)
     output_dir.mkdir(parents=True, exist_ok=True)
     plan_path = output_dir / PLAN_FILE
-    with torch.cuda.device(device_id):
+    use_device(device_id)
+    calibrator = None
+    try:
         gpu_name, capability = gpu_identity(device_id)
         builder = trt.Builder(trt_logger())
         typed = strongly_typed(trt.__version__)
@@ -324,8 +330,7 @@ def build_plan(onnx_path: Path, output_dir: Path, *, precision: Precision, max_b
             tag = hashlib.sha256((onnx_sha + calib_sha).encode()).hexdigest()[:16]
             with warnings.catch_warnings():  # implicit int8 calibration is deprecated in TensorRT 10
                 warnings.simplefilter("ignore", DeprecationWarning)
-                calibrator = _make_calibrator(trt, torch, batches, caches / f"calibration-{tag}.cache",
-                                              torch.device("cuda", device_id))
+                calibrator = _make_calibrator(trt, batches, caches / f"calibration-{tag}.cache")
                 config.set_flag(trt.BuilderFlag.INT8)
                 config.int8_calibrator = calibrator
                 if not config.set_calibration_profile(calib_profile):
@@ -343,6 +348,9 @@ def build_plan(onnx_path: Path, output_dir: Path, *, precision: Precision, max_b
         (output_dir / RECORD_FILE).unlink(missing_ok=True)  # never an old record beside a new plan
         staging.replace(plan_path)
         timing_path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    finally:
+        if calibrator is not None:
+            calibrator.close()
     PlanRecord(key=key, trt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
                precision=precision, min_shape=shapes.min, opt_shape=shapes.opt, max_shape=shapes.max,
                onnx_sha256=onnx_sha, calibration_sha256=calib_sha).write(output_dir)

@@ -1,10 +1,11 @@
 """What this machine can run: every hardware probe, each asked once per process.
 
-The CPU (vendor, flags, cores), OpenVINO's CPU plugin (which precisions it runs natively), torch's
-CPU bf16 support, and TensorRT with a CUDA GPU (availability, the GPU's name and compute
-capability). Engines, ``engine: auto`` (:mod:`resserve.engines.select`) and the builders all ask
+The CPU (vendor, flags, cores, its instruction-set class from CPUID, whether ONNX Runtime's int8
+kernels saturate), OpenVINO's CPU plugin (which precisions it runs natively), torch's CPU bf16
+support, and TensorRT with a CUDA GPU through cuda-python (availability, the GPU's name and
+compute capability). Engines, ``engine: auto`` (:mod:`resserve.engines.select`) and the builders all ask
 here, so a probe is written once and its answer cached: the hardware does not change while the
-process runs. Optional libraries (openvino, tensorrt, torch) are imported inside the probes, so
+process runs. Optional libraries (openvino, tensorrt, cuda-python, torch) are imported inside the probes, so
 this module imports anywhere.
 """
 
@@ -207,7 +208,10 @@ def torch_cpu_bf16() -> tuple[bool, str]:
 
 @functools.cache
 def tensorrt_available() -> tuple[bool, str]:
-    """(True, version) where TensorRT and a CUDA GPU (through torch) are usable, else (False, why)."""
+    """(True, version) where TensorRT, cuda-python and a CUDA GPU are usable, else (False, why).
+
+    No torch: the GPU runtime image has none; CUDA memory and streams come from cuda-python.
+    """
     try:
         import tensorrt as trt
     except (ImportError, OSError, RuntimeError) as exc:  # OSError, RuntimeError: missing CUDA libraries
@@ -216,13 +220,14 @@ def tensorrt_available() -> tuple[bool, str]:
     version = tuple(int(p) for p in trt.__version__.split(".")[:2])
     if version < MIN_TRT:
         return False, f"TensorRT {trt.__version__} is too old; resserve needs >= {MIN_TRT[0]}.{MIN_TRT[1]}"
+    from resserve.engines import cuda_runtime
+
     try:
-        import torch
-    except ImportError:
-        return False, "torch is not installed; resserve's TensorRT paths use torch's CUDA memory and streams"
-    if not torch.cuda.is_available():
-        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        return False, f"torch {torch.__version__} ({build}) sees no CUDA GPU"
+        cuda_runtime.runtime()
+    except EngineUnavailableError as exc:
+        return False, str(exc)
+    if cuda_runtime.device_count() < 1:
+        return False, "cuda-python sees no CUDA GPU (no NVIDIA driver, or no device visible to this process)"
     return True, f"TensorRT {trt.__version__}"
 
 
@@ -243,8 +248,7 @@ def nvidia_gpu_with_tensorrt() -> tuple[bool, str]:
 
 @functools.cache
 def gpu_identity(device_id: int = 0) -> tuple[str, str]:
-    """(GPU name, compute capability "major.minor") of ``device_id``, through torch."""
-    import torch
+    """(GPU name, compute capability "major.minor") of ``device_id``, through cuda-python."""
+    from resserve.engines.cuda_runtime import device_identity
 
-    major, minor = torch.cuda.get_device_capability(device_id)
-    return torch.cuda.get_device_name(device_id), f"{major}.{minor}"
+    return device_identity(device_id)

@@ -3,8 +3,8 @@
 Plans are tied to the TensorRT version and GPU model that built them, so ``load`` reads the
 ``plan.json`` beside the plan first and refuses a mismatch with a message that says to rebuild,
 instead of letting ``deserialize_cuda_engine`` fail obscurely. CUDA memory and the stream come
-from torch (GPU machines have torch with CUDA; cuda-python may be absent); both TensorRT and torch
-are imported lazily so this module imports anywhere.
+from cuda-python (:mod:`resserve.engines.cuda_runtime`), not torch: the GPU runtime image has no
+torch. TensorRT and cuda-python are imported lazily so this module imports anywhere.
 
 Example::
 
@@ -166,44 +166,45 @@ class TensorRTEngine(Engine):
             raise EngineUnavailableError(f"{self.path} has no plan.json beside it (which TensorRT and GPU "
                                          "built it?); rebuild it with `resserve build --force`")
         import tensorrt as trt
-        import torch
 
-        with torch.cuda.device(self.device_id):
-            gpu_name, capability = gpu_identity(self.device_id)
-            ok, why = plan_matches(record, trt_version=trt.__version__, gpu_name=gpu_name,
-                                   compute_capability=capability)
-            if not ok:
-                raise EngineUnavailableError(f"{self.path} cannot run here: {why}; "
-                                             "rebuild it on this machine with `resserve build --force`")
-            runtime = trt.Runtime(trt_logger())
-            engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
-            if engine is None:
-                raise EngineError(f"TensorRT could not deserialize {self.path}; see the TensorRT log above")
-            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-            inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-            outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-            if len(inputs) != 1 or len(outputs) != 1:
-                raise EngineError(f"{self.path} has inputs {inputs}, outputs {outputs}; expected one each")
-            for name in names:
-                dtype = plan_tensor_dtype(trt, engine.get_tensor_dtype(name))
-                if dtype != np.float32:
-                    raise EngineError(f"{self.path}: tensor {name} is {dtype}; resserve plans are float32")
-            (in_name,), (out_name,) = inputs, outputs
-            _, _, max_shape = (tuple(s) for s in engine.get_tensor_profile_shape(in_name, 0))
-            context = engine.create_execution_context()
-            if context is None:
-                raise EngineError(f"TensorRT could not create a context for {self.path} (out of GPU memory?)")
-            if not context.set_input_shape(in_name, max_shape):
-                raise EngineError(f"TensorRT rejected the profile's own max shape {max_shape}")
-            out_shape = tuple(context.get_tensor_shape(out_name))
-            device = torch.device("cuda", self.device_id)
-            self._buffers = {
-                "host_in": torch.empty(max_shape, dtype=torch.float32, pin_memory=True),
-                "host_out": torch.empty(out_shape, dtype=torch.float32, pin_memory=True),
-                "dev_in": torch.empty(max_shape, dtype=torch.float32, device=device),
-                "dev_out": torch.empty(out_shape, dtype=torch.float32, device=device),
-            }
-            self._stream = torch.cuda.Stream(device=device)
+        from resserve.engines import cuda_runtime as cuda
+
+        cuda.use_device(self.device_id)
+        gpu_name, capability = gpu_identity(self.device_id)
+        ok, why = plan_matches(record, trt_version=trt.__version__, gpu_name=gpu_name,
+                               compute_capability=capability)
+        if not ok:
+            raise EngineUnavailableError(f"{self.path} cannot run here: {why}; "
+                                         "rebuild it on this machine with `resserve build --force`")
+        runtime = trt.Runtime(trt_logger())
+        engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:
+            raise EngineError(f"TensorRT could not deserialize {self.path}; see the TensorRT log above")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise EngineError(f"{self.path} has inputs {inputs}, outputs {outputs}; expected one each")
+        for name in names:
+            dtype = plan_tensor_dtype(trt, engine.get_tensor_dtype(name))
+            if dtype != np.float32:
+                raise EngineError(f"{self.path}: tensor {name} is {dtype}; resserve plans are float32")
+        (in_name,), (out_name,) = inputs, outputs
+        _, _, max_shape = (tuple(s) for s in engine.get_tensor_profile_shape(in_name, 0))
+        context = engine.create_execution_context()
+        if context is None:
+            raise EngineError(f"TensorRT could not create a context for {self.path} (out of GPU memory?)")
+        if not context.set_input_shape(in_name, max_shape):
+            raise EngineError(f"TensorRT rejected the profile's own max shape {max_shape}")
+        out_shape = tuple(context.get_tensor_shape(out_name))
+        self._release_buffers()
+        self._buffers = {
+            "host_in": cuda.PinnedArray(max_shape),
+            "host_out": cuda.PinnedArray(out_shape),
+            "dev_in": cuda.DeviceBuffer(int(np.prod(max_shape)) * 4),
+            "dev_out": cuda.DeviceBuffer(int(np.prod(out_shape)) * 4),
+        }
+        self._stream = cuda.Stream()
         self._engine, self._context, self.record = engine, context, record
         self._names = (in_name, out_name)
         self._shapes = (tuple(max_shape[1:]), tuple(out_shape[1:]))
@@ -228,22 +229,24 @@ class TensorRTEngine(Engine):
 
     def _run(self, chunk: np.ndarray) -> np.ndarray:
         """One chunk of at most the profile's max batch: H2D, execute, D2H on one stream."""
-        import torch
+        from resserve.engines import cuda_runtime as cuda
 
         rows = len(chunk)
         buffers, context = self._buffers, self._context
-        buffers["host_in"][:rows].numpy()[...] = chunk  # the pinned buffer, in place
-        with torch.cuda.device(self.device_id), torch.cuda.stream(self._stream):
-            buffers["dev_in"][:rows].copy_(buffers["host_in"][:rows], non_blocking=True)
-            if not context.set_input_shape(self._names[0], chunk.shape):
-                raise EngineError(f"TensorRT rejected input shape {chunk.shape}")
-            context.set_tensor_address(self._names[0], buffers["dev_in"].data_ptr())
-            context.set_tensor_address(self._names[1], buffers["dev_out"].data_ptr())
-            if not context.execute_async_v3(self._stream.cuda_stream):
-                raise EngineError(f"TensorRT failed to enqueue a batch of {rows}; see the TensorRT log")
-            buffers["host_out"][:rows].copy_(buffers["dev_out"][:rows], non_blocking=True)
+        host_in, host_out = buffers["host_in"], buffers["host_out"]
+        host_in.array[:rows] = chunk  # the pinned buffer, in place
+        cuda.use_device(self.device_id)  # CUDA's current device is per thread: the batcher's thread
+        cuda.copy_to_device(buffers["dev_in"], host_in, chunk.nbytes, self._stream)
+        if not context.set_input_shape(self._names[0], chunk.shape):
+            raise EngineError(f"TensorRT rejected input shape {chunk.shape}")
+        context.set_tensor_address(self._names[0], buffers["dev_in"].ptr)
+        context.set_tensor_address(self._names[1], buffers["dev_out"].ptr)
+        if not context.execute_async_v3(self._stream.handle):
+            raise EngineError(f"TensorRT failed to enqueue a batch of {rows}; see the TensorRT log")
+        out_bytes = rows * int(np.prod(self._shapes[1])) * 4
+        cuda.copy_to_host(host_out, buffers["dev_out"], out_bytes, self._stream)
         self._stream.synchronize()
-        return buffers["host_out"][:rows].numpy().copy()  # the pinned buffer is reused next call
+        return host_out.array[:rows].copy()  # the pinned buffer is reused next call
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         self._require()
@@ -256,7 +259,7 @@ class TensorRTEngine(Engine):
             chunks = [self._run(batch[i : i + step]) for i in range(0, len(batch), step)]
         except EngineError:
             raise
-        except Exception as exc:  # CUDA errors surface as RuntimeError from torch
+        except Exception as exc:  # TensorRT's own errors are RuntimeErrors
             raise EngineError(f"TensorRT failed on a batch of {batch.shape}: {exc}") from exc
         out = np.concatenate(chunks) if chunks else np.empty((0, *self._shapes[1]), np.float32)
         return check_batch_rows(batch, out, self.name)
@@ -276,8 +279,23 @@ class TensorRTEngine(Engine):
         )
         return info
 
+    def runtime(self) -> dict[str, Any]:
+        info = super().runtime()
+        record = self.record
+        info.update(engine_version=record.trt_version if record else None,
+                    isa=f"cuda-sm{record.compute_capability}" if record else "cuda",
+                    precision=record.precision if record else None,
+                    inference_precision=record.precision if record else None)
+        return info
+
+    def _release_buffers(self) -> None:
+        for buffer in self._buffers.values():
+            buffer.close()
+        self._buffers = {}
+
     def close(self) -> None:
         if self._stream is not None:
             self._stream.synchronize()
+            self._stream.close()
         self._context = self._engine = self._stream = None
-        self._buffers = {}
+        self._release_buffers()

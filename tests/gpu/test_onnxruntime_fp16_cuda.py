@@ -5,6 +5,7 @@ Skipped with a reason where there is no CUDA provider (tests/conftest.py).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +13,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from resserve.build.export import export_onnx
 from resserve.build.ort_quant import convert_fp16
 from resserve.build.parity import compare_logits
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
-from resserve.models.weights import load_model
 from resserve.synthetic import synthetic_batch
 
 FP16_RTOL = 2e-2
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def paths(tmp_path_factory: pytest.TempPathFactory, resnet18_onnx_file: Path) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("fp16")
     fp32 = folder / "resnet18.onnx"
-    export_onnx(load_model("resnet18", random_weights=True, seed=0), fp32)
+    shutil.copyfile(resnet18_onnx_file, fp32)
     return fp32, convert_fp16(fp32, folder / "resnet18_fp16.onnx")
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 
-from resserve.build.export import export_onnx
 from resserve.build.parity import compare_logits
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
-from resserve.models.weights import load_model
 from resserve.synthetic import synthetic_batch
 
 # TF32 convolutions (the CUDA provider's default on Ampere and newer) keep ~1e-3 relative accuracy.
@@ -19,9 +18,9 @@ FP16_RTOL = 2e-2
 
 
 @pytest.fixture(scope="module")
-def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def onnx_path(tmp_path_factory: pytest.TempPathFactory, resnet18_onnx_file: Path) -> Path:
     path = tmp_path_factory.mktemp("gpu") / "resnet18.onnx"
-    export_onnx(load_model("resnet18", random_weights=True, seed=0), path)
+    shutil.copyfile(resnet18_onnx_file, path)  # the TensorRT provider's caches go beside it
     return path
 
 

@@ -14,7 +14,6 @@ import pytest
 
 from resserve.build.accuracy import compare
 from resserve.build.calibration import calibration_and_held_out
-from resserve.build.export import export_onnx
 from resserve.build.parity import compare_logits
 from resserve.build.tensorrt import TIMING_CACHE_FILE, build_plan
 from resserve.contract import imagenet_contract
@@ -22,7 +21,6 @@ from resserve.engines.onnxruntime import OnnxRuntimeEngine
 from resserve.engines.tensorrt import PLAN_FILE, RECORD_FILE, PlanRecord, TensorRTEngine
 from resserve.errors import EngineUnavailableError
 from resserve.files import sha256_file
-from resserve.models.weights import load_model
 from resserve.synthetic import synthetic_batch
 
 pytestmark = [
@@ -36,9 +34,9 @@ BUILD = {"max_batch_size": 16, "preferred_batch_sizes": (4, 8)}
 
 
 @pytest.fixture(scope="module")
-def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def onnx_path(tmp_path_factory: pytest.TempPathFactory, resnet18_onnx_file: Path) -> Path:
     path = tmp_path_factory.mktemp("trt") / "resnet18.onnx"
-    export_onnx(load_model("resnet18", random_weights=True, seed=0), path)
+    shutil.copyfile(resnet18_onnx_file, path)
     return path
 
 
@@ -80,14 +78,13 @@ def test_fp16_plan_matches_onnxruntime_fp32(fp16_dir: Path, reference: OnnxRunti
 
 def test_plan_record_and_caches(fp16_dir: Path, onnx_path: Path) -> None:
     import tensorrt as trt
-    import torch
+
+    from resserve.engines.cuda_runtime import device_identity
 
     record = PlanRecord.read(fp16_dir)
     assert record is not None
     assert record.trt_version == trt.__version__
-    assert record.gpu_name == torch.cuda.get_device_name(0)
-    major, minor = torch.cuda.get_device_capability(0)
-    assert record.compute_capability == f"{major}.{minor}"
+    assert (record.gpu_name, record.compute_capability) == device_identity(0)
     assert record.precision == "fp16" and record.onnx_sha256 == sha256_file(onnx_path)
     assert (record.min_shape, record.opt_shape, record.max_shape) == ((1, 3, 224, 224), (8, 3, 224, 224),
                                                                      (16, 3, 224, 224))
