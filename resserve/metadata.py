@@ -86,6 +86,7 @@ class RuntimeRecord(BaseModel):
     engine: str
     engine_version: str | None = None
     isa: str  # instruction-set class: amx, avx512_vnni, avx512, avx2, baseline, other
+    cpu_features: list[str] = []  # the CPUID features that change the numbers (AVX2, AVX512VNNI, AMX_INT8, ...)
     precision: str | None = None
     inference_precision: str | None = None  # what the runtime says it runs non-quantized layers in
     int8_kernels: str | None = None  # ONNX Runtime's CPU int8: exact, exact (x64quantprecision), saturating

@@ -164,12 +164,15 @@ def quantize_int8(
     method: Method = "percentile",
     batch_size: int = DEFAULT_CHUNK,
     symmetric: bool = False,
+    reduce_range: bool = False,
 ) -> Path:
     """Static int8 quantization of ``src`` into ``dst`` (QDQ, dynamic batch), calibrated on ``calibration``.
 
     ``calibration``: preprocessed float32 images, (N, 3, H, W), a few hundred representative
     ones for real use. ``symmetric``: s8 activations and weights with zero points 0, the only
-    Q/DQ TensorRT runs (explicit quantization); slower on the CPU than the default. Returns ``dst``.
+    Q/DQ TensorRT runs (explicit quantization); slower on the CPU than the default.
+    ``reduce_range``: 7-bit weights, which cannot saturate 16-bit pair sums (measured against
+    ONNX Runtime's exact kernels in loadtests/reports/2026-12-07-int8-portability). Returns ``dst``.
     """
     if activation_type not in _QUANT_TYPES or weight_type not in _QUANT_TYPES:
         raise ExportError(
@@ -211,6 +214,7 @@ def quantize_int8(
                 reader,
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
+                reduce_range=reduce_range,
                 activation_type=_QUANT_TYPES[activation_type],
                 weight_type=_QUANT_TYPES[weight_type],
                 calibrate_method=_METHODS[method],
@@ -223,7 +227,8 @@ def quantize_int8(
         except Exception as exc:
             raise ExportError(f"int8 quantization of {src} failed: {exc}") from exc
     log.debug("onnxruntime calibration output:\n%s", chatter.getvalue())
-    description = (f"static QDQ{', symmetric' if symmetric else ''}, {activation_type} activations, {weight_type} weights "
+    description = (f"static QDQ{', symmetric' if symmetric else ''}{', reduced range' if reduce_range else ''}, "
+                   f"{activation_type} activations, {weight_type} weights "
                    f"{'per channel' if per_channel else 'per tensor'}, {method} on {len(calibration)} images")
     _save_with_metadata(quantized, source, dst, precision="int8", quantization=description)
     log.info("quantized %s -> %s: %s", src, dst, description)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from resserve.engines.hardware import isa_class
+from resserve.engines.hardware import isa_class, numerics_features
 from resserve.errors import EngineError
 
 
@@ -112,8 +112,8 @@ class Engine(abc.ABC):
         class of this CPU, the precision asked for and what the runtime reports it runs non-quantized
         layers in, and for int8 which kernels. Recorded beside the accuracy report at build, checked
         and exported at load. Engines fill in what they know."""
-        return {"engine": self.name, "engine_version": None, "isa": isa_class(), "precision": None,
-                "inference_precision": None, "int8_kernels": None}
+        return {"engine": self.name, "engine_version": None, "isa": isa_class(), "cpu_features": numerics_features(),
+                "precision": None, "inference_precision": None, "int8_kernels": None}
 
     def close(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
         """Release sessions and device memory; engines that hold none need not override."""

@@ -110,6 +110,17 @@ def isa_class(features: frozenset[str] | None = None) -> IsaClass:
     return "baseline" if "SSE2" in found else "other"
 
 
+# The CPUID features that change what a reduced-precision model computes (recorded with its report).
+NUMERICS_FEATURES = ("AVX2", "FMA3", "F16C", "AVX512F", "AVX512VNNI", "AVX512BF16", "AVX512FP16", "AMX_INT8",
+                     "AMX_BF16")
+
+
+def numerics_features() -> list[str]:
+    """Which of :data:`NUMERICS_FEATURES` this CPU has."""
+    found = cpu_features()
+    return [name for name in NUMERICS_FEATURES if name in found]
+
+
 # Products whose pairwise 16-bit sum overflows: 255 * 127 * 2 = 64770 > 32767.
 _PROBE_DEPTH = 64
 
