@@ -37,7 +37,6 @@ from resserve.server.state import AppState
 from resserve.server.tracing_middleware import TracingMiddleware
 from resserve.server.workers import HEARTBEAT_S, WorkerIdentity, publish_ready
 from resserve.serving.manager import ModelBuilder, ModelManager
-from resserve.serving.states import ModelStates
 from resserve.tracing import Tracing, tracer_provider_from_env
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         if not names:
             raise ResserveError(f"model repository {repository.root} has no models (no */config.yaml)")
         order = startup_order(repository, names, settings.first_models)
-        state.states = manager.states = ModelStates(order)
+        manager.lifecycle.expect(order)
         # The port opens now; models build and load behind it, each served once ready.
         starting = asyncio.create_task(start_models(state, order, builds), name="start-models")
         log.info("resserve %s listening; starting %s", __version__, ", ".join(order))

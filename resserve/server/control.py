@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from resserve.errors import ConflictError, EngineError, ForbiddenError, ModelNotFoundError, ResserveError, UnauthorizedError
-from resserve.server.failures import record_load_failure
+from resserve.redact import failure_reason
 from resserve.server.state import AppState, get_state
 
 router = APIRouter()
@@ -73,28 +73,19 @@ async def index(request: Request) -> Response:
 
 async def repository_index(state: AppState) -> list[dict[str, str]]:
     """Every model of the repository: name, version, state and, where not ready, the reason."""
-    loaded = {m.name: m for m in state.manager.loaded()}
+    lifecycle = state.manager.lifecycle
     entries = []
     for name in state.repository.names():
-        served = loaded.get(name)
-        failed = state.failed.get(name)
+        record = lifecycle.current(name)
+        if record is not None and record.version:
+            entries.append(record.index_entry())
+            continue
         versions = await asyncio.to_thread(state.repository.versions, name)
-        if served is not None:
-            entry = {"name": name, "version": served.version, "state": "READY" if served.serving else "UNAVAILABLE"}
-            if failed is not None:  # a reload failed; the version that was serving still does
-                entry["reason"] = f"loading the newest version failed: {failed}"
-            elif not served.engine_healthy:
-                entry["reason"] = "the engine is not answering (watchdog)"
-            entries.append(entry)
-        elif (starting := state.states.get(name)) is not None and starting.phase != "READY":
-            # Startup: PENDING, BUILDING (with its step), LOADING or FAILED (with the reason).
-            entry = {"name": name, "version": versions[-1] if versions else "", **starting.as_dict()}
-            if failed is not None:
-                entry["reason"] = failed
-            entries.append(entry)
-        else:
-            entries.append({"name": name, "version": versions[-1] if versions else "", "state": "UNAVAILABLE",
-                            "reason": failed or ("not loaded" if versions else "not built")})
+        if record is not None:  # still building, or failed before a version was known
+            entries.append({**record.index_entry(), "version": versions[-1] if versions else ""})
+            continue
+        entries.append({"name": name, "version": versions[-1] if versions else "", "state": "UNAVAILABLE",
+                        "reason": "not loaded" if versions else "not built"})
     return entries
 
 
@@ -112,10 +103,9 @@ async def load_model(state: AppState, name: str) -> None:
         raise ModelNotFoundError(f"no model {name!r} in the repository")
     try:
         await state.manager.load(name)
-    except Exception as exc:  # the previous version, if any, keeps serving
-        reason = record_load_failure(state, name, exc)
+    except Exception as exc:  # the previous version, if any, keeps serving; the manager recorded why
+        reason = failure_reason(exc, state.repository.root)
         raise _load_error(exc, f"model {name} failed to load: {reason}") from exc
-    state.failed.pop(name, None)
 
 
 @router.post("/v2/repository/models/{name}/unload")
@@ -128,4 +118,3 @@ async def unload(request: Request, name: str) -> Response:
 async def unload_model(state: AppState, name: str) -> None:
     refuse_with_workers(state)
     await state.manager.unload(name)
-    state.failed.pop(name, None)

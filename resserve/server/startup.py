@@ -2,7 +2,7 @@
 load behind it, one after another, each served as soon as it is ready.
 
 ``/v2/health/live`` answers while models build; readiness, per-model readiness, the repository
-index and a request's 503 say what each model is doing (:mod:`resserve.serving.states`). Order:
+index and a request's 503 say what each model is doing (:mod:`resserve.serving.lifecycle`). Order:
 ``first_models`` (the default model), then fp32 models, then the reduced-precision variants built
 from them (calibration and accuracy reports take longest), each in repository order.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from resserve.repository import ModelRepository
-from resserve.server.failures import record_load_failure, without_paths_under
+from resserve.redact import failure_reason, without_paths_under
 from resserve.server.state import AppState
 from resserve.server.workers import WorkerIdentity
 from resserve.serving.manager import ModelBuilder
@@ -161,19 +161,21 @@ def startup_order(repository: ModelRepository, names: list[str], first: list[str
 
 
 async def _load(state: AppState, name: str) -> None:
-    state.states.set(name, "LOADING")
     try:
         await state.manager.load(name)
-    except Exception as exc:  # not CancelledError: shutdown stops the start
-        state.states.set(name, "FAILED", reason=record_load_failure(state, name, exc))
+    except Exception:  # not CancelledError: shutdown stops the start. The manager recorded why.
         return
-    state.failed.pop(name, None)
-    state.states.set(name, "READY")
+
+
+def _build_failed(state: AppState, name: str, error: BaseException) -> None:
+    reason = failure_reason(error, state.repository.root)
+    log.error("model %s not built: %s", name, reason, exc_info=error)
+    state.manager.lifecycle.fail(name, reason)
 
 
 async def start_models(state: AppState, names: list[str], builds: BuildSource | None) -> None:
     """Build (when ``builds`` is given) and load every model in ``names``, in that order."""
-    states = state.states
+    lifecycle = state.manager.lifecycle
     try:
         if builds is None:
             for name in names:
@@ -184,24 +186,24 @@ async def start_models(state: AppState, names: list[str], builds: BuildSource | 
             if name not in names:
                 continue
             if kind == "step":
-                states.set(name, "BUILDING", step=without_paths_under(str(event.get("message", "")),
+                record = lifecycle.building(name, without_paths_under(str(event.get("message", "")),
                                                                       state.repository.root))
-                log.info("build: %s", states.get(name).step)  # type: ignore[union-attr]
+                log.info("build: %s", record.step)
             elif kind == "done":
                 await _load(state, name)
             elif kind == "failed":
-                error = event.get("error") or RuntimeError(str(event.get("reason", "the build failed")))
-                states.set(name, "FAILED", reason=record_load_failure(state, name, error))
-            if not states.pending():  # all settled: ready now, not once the build process has exited
-                state.started = True
-        for name in states.pending():
-            why = RuntimeError("the build process ended before building this model")
-            states.set(name, "FAILED", reason=record_load_failure(state, name, why))
+                _build_failed(state, name, event.get("error") or RuntimeError(str(event.get("reason",
+                                                                                             "the build failed"))))
+            if not [r for r in lifecycle.pending() if r.name in names]:
+                state.started = True  # all settled: ready now, not once the build process has exited
+        for record in [r for r in lifecycle.pending() if r.name in names]:
+            _build_failed(state, record.name, RuntimeError("the build process ended before building this model"))
     finally:
         state.started = True
         # What exists now (modules, engines, labels) lives as long as the process: frozen, the
         # cyclic collector stops rescanning it on every full collection of request garbage.
         gc.freeze()
-        log.info("startup finished: %s ready%s", ", ".join(n for n in names if states.get(n) and
-                                                            states.get(n).phase == "READY") or "no model",  # type: ignore[union-attr]
-                 f"; failed: {', '.join(state.failed)}" if state.failed else "")
+        ready = [n for n in names if (r := lifecycle.current(n)) is not None and r.serving]
+        failed = list(lifecycle.unserved_failures())
+        log.info("startup finished: %s ready%s", ", ".join(ready) or "no model",
+                 f"; failed: {', '.join(failed)}" if failed else "")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
@@ -12,28 +12,27 @@ from resserve.repository import ModelRepository
 from resserve.server.pipeline import RequestPipeline
 from resserve.server.workers import WorkerIdentity, peers_not_ready
 from resserve.serving.manager import ModelManager
-from resserve.serving.states import ModelStates
 
 
 @dataclass
 class AppState:
-    """Settings, metrics, models and the preprocessing pool; ``draining`` flips on SIGTERM."""
+    """Settings, metrics, models and the preprocessing pool; ``draining`` flips on SIGTERM. Each
+    model's lifecycle is the manager's (``manager.lifecycle``)."""
 
     settings: ServerSettings
     metrics: Metrics
     repository: ModelRepository
     manager: ModelManager
     pipeline: RequestPipeline
-    states: ModelStates = field(default_factory=lambda: ModelStates([]))  # what each model is doing
     started: bool = False  # every configured model has been built and loaded, or has failed
     draining: bool = False
-    failed: dict[str, str] = field(default_factory=dict)  # model -> why its last load failed (no paths)
     worker: WorkerIdentity | None = None  # one of ``resserve serve --workers N``; None: the only process
 
     @property
     def serving_everything(self) -> bool:
         """This process serves every configured model and is not draining (its own readiness)."""
-        return self.started and not self.draining and not self.unserved_failures() and self.manager.all_ready()
+        lifecycle = self.manager.lifecycle
+        return self.started and not self.draining and not lifecycle.unserved_failures() and lifecycle.all_serving()
 
     @property
     def ready(self) -> bool:
@@ -46,21 +45,15 @@ class AppState:
             return []
         return [i for i in peers_not_ready(self.worker) if i != self.worker.index]
 
-    def unserved_failures(self) -> dict[str, str]:
-        """Models whose load failed and that serve no version: a failed reload, which leaves the
-        previous version serving, does not take the pod out (the repository index shows it)."""
-        serving = {m.name for m in self.manager.loaded()}
-        return {name: why for name, why in self.failed.items() if name not in serving}
-
     def not_ready_reason(self) -> str:
+        lifecycle = self.manager.lifecycle
         if self.draining:
             return "draining"
         if not self.started:
-            return "starting: " + "; ".join(f"model {name} {self.states.get(name).describe()}"  # type: ignore[union-attr]
-                                            for name in self.states.pending())
-        if failed := self.unserved_failures():
+            return "starting: " + "; ".join(f"model {r.name} {r.describe()}" for r in lifecycle.pending())
+        if failed := lifecycle.unserved_failures():
             return "; ".join(f"model {name} failed to load: {why}" for name, why in failed.items())
-        if stuck := self.manager.not_serving():
+        if stuck := lifecycle.not_answering():
             return "; ".join(stuck)
         if peers := self._workers_not_ready():
             assert self.worker is not None

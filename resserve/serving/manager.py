@@ -26,13 +26,13 @@ from resserve.agreement import LoadCheck
 from resserve.metadata import ModelMetadata, RuntimeRecord
 from resserve.metrics import Metrics
 from resserve.preprocess import DecodeOptions
-from resserve.redact import weights_name, without_paths
+from resserve.redact import failure_reason, weights_name, without_paths
 from resserve.repository import ModelRepository, ModelVersion
 from resserve.serving.adaptive import SloBatchPolicy
 from resserve.serving.batching import BatchQueue, Runner
 from resserve.serving.faults import FaultyRunner
 from resserve.serving.load_check import load_check
-from resserve.serving.states import RETRY_AFTER_S, ModelStates
+from resserve.serving.lifecycle import Lifecycle, ModelRecord
 from resserve.serving.statistics import ModelStatistics
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ class ServedModel:
     # gpu_decode: encoded image -> (tensor, decode s, transform s) on the GPU, or None for the CPU path
     gpu_decoder: Callable[[bytes], tuple[np.ndarray, float, float] | None] | None = None
     load_check: LoadCheck | None = None  # the re-check on this CPU, when the report was measured on another
+    record: ModelRecord | None = None  # its lifecycle, owned by the manager's Lifecycle
     loaded_at: float = field(default_factory=time.time)
-    ready: bool = True
     admitted: int = 0  # requests past admission: reading, preprocessing or queued (event-loop only)
 
     @property
@@ -88,7 +88,8 @@ class ServedModel:
 
     @property
     def serving(self) -> bool:
-        return self.ready and self.engine_healthy
+        """Its record is READY with this instance (a reload swaps the instance) and the engine answers."""
+        return self.record is not None and self.record.served is self and self.record.serving
 
     @property
     def random_weights(self) -> bool:
@@ -126,28 +127,16 @@ class ModelManager:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
-        self.states = ModelStates([])  # startup's view, set by the server: building, loading, failed
-        self._models: dict[str, ServedModel] = {}
+        self.lifecycle = Lifecycle(metrics)  # every model's phase: the one owner of lifecycle state
         self._lock = asyncio.Lock()
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """The served model, or ModelNotFoundError / ModelNotReadyError."""
-        served = self._models.get(name)
-        if served is None:
-            starting = self.states.get(name)
-            if starting is not None and starting.phase != "READY":  # still starting, or failed to
-                raise ModelNotReadyError(f"model {name!r} is {starting.describe()}",
-                                         retry_after_s=RETRY_AFTER_S.get(starting.phase, 5.0))
+        if self.lifecycle.current(name) is None:
             if name in self.repository.names():
                 raise ModelNotReadyError(f"model {name!r} is not loaded")
             raise ModelNotFoundError(f"unknown model {name!r}")
-        if version is not None and version != served.version:
-            raise ModelNotFoundError(f"model {name!r} has no loaded version {version!r} (serving {served.version})")
-        if not served.ready:
-            raise ModelNotReadyError(f"model {name!r} is not ready")
-        if not served.engine_healthy:
-            raise served.queue.not_answering()
-        return served
+        return self.lifecycle.served(name, version)
 
     def successor(self, served: ServedModel) -> ServedModel | None:
         """The version now serving in place of a retired ``served``, if it takes the same tensors.
@@ -155,66 +144,84 @@ class ModelManager:
         A request looks its model up before its body has arrived and been preprocessed; one that
         did so just before a reload finds the old queue closed and is answered by the new version.
         """
-        current = self._models.get(served.name)
-        if current is None or current is served or not current.serving or not interchangeable(served, current):
+        current = self.lifecycle.current(served.name)
+        if current is None or current.served is None or current.served is served or not current.serving \
+                or not interchangeable(served, current.served):
             return None
-        return current
+        return current.served
 
     def loaded(self) -> list[ServedModel]:
-        return list(self._models.values())
-
-    def all_ready(self) -> bool:
-        return bool(self._models) and all(m.serving for m in self._models.values())
-
-    def not_serving(self) -> list[str]:
-        """Why loaded models do not serve (for the readiness answer)."""
-        return [f"model {m.name}: the engine is not answering (watchdog)" for m in self._models.values()
-                if m.ready and not m.engine_healthy]
+        return self.lifecycle.serving_models()
 
     async def load(self, name: str, version: str | None = None) -> ServedModel:
-        """Load (or reload) ``name``; the previous version keeps serving until the new one is ready."""
+        """Load (or reload) ``name``; the previous version keeps serving until the new one is ready.
+        A failure is recorded (FAILED, or beside the version still serving) and raised."""
         async with self._lock:
-            # Reading the metadata parses the whole ONNX file: keep it off the event loop.
-            model_version = await asyncio.to_thread(self.repository.version, name, version)
-            served = await asyncio.to_thread(self._open, model_version)
-            await served.queue.start()
-            old = self._models.get(name)
-            self._models[name] = served
-            self.metrics.model_ready.labels(name, served.version).set(1)
+            try:
+                # Reading the metadata parses the whole ONNX file: keep it off the event loop.
+                model_version = await asyncio.to_thread(self.repository.version, name, version)
+            except Exception as exc:
+                self.lifecycle.fail(name, self._failure(name, exc))
+                raise
+            record = self.lifecycle.loading(name, model_version.version)
+            try:
+                served = await asyncio.to_thread(self._open, model_version, record)
+                await served.queue.start()
+            except Exception as exc:
+                self.lifecycle.fail(name, self._failure(name, exc), model_version.version)
+                raise
+            old = [r.served for r in self.lifecycle.records(name) if r.phase == "READY" and r.served is not None]
+            previous = {r.version: r for r in self.lifecycle.records(name) if r.phase == "READY" and r is not record}
+            self.lifecycle.ready(record, served)
             self.metrics.model_runtime.labels(name, served.version, *_runtime_labels(served.runtime)).set(1)
             log.info("model %s version %s ready (%s)", name, served.version,
                      "RANDOM weights" if served.random_weights else served.metadata.weights_source)
-        if old is not None:
-            await self._retire(old)
+        for retired in old:
+            await self._retire(retired, previous.get(retired.version))
         return served
+
+    def _failure(self, name: str, exc: BaseException) -> str:
+        """Log why ``name`` did not load (with the traceback); the short, path-free reason."""
+        reason = failure_reason(exc, self.repository.root)
+        log.error("model %s not loaded: %s", name, reason, exc_info=exc)
+        return reason
 
     async def unload(self, name: str) -> None:
         """Stop routing to ``name``, finish its queued requests, release its engines."""
         async with self._lock:
-            served = self._models.pop(name, None)
-        if served is None:
+            records = [r for r in self.lifecycle.records(name) if r.phase == "READY"]
+            for record in records:
+                self.lifecycle.unloading(record)
+        self.lifecycle.forget_failures(name)
+        if not records:
             raise ModelNotFoundError(f"model {name!r} is not loaded")
-        await self._retire(served)
+        for record in records:
+            assert record.served is not None
+            await self._retire(record.served, record)
 
     async def close(self) -> None:
         """Drain and release every model (shutdown)."""
         async with self._lock:
-            models, self._models = list(self._models.values()), {}
-        await asyncio.gather(*(self._retire(m) for m in models))
+            records = [r for r in self.lifecycle if r.phase == "READY" and r.served is not None]
+            for record in records:
+                self.lifecycle.unloading(record)
+        await asyncio.gather(*(self._retire(r.served, r) for r in records))  # type: ignore[arg-type]
 
-    async def _retire(self, served: ServedModel) -> None:
+    async def _retire(self, served: ServedModel, record: ModelRecord | None) -> None:
         """Drain the model's queue (at most ``graceful_shutdown_s``), then release its engines.
 
-        Each engine closes on its own engine thread once the batch it may still be running has
-        returned: never under a running batch, never on the event loop (TensorRT's close waits for
-        its CUDA stream).
+        ``record``: the record it served under, forgotten once released, unless a reload of the
+        same version now serves under it. Each engine closes on its own engine thread once the
+        batch it may still be running has returned: never under a running batch, never on the
+        event loop (TensorRT's close waits for its CUDA stream).
         """
-        served.ready = False
-        current = self._models.get(served.name)
-        if current is None or current.version != served.version:  # a same-version reload stays 1
-            self.metrics.model_ready.labels(served.name, served.version).set(0)
-        if current is None or _runtime_labels(current.runtime) != _runtime_labels(served.runtime) \
-                or current.version != served.version:
+        if record is not None and record.served is served:
+            if record.phase == "READY":
+                self.lifecycle.unloading(record)
+        current = self.lifecycle.current(served.name)
+        still = current.served if current is not None and current.phase == "READY" else None
+        if still is None or _runtime_labels(still.runtime) != _runtime_labels(served.runtime) \
+                or still.version != served.version:
             try:
                 self.metrics.model_runtime.remove(served.name, served.version, *_runtime_labels(served.runtime))
             except KeyError:
@@ -222,13 +229,15 @@ class ModelManager:
         budget_s = self.settings.graceful_shutdown_s
         started = time.monotonic()
         await served.queue.close(timeout_s=budget_s, finalizers=[engine.close for engine in served.engines])
+        if record is not None and record.served is served:
+            self.lifecycle.forget(record)
         if await served.queue.released(max(0.0, budget_s - (time.monotonic() - started))):
             log.info("model %s version %s released", served.name, served.version)
         else:
             log.info("model %s version %s retired; its engines close on their own threads once their running "
                      "batches return", served.name, served.version)
 
-    def _open(self, model_version: ModelVersion) -> ServedModel:
+    def _open(self, model_version: ModelVersion, record: ModelRecord | None = None) -> ServedModel:
         """Create, load and warm every instance (runs in a worker thread)."""
         config = model_version.config
         # Before any engine is opened: a machine without a GPU fails this model at once, nothing to release.
@@ -275,6 +284,8 @@ class ModelManager:
             engine_timeout_s=config.engine_timeout_s,
             policy=policy,
             statistics=(statistics := ModelStatistics(config.name, model_version.version)),
+            # The watchdog's verdict: a stuck engine takes the model (and the pod) out of readiness.
+            on_health=(lambda healthy: self.lifecycle.health_changed(record)) if record is not None else None,
         )
         served = ServedModel(
             name=config.name,
@@ -294,15 +305,9 @@ class ModelManager:
                                          uint8_pixels=engines[0].input_spec.dtype == np.uint8),
             gpu_decoder=gpu,
             load_check=checked,
+            record=record,
         )
-        queue.on_health = lambda healthy: self._engine_health(served, healthy)
         return served
-
-    def _engine_health(self, served: ServedModel, healthy: bool) -> None:
-        """The watchdog's verdict, kept in the metrics: a stuck engine takes the model (and the
-        pod) out of readiness (``engine_healthy`` reads the queue itself)."""
-        if self._models.get(served.name) is served:
-            self.metrics.model_ready.labels(served.name, served.version).set(1 if healthy else 0)
 
 
 def _runtime_labels(runtime: RuntimeRecord) -> tuple[str, ...]:

@@ -90,7 +90,7 @@ def test_corrupt_artifacts_fail_only_their_models(model_onnx: Path, tmp_path: Pa
         assert entries["good"]["state"] == "READY" and "reason" not in entries["good"]
         for broken in ("truncated", "badmeta", "badweights"):
             assert entries[broken]["state"] == "FAILED"
-            assert entries[broken]["reason"] == server.app.state.resserve.failed[broken]
+            assert entries[broken]["reason"] == server.app.state.resserve.manager.lifecycle.current(broken).reason
         answers = ready.text + str(entries)
         assert str(tmp_path) not in answers and "/tmp" not in answers  # where the repository lives stays private
 
