@@ -16,6 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from resserve.build_events import BuildEvent
+from resserve.build_events import failed as build_failed
 from resserve.console import configure_logging, make_console
 from resserve.errors import ResserveError
 from resserve.loadtest.cli import loadtest_app
@@ -213,24 +215,24 @@ def _build_with_events(builder: Any, names: list[str], force: bool) -> int:
     events_out = sys.__stdout__
     assert events_out is not None
 
-    def emit(name: str, event: str, **fields: str) -> None:
-        events_out.write(json.dumps({"model": name, "event": event, **fields}) + "\n")
+    def emit(event: BuildEvent) -> None:
+        events_out.write(event.line())
         events_out.flush()
 
-    failed = 0
+    failures = 0
     for name in names:
         def step(message: str, name: str = name) -> None:
-            emit(name, "step", message=message)  # the server logs it, one line per step
+            emit(BuildEvent(model=name, event="step", message=message))  # the server logs one line per step
 
         try:
             builder.build(name, force=force, progress=step)
         except Exception as exc:  # one model's failure is its own; the server says why
             log.error("model %s: build failed: %s", name, exc, exc_info=exc)
-            emit(name, "failed", reason=f"{type(exc).__name__}: {exc}")
-            failed += 1
+            emit(build_failed(name, exc))
+            failures += 1
             continue
-        emit(name, "done")
-    return 1 if failed else 0
+        emit(BuildEvent(model=name, event="done"))
+    return 1 if failures else 0
 
 
 @app.command("wait-models")
@@ -327,8 +329,8 @@ def serve(
             if (code := run_workers(settings, count, log_level=level, shutdown_delay_s=shutdown_delay_s)) != 0:
                 raise typer.Exit(code)
             return
-        builder = BuildProcess(settings.model_repo) if settings.build_missing else None
-        run_server(settings, log_level=level, shutdown_delay_s=shutdown_delay_s, builder=builder)
+        builds = BuildProcess(settings.model_repo) if settings.build_missing else None
+        run_server(settings, log_level=level, shutdown_delay_s=shutdown_delay_s, builds=builds)
     except ResserveError as exc:
         raise _fail(exc) from exc
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from resserve.config import ModelConfig, load_model_config
 from resserve.contract import PreprocessContract, imagenet_contract
-from resserve.engines.factory import REFERENCE, Variant, resolve_variant
+from resserve.engines.factory import REFERENCE, Variant
 from resserve.errors import ConfigError, ModelNotFoundError
 from resserve.labels import default_labels, load_labels
 from resserve.metadata import AccuracyReport, ModelMetadata, read_metadata
@@ -112,8 +112,13 @@ class ModelRepository:
         try:
             record = json.loads((folder / BUILD_RECORD).read_text())
             variant = Variant(record["engine"], record["precision"])
-        except (OSError, ValueError, KeyError, TypeError):
-            variant = resolve_variant(config)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # What was built is what build.json says; without it, only an explicit engine is known
+            # (engine auto would resolve for this machine, not for the one that built the version).
+            if config.engine == "auto":
+                raise ConfigError(f"model {name!r} version {chosen}: no readable {BUILD_RECORD} says which engine "
+                                  "built it (engine: auto); rebuild it: resserve build --force") from exc
+            variant = Variant(config.engine, config.precision)
         return ModelVersion(config, folder, chosen, read_metadata(folder / ARTIFACT), variant)
 
 

@@ -23,6 +23,7 @@ from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
 from resserve.server.app import create_app
+from resserve.server.startup import InProcessBuilds
 from resserve.synthetic import synthetic_jpegs
 
 
@@ -45,9 +46,9 @@ def write_model(repo: Path, name: str, onnx_source: Path, **overrides: Any) -> P
     return folder
 
 
-def builder_for(settings: ServerSettings) -> BuildPipeline | None:
-    """What ``resserve serve`` passes to create_app: a build pipeline when build_missing is on."""
-    return BuildPipeline(ModelRepository(settings.model_repo)) if settings.build_missing else None
+def builder_for(settings: ServerSettings) -> InProcessBuilds | None:
+    """What ``resserve serve`` passes to create_app (there a build child): builds when build_missing is on."""
+    return InProcessBuilds(BuildPipeline(ModelRepository(settings.model_repo))) if settings.build_missing else None
 
 
 class RunningServer:

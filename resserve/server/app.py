@@ -1,7 +1,7 @@
 """``create_app()``: the FastAPI application with its lifespan (start models behind the open
 port, drain).
 
-Building is passed in (``builder``), never imported: the server package imports no build code
+Building is passed in (``builds``), never imported: the server package imports no build code
 and no torch, so the runtime image needs neither.
 
 Example::
@@ -32,11 +32,11 @@ from resserve.server.errors import install_error_handlers
 from resserve.server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from resserve.server.pipeline import RequestPipeline
 from resserve.server.request_id import RequestIdMiddleware
-from resserve.server.startup import BuildSource, InProcessBuilds, start_models, startup_order
+from resserve.server.startup import BuildSource, start_models, startup_order
 from resserve.server.state import AppState
 from resserve.server.tracing_middleware import TracingMiddleware
 from resserve.server.workers import HEARTBEAT_S, WorkerIdentity, publish_ready
-from resserve.serving.manager import ModelBuilder, ModelManager
+from resserve.serving.manager import ModelManager
 from resserve.tracing import Tracing, tracer_provider_from_env
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,13 @@ async def _heartbeat(state: AppState) -> None:
 
 
 def create_app(settings: ServerSettings | None = None, metrics: Metrics | None = None,
-               builder: ModelBuilder | BuildSource | None = None,
+               builds: BuildSource | None = None,
                tracer_provider: TracerProvider | None = None, worker: WorkerIdentity | None = None) -> FastAPI:
     """The resserve application; tests pass their own settings and a fresh metrics registry.
 
-    ``builder`` builds missing or stale models behind the open port when ``settings.build_missing``
-    is on: a :class:`~resserve.server.startup.BuildProcess` (what ``resserve serve`` passes), or an
-    in-process :class:`~resserve.serving.manager.ModelBuilder` such as
+    ``builds`` builds missing or stale models behind the open port when ``settings.build_missing``
+    is on: a :class:`~resserve.server.startup.BuildProcess` (what ``resserve serve`` passes), or
+    :class:`~resserve.server.startup.InProcessBuilds` around a builder such as
     :class:`resserve.build.pipeline.BuildPipeline`; without one, only built versions load.
 
     ``tracer_provider``: traces go there (tests pass one with an in-memory exporter); without one,
@@ -79,9 +79,8 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         pipeline=RequestPipeline(settings, metrics, manager, tracing),
         worker=worker,
     )
-    builds: BuildSource | None = None
-    if settings.build_missing and builder is not None:
-        builds = builder if hasattr(builder, "events") else InProcessBuilds(builder)  # type: ignore[arg-type]
+    if not settings.build_missing:
+        builds = None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -18,7 +18,6 @@ from resserve.config import ServerSettings
 from resserve.server.app import create_app
 from resserve.server.startup import BuildSource
 from resserve.server.state import AppState
-from resserve.serving.manager import ModelBuilder
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def uvicorn_config(app: Any, settings: ServerSettings, log_level: str = "info") 
 
 
 def run_server(settings: ServerSettings, log_level: str = "info", shutdown_delay_s: float = 0.0,
-               builder: ModelBuilder | BuildSource | None = None) -> None:
-    """Serve until a signal; returns after a clean drain. ``builder``: see :func:`create_app`."""
-    app = create_app(settings, builder=builder)
+               builds: BuildSource | None = None) -> None:
+    """Serve until a signal; returns after a clean drain. ``builds``: see :func:`create_app`."""
+    app = create_app(settings, builds=builds)
     DrainingServer(uvicorn_config(app, settings, log_level), app.state.resserve, shutdown_delay_s).run()

@@ -6,32 +6,43 @@ index and a request's 503 say what each model is doing (:mod:`resserve.serving.l
 ``first_models`` (the default model), then fp32 models, then the reduced-precision variants built
 from them (calibration and accuracy reports take longest), each in repository order.
 
-Builds come from a :class:`BuildSource`: ``resserve serve`` runs ``resserve build --events`` in a
-child process (:class:`BuildProcess`), so the server imports no build code or torch, shares no
-GIL with an export, and stops at once on SIGTERM; tests and embedders may pass an in-process
-:class:`~resserve.serving.manager.ModelBuilder` instead (:class:`InProcessBuilds`).
+Builds come from a :class:`BuildSource`, the one protocol, reporting typed
+:class:`~resserve.build_events.BuildEvent` objects: ``resserve serve`` runs ``resserve build
+--events`` in a child process (:class:`BuildProcess`), so the server imports no build code or
+torch, shares no GIL with an export, and stops at once on SIGTERM; tests and embedders wrap an
+in-process :class:`ModelBuilder` in :class:`InProcessBuilds`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from resserve.repository import ModelRepository
-from resserve.redact import failure_reason, without_paths_under
+from resserve.build_events import BuildEvent
+from resserve.build_events import failed as build_failed
+from resserve.redact import without_paths_under
 from resserve.server.state import AppState
 from resserve.server.workers import WorkerIdentity
-from resserve.serving.manager import ModelBuilder
 
 log = logging.getLogger(__name__)
 
-BuildEvent = dict[str, Any]  # {"model": name, "event": "step" | "done" | "failed", "message"/"reason": ...}
+class ModelBuilder(Protocol):
+    """Builds a model's missing or stale version in this process
+    (:class:`resserve.build.pipeline.BuildPipeline` is one; serving never imports it)."""
+
+    def is_stale(self, name: str) -> bool:
+        """Whether ``name`` has no built version or one built from other inputs."""
+        ...
+
+    def build(self, name: str) -> Path:
+        """Build ``name``'s newest version; returns its folder."""
+        ...
 
 
 class BuildSource(Protocol):
@@ -52,12 +63,13 @@ class InProcessBuilds:
         for name in names:
             try:
                 if await asyncio.to_thread(self.builder.is_stale, name):
-                    yield {"model": name, "event": "step", "message": "building"}
+                    yield BuildEvent(model=name, event="step", message="building")
                     await asyncio.to_thread(self.builder.build, name)
             except Exception as exc:  # one model's failure is its own
-                yield {"model": name, "event": "failed", "error": exc}
+                log.error("model %s: build failed: %s", name, exc, exc_info=exc)
+                yield build_failed(name, exc)
                 continue
-            yield {"model": name, "event": "done"}
+            yield BuildEvent(model=name, event="done")
 
     def stop(self) -> None:
         """A build in a thread cannot be interrupted; it ends on its own (staged, never half-written)."""
@@ -78,11 +90,8 @@ class BuildProcess:
                                                             stdin=asyncio.subprocess.DEVNULL)
         assert self.process.stdout is not None
         async for line in self.process.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # not an event (a library printing to stdout)
-            if isinstance(event, dict) and isinstance(event.get("model"), str):
+            event = BuildEvent.parse(line)
+            if event is not None:  # else not an event (a library printing to stdout)
                 yield event
         code = await self.process.wait()
         if code != 0:
@@ -102,11 +111,8 @@ class SharedBuilds:
 
     async def events(self, names: list[str]) -> AsyncIterator[BuildEvent]:
         async for event in self.inner.events(names):
-            shared = {"model": event["model"], "event": event.get("event"),
-                      "message": str(event.get("message", "")),
-                      "reason": str(event.get("error") or event.get("reason") or "")}
             with self.identity.build_log.open("a") as log:
-                log.write(json.dumps(shared) + "\n")
+                log.write(event.line())
             yield event
 
     def stop(self) -> None:
@@ -131,11 +137,13 @@ class PeerBuilds:
             complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
             offset += len(complete)
             for line in complete.splitlines():
-                event = json.loads(line)
-                if event["model"] in names and event["event"] in ("done", "failed"):
-                    settled.add(event["model"])
-                if event["event"] == "failed":
-                    event["reason"] = f"worker 0's build failed: {event['reason']}"
+                event = BuildEvent.parse(line)
+                if event is None:
+                    continue
+                if event.model in names and event.event in ("done", "failed"):
+                    settled.add(event.model)
+                if event.event == "failed":
+                    event = event.model_copy(update={"reason": f"worker 0's build failed: {event.reason}"})
                 yield event
             if not settled.issuperset(names):
                 await asyncio.sleep(self.poll_s)
@@ -167,9 +175,9 @@ async def _load(state: AppState, name: str) -> None:
         return
 
 
-def _build_failed(state: AppState, name: str, error: BaseException) -> None:
-    reason = failure_reason(error, state.repository.root)
-    log.error("model %s not built: %s", name, reason, exc_info=error)
+def _build_failed(state: AppState, name: str, why: str) -> None:
+    reason = without_paths_under(why, state.repository.root)
+    log.error("model %s not built: %s", name, reason)
     state.manager.lifecycle.fail(name, reason)
 
 
@@ -182,22 +190,20 @@ async def start_models(state: AppState, names: list[str], builds: BuildSource | 
                 await _load(state, name)
             return
         async for event in builds.events(names):
-            name, kind = event["model"], event.get("event")
+            name = event.model
             if name not in names:
                 continue
-            if kind == "step":
-                record = lifecycle.building(name, without_paths_under(str(event.get("message", "")),
-                                                                      state.repository.root))
+            if event.event == "step":
+                record = lifecycle.building(name, without_paths_under(event.message, state.repository.root))
                 log.info("build: %s", record.step)
-            elif kind == "done":
+            elif event.event == "done":
                 await _load(state, name)
-            elif kind == "failed":
-                _build_failed(state, name, event.get("error") or RuntimeError(str(event.get("reason",
-                                                                                             "the build failed"))))
+            else:
+                _build_failed(state, name, event.reason or "the build failed")
             if not [r for r in lifecycle.pending() if r.name in names]:
                 state.started = True  # all settled: ready now, not once the build process has exited
         for record in [r for r in lifecycle.pending() if r.name in names]:
-            _build_failed(state, record.name, RuntimeError("the build process ended before building this model"))
+            _build_failed(state, record.name, "RuntimeError: the build process ended before building this model")
     finally:
         state.started = True
         # What exists now (modules, engines, labels) lives as long as the process: frozen, the

@@ -96,15 +96,15 @@ def worker_main(settings: ServerSettings, identity: WorkerIdentity, port: int, l
     if cores:
         os.sched_setaffinity(0, cores)
     from resserve.server.serve import DrainingServer, uvicorn_config
-    from resserve.server.startup import BuildProcess, PeerBuilds, SharedBuilds
+    from resserve.server.startup import BuildProcess, BuildSource, PeerBuilds, SharedBuilds
 
-    builder = None
+    builds: BuildSource | None = None
     if settings.build_missing:
-        builder = (SharedBuilds(BuildProcess(settings.model_repo), identity) if identity.builds_models
-                   else PeerBuilds(identity))
+        builds = (SharedBuilds(BuildProcess(settings.model_repo), identity) if identity.builds_models
+                  else PeerBuilds(identity))
     from resserve.server.app import create_app
 
-    app = create_app(settings, builder=builder, worker=identity)
+    app = create_app(settings, builds=builds, worker=identity)
     server = DrainingServer(uvicorn_config(app, settings, log_level), app.state.resserve, shutdown_delay_s)
     server.run(sockets=[listening_socket(settings.host, port)])
 

@@ -11,9 +11,8 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -36,23 +35,6 @@ from resserve.serving.lifecycle import Lifecycle, ModelRecord
 from resserve.serving.statistics import ModelStatistics
 
 log = logging.getLogger(__name__)
-
-
-class ModelBuilder(Protocol):
-    """Builds a model's missing or stale version before it is loaded.
-
-    :class:`resserve.build.pipeline.BuildPipeline` is one. Serving never imports the build code:
-    whoever starts the server (``resserve serve``) passes a builder in, or none, and then only
-    built versions are served.
-    """
-
-    def is_stale(self, name: str) -> bool:
-        """Whether ``name`` has no built version or one built from other inputs."""
-        ...
-
-    def build(self, name: str) -> Path:
-        """Build ``name``'s newest version; returns its folder."""
-        ...
 
 
 @dataclass

@@ -184,3 +184,17 @@ def test_contract_precedence_config_then_metadata_then_default(repo_root: Path, 
     assert repo.version("metadata").contract == recorded
     assert repo.version("default").metadata.preprocess is None
     assert repo.version("default").contract == imagenet_contract()
+
+
+def test_without_build_json_an_auto_engine_version_is_refused_not_guessed(tmp_path: Path) -> None:
+    """engine auto resolves per machine: without build.json the catalog cannot know what was built."""
+    from model_repo_fixtures import tiny_classifier
+
+    write_config(tmp_path / "auto", {"source": {"onnx": "x.onnx"}, "engine": "auto", "precision": "int8"})
+    tiny_classifier(tmp_path / "auto" / "1" / "model.onnx")
+    write_config(tmp_path / "plain", {"source": {"onnx": "x.onnx"}, "engine": "onnxruntime"})
+    tiny_classifier(tmp_path / "plain" / "1" / "model.onnx")
+    repository = ModelRepository(tmp_path)
+    with pytest.raises(ConfigError, match="no readable build.json says which engine built it"):
+        repository.version("auto")
+    assert repository.version("plain").variant.name == "onnxruntime-fp32"

@@ -52,6 +52,7 @@ def _emulated(repo: Path, exact_kernels: str, floor: float) -> dict:
                            str(floor)], capture_output=True, text=True, timeout=600, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
+    print(lines[-1])  # what ran and the verdict, in the test log (-s / -rA)
     return json.loads(lines[-1][len("RESULT "):])
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from resserve.server.startup import BuildEvent, PeerBuilds, SharedBuilds
+from resserve.build_events import BuildEvent
+from resserve.build_events import failed as build_failed
+from resserve.server.startup import PeerBuilds, SharedBuilds
 from resserve.server.supervisor import core_shares, worker_count
 from resserve.server.workers import (
     STALE_AFTER_S,
@@ -72,16 +74,16 @@ class ListedBuilds:
 
 
 async def test_peers_load_what_worker_zero_built_and_fail_what_it_could_not(identity: WorkerIdentity) -> None:
-    built = [{"model": "a", "event": "step", "message": "building"}, {"model": "a", "event": "done"},
-             {"model": "b", "event": "failed", "error": RuntimeError("bad weights")}]
+    built = [BuildEvent(model="a", event="step", message="building"), BuildEvent(model="a", event="done"),
+             build_failed("b", RuntimeError("bad weights"))]
     shared = SharedBuilds(ListedBuilds(built), identity)
     assert [e async for e in shared.events(["a", "b"])] == built  # worker 0 sees its own events unchanged
     lines = [json.loads(line) for line in identity.build_log.read_text().splitlines()]
     assert [(e["model"], e["event"]) for e in lines] == [("a", "step"), ("a", "done"), ("b", "failed")]
     peer = PeerBuilds(identity.model_copy(update={"index": 1}), poll_s=0.01)
     seen = [e async for e in peer.events(["a", "b"])]
-    assert [(e["model"], e["event"]) for e in seen] == [("a", "step"), ("a", "done"), ("b", "failed")]
-    assert seen[2]["reason"] == "worker 0's build failed: bad weights"
+    assert [(e.model, e.event) for e in seen] == [("a", "step"), ("a", "done"), ("b", "failed")]
+    assert seen[2].reason == "worker 0's build failed: RuntimeError: bad weights"
     shared.stop()
     assert shared.inner.stopped  # type: ignore[attr-defined]
 
@@ -96,6 +98,6 @@ async def test_a_peer_waits_for_lines_still_being_written(identity: WorkerIdenti
     assert not first.done()
     with identity.build_log.open("a") as log:
         log.write('ne", "message": "", "reason": ""}\n')
-    assert (await asyncio.wait_for(first, 5))["event"] == "done"
+    assert (await asyncio.wait_for(first, 5)).event == "done"
     with pytest.raises(StopAsyncIteration):
         await anext(events)  # every model settled: the peer stops following
