@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from resserve.engine_registry import ENGINE_NAMES, ENGINES, PRECISION_NAMES
 from resserve.contract import PreprocessContract
 from resserve.errors import ConfigError
 
@@ -139,24 +140,13 @@ class OpenVinoConfig(_Strict):
     inference_threads: int | None = Field(None, ge=1)
 
 
-# The engines and the precisions each builds: written once here, checked at config load so a typo
-# fails early, and used by engine auto, the engines and their builders.
-OnnxRuntimePrecision = Literal["fp32", "fp16", "int8"]
-OpenVinoPrecision = Literal["fp32", "bf16", "int8"]
-TensorRTPrecision = Literal["fp32", "fp16", "int8"]
-TorchPrecision = Literal["fp32", "bf16", "fp16"]
-ENGINE_PRECISIONS: dict[str, tuple[str, ...]] = {
-    "onnxruntime": get_args(OnnxRuntimePrecision),
-    "openvino": get_args(OpenVinoPrecision),
-    "tensorrt": get_args(TensorRTPrecision),
-    "torch": get_args(TorchPrecision),
-}
-# The same names as Literal types, for pydantic's validation and messages; tests/unit/test_config.py
-# checks that they list exactly the engines and precisions above.
-EngineName = Literal["onnxruntime", "openvino", "tensorrt", "torch"]
-PrecisionName = Literal["fp32", "fp16", "bf16", "int8"]
+# The engines and what each builds come from the one registry (resserve/engine_registry.py); the
+# Literal types give pydantic its validation and messages.
+ENGINE_PRECISIONS: dict[str, tuple[str, ...]] = {spec.name: spec.precisions for spec in ENGINES}
+EngineName = Literal[ENGINE_NAMES]  # type: ignore[valid-type]
+PrecisionName = Literal[PRECISION_NAMES]  # type: ignore[valid-type]
 # The engines that can normalize inside the model, fed uint8 pixels (uint8_input).
-PIXEL_INPUT_ENGINES: tuple[str, ...] = ("onnxruntime", "openvino")
+PIXEL_INPUT_ENGINES: tuple[str, ...] = tuple(spec.name for spec in ENGINES if spec.pixel_input)
 
 
 class ModelConfig(_Strict):

@@ -19,6 +19,7 @@ from resserve.build.calibration import held_out_pixels, load_batch
 from resserve.config import ModelConfig
 from resserve.contract import PreprocessContract
 from resserve.engines.base import Engine
+from resserve.engine_registry import engine_spec, resolve
 from resserve.engines.factory import REFERENCE, Variant, open_engine
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
 from resserve.metadata import AccuracyReport
@@ -33,40 +34,56 @@ def compile_variant(variant: Variant, config: ModelConfig, folder: Path, contrac
     ``cache_dir``: the model's engine caches that outlive the staging folder (TensorRT)."""
     if variant.is_reference:
         return None
-    reference = folder / REFERENCE
     cal = config.calibration
     calibration_count = cal.count if variant.needs_calibration else 1
     calibration = load_batch(contract, calibration_count, folder=calibration_dir)
     held_out = held_out_pixels(contract, cal.held_out, calibration_dir, calibration_count)
     target = variant.artifact(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if variant.engine == "onnxruntime":
-        if variant.precision == "int8":
-            from resserve.build.ort_quant import quantize_int8
-
-            quantize_int8(reference, target, calibration)
-        else:
-            from resserve.build.ort_quant import convert_fp16
-
-            convert_fp16(reference, target)
-            log.info("%s: fp16 runs on the CUDA provider; no CPU accuracy report", config.name)
+    spec = engine_spec(variant.engine)
+    if spec.compiler is not None:  # the torch engine's artifact (its weights) is written by the exporter
+        measured = resolve(spec.compiler)(variant, config, folder, calibration if variant.needs_calibration else None,
+                                          cache_dir)
+        if measured is False:
             return None
-    elif variant.engine == "openvino":
-        from resserve.build.openvino import compile_openvino
-
-        compile_openvino(reference, target.parent, variant.precision,  # type: ignore[arg-type]
-                         calibration if variant.needs_calibration else None)
-    elif variant.engine == "tensorrt":
-        from resserve.build.tensorrt import build_plan
-
-        build_plan(reference, target.parent, precision=variant.precision,  # type: ignore[arg-type]
-                   max_batch_size=config.max_batch_size,
-                   preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
-                   calibration=calibration if variant.needs_calibration else None, cache_dir=cache_dir)
-    elif variant.engine == "torch":
-        # The torch engine runs the source model itself; its artifact is written by the exporter.
-        pass
     return measure_accuracy(variant, config, folder, held_out, contract)
+
+
+def compile_onnxruntime(variant: Variant, config: ModelConfig, folder: Path, calibration: np.ndarray | None,
+                        cache_dir: Path | None) -> bool:
+    """int8 by static QDQ quantization, fp16 by conversion; False: no CPU accuracy report (fp16)."""
+    target = variant.artifact(folder)
+    if variant.precision == "int8":
+        from resserve.build.ort_quant import quantize_int8
+
+        assert calibration is not None
+        quantize_int8(folder / REFERENCE, target, calibration)
+        return True
+    from resserve.build.ort_quant import convert_fp16
+
+    convert_fp16(folder / REFERENCE, target)
+    log.info("%s: fp16 runs on the CUDA provider; no CPU accuracy report", config.name)
+    return False
+
+
+def compile_openvino(variant: Variant, config: ModelConfig, folder: Path, calibration: np.ndarray | None,
+                     cache_dir: Path | None) -> bool:
+    from resserve.build.openvino import compile_openvino as compile_ir
+
+    compile_ir(folder / REFERENCE, variant.artifact(folder).parent, variant.precision,  # type: ignore[arg-type]
+               calibration)
+    return True
+
+
+def compile_tensorrt(variant: Variant, config: ModelConfig, folder: Path, calibration: np.ndarray | None,
+                     cache_dir: Path | None) -> bool:
+    from resserve.build.tensorrt import build_plan
+
+    build_plan(folder / REFERENCE, variant.artifact(folder).parent, precision=variant.precision,  # type: ignore[arg-type]
+               max_batch_size=config.max_batch_size,
+               preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
+               calibration=calibration, cache_dir=cache_dir)
+    return True
 
 
 def measure_accuracy(variant: Variant, config: ModelConfig, folder: Path, held_out: np.ndarray,

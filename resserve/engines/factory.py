@@ -1,9 +1,9 @@
-"""Open an engine from a built artifact: the one map from (engine, precision) to file and engine.
+"""Open an engine from a built artifact, as the engine registry (:mod:`resserve.engine_registry`) says.
 
 Every version folder holds the folded fp32 ``model.onnx`` (the reference every variant is built
 from and measured against) plus, for other variants, the engine's own artifact. The builder
-(:mod:`resserve.build.variants`) writes to the paths named here and the server opens them here,
-so the two never disagree about where an artifact lives.
+(:mod:`resserve.build.variants`) writes to the paths the registry names and the server opens
+them through it, so the two never disagree about where an artifact lives.
 
 Example::
 
@@ -19,15 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resserve.config import PIXEL_INPUT_ENGINES, ModelConfig
+from resserve.engine_registry import REFERENCE, engine_spec, resolve
 from resserve.engines.base import Engine, PixelInput
-from resserve.engines.onnxruntime import OnnxRuntimeEngine, batch_profile
 from resserve.engines.select import resolve_engine
 from resserve.errors import ConfigError, EngineUnavailableError
-from resserve.metadata import read_metadata
 
 log = logging.getLogger(__name__)
 
-REFERENCE = "model.onnx"
+__all__ = ["REFERENCE", "Variant", "open_engine", "resolve_variant"]
 
 
 @dataclass(frozen=True)
@@ -50,19 +49,12 @@ class Variant:
         return self.engine == "onnxruntime" and self.precision == "fp32"
 
     def artifact(self, folder: Path) -> Path:
-        """Where this variant's artifact lives inside a version folder."""
-        match (self.engine, self.precision):
-            case ("onnxruntime", "fp32"):
-                return folder / REFERENCE
-            case ("onnxruntime", precision):
-                return folder / f"model.{precision}.onnx"
-            case ("openvino", _):
-                return folder / "openvino" / "model.xml"
-            case ("tensorrt", _):
-                return folder / "tensorrt" / "model.plan"
-            case ("torch", _):
-                return folder / "model.safetensors"
-        raise EngineUnavailableError(f"unknown engine {self.engine!r}")
+        """Where this variant's artifact lives inside a version folder (the registry says)."""
+        try:
+            spec = engine_spec(self.engine)
+        except KeyError as exc:
+            raise EngineUnavailableError(str(exc.args[0])) from exc
+        return spec.artifact(folder, self.precision)
 
 
 def resolve_variant(config: ModelConfig) -> Variant:
@@ -78,7 +70,6 @@ def open_engine(variant: Variant, config: ModelConfig, folder: Path, pixels: Pix
 
     ``pixels``: feed the engine uint8 pixels and normalize inside the model (``uint8_input``).
     """
-    artifact = variant.artifact(folder)
     if pixels is not None and variant.engine not in PIXEL_INPUT_ENGINES:
         message = f"model {config.name}: uint8_input needs the {' or '.join(PIXEL_INPUT_ENGINES)} engine, " \
                   f"this variant runs on {variant.engine}"
@@ -87,32 +78,10 @@ def open_engine(variant: Variant, config: ModelConfig, folder: Path, pixels: Pix
         # engine auto picked an engine per machine: the same config still serves, with float32 input.
         log.warning("%s: serving float32 input instead", message)
         pixels = None
-    engine: Engine
-    if variant.engine == "onnxruntime":
-        engine = OnnxRuntimeEngine(artifact, config.device, intra_op_threads=config.intra_op_threads,
-                                   fp16=variant.precision == "fp16", int8=variant.precision == "int8",
-                                   pixels=pixels, batches=batch_profile(
-                                       config.max_batch_size, config.dynamic_batching.preferred_batch_sizes),
-                                   int8_exact_kernels=config.onnxruntime.int8_exact_kernels)
-    elif variant.engine == "openvino":
-        from resserve.engines.openvino import OpenVinoEngine
-
-        ov = config.openvino
-        engine = OpenVinoEngine(artifact, variant.precision, performance_hint=ov.performance_hint,
-                                num_streams=ov.num_streams, inference_threads=ov.inference_threads, pixels=pixels)
-    elif variant.engine == "tensorrt":
-        from resserve.engines.tensorrt import TensorRTEngine
-
-        engine = TensorRTEngine(artifact)
-    elif variant.engine == "torch":
-        from resserve.engines.torch_engine import TorchEngine
-
-        assert config.source.arch is not None
-        width, height = read_metadata(folder / "model.onnx").preprocess.crop_wh
-        engine = TorchEngine(config.source.arch, artifact, num_classes=config.source.num_classes,
-                             device="cuda" if config.device in ("cuda", "tensorrt") else "cpu",
-                             precision=variant.precision, input_size=(height, width))  # type: ignore[arg-type]
-    else:
-        raise EngineUnavailableError(f"unknown engine {variant.engine!r}")
+    try:
+        spec = engine_spec(variant.engine)
+    except KeyError as exc:
+        raise EngineUnavailableError(str(exc.args[0])) from exc
+    engine: Engine = resolve(spec.opener)(variant, config, folder, pixels)
     engine.load()
     return engine

@@ -329,3 +329,12 @@ class OnnxRuntimeEngine(Engine):
     def close(self) -> None:
         self._session = None
         self._specs = None
+
+
+def open_from_config(variant: Any, config: Any, folder: Path, pixels: PixelInput | None) -> OnnxRuntimeEngine:
+    """The engine for a built ``variant`` of ``config`` (the registry's opener; not yet loaded)."""
+    return OnnxRuntimeEngine(variant.artifact(folder), config.device, intra_op_threads=config.intra_op_threads,
+                             fp16=variant.precision == "fp16", int8=variant.precision == "int8", pixels=pixels,
+                             batches=batch_profile(config.max_batch_size,
+                                                   config.dynamic_batching.preferred_batch_sizes),
+                             int8_exact_kernels=config.onnxruntime.int8_exact_kernels)

@@ -20,7 +20,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
-from resserve.config import ENGINE_PRECISIONS, OpenVinoPrecision
+from resserve.engine_registry import engine_spec
 from resserve.engines.base import Engine, PixelInput, TensorSpec, check_batch_rows
 from resserve.engines.hardware import cpu_capabilities, cpu_supports_bf16
 from resserve.errors import ConfigError, EngineError, EngineUnavailableError
@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 PerformanceHint = Literal["THROUGHPUT", "LATENCY"]
 HINTS = ("THROUGHPUT", "LATENCY")
-Precision = OpenVinoPrecision
-PRECISIONS: tuple[str, ...] = ENGINE_PRECISIONS["openvino"]
+Precision = Literal[engine_spec("openvino").precisions]  # type: ignore[valid-type]
+PRECISIONS: tuple[str, ...] = engine_spec("openvino").precisions
 SIDECAR_FILE = "openvino.json"  # beside model.xml: the builder writes it, the engine reads the precision
 NO_BF16_MESSAGE = "this CPU has no AMX/AVX512-BF16; use fp32 or int8"
 
@@ -249,6 +249,13 @@ class OpenVinoEngine(Engine):
     def close(self) -> None:
         self._requests = []
         self._compiled = None
+
+
+def open_from_config(variant: Any, config: Any, folder: Path, pixels: PixelInput | None) -> OpenVinoEngine:
+    """The engine for a built ``variant`` of ``config`` (the registry's opener; not yet loaded)."""
+    ov = config.openvino
+    return OpenVinoEngine(variant.artifact(folder), variant.precision, performance_hint=ov.performance_hint,
+                          num_streams=ov.num_streams, inference_threads=ov.inference_threads, pixels=pixels)
 
 
 def _with_pixel_input(model: Any, pixels: PixelInput) -> Any:

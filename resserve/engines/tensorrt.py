@@ -19,20 +19,20 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from resserve.config import ENGINE_PRECISIONS, TensorRTPrecision
+from resserve.engine_registry import engine_spec
 from resserve.engines.base import Engine, TensorSpec, check_batch_rows
 from resserve.engines.hardware import gpu_identity, require_tensorrt
 from resserve.errors import EngineError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
 
-Precision = TensorRTPrecision
-PRECISIONS: tuple[str, ...] = ENGINE_PRECISIONS["tensorrt"]
+Precision = Literal[engine_spec("tensorrt").precisions]  # type: ignore[valid-type]
+PRECISIONS: tuple[str, ...] = engine_spec("tensorrt").precisions
 PLAN_FILE = "model.plan"
 RECORD_FILE = "plan.json"
 
@@ -299,3 +299,8 @@ class TensorRTEngine(Engine):
             self._stream.close()
         self._context = self._engine = self._stream = None
         self._release_buffers()
+
+
+def open_from_config(variant: Any, config: Any, folder: Path, pixels: Any) -> TensorRTEngine:
+    """The engine for a built ``variant`` of ``config`` (the registry's opener; not yet loaded)."""
+    return TensorRTEngine(variant.artifact(folder))

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from resserve.config import ENGINE_PRECISIONS, TorchPrecision
+from resserve.engine_registry import engine_spec
 from resserve.engines.base import Engine, TensorSpec, check_batch_rows
 from resserve.engines.hardware import torch_cpu_bf16
 from resserve.errors import ConfigError, EngineError, EngineUnavailableError
@@ -54,7 +54,7 @@ class TorchEngine(Engine):
         *,
         num_classes: int | None = None,
         device: Literal["cpu", "cuda"] = "cpu",
-        precision: TorchPrecision = "fp32",
+        precision: str = "fp32",
         compile: bool = False,
         channels_last: bool = True,
         cuda_graphs: bool = False,
@@ -66,7 +66,7 @@ class TorchEngine(Engine):
             raise ConfigError("TorchEngine needs exactly one of weights_path or random_weights_seed")
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"unknown torch device {device!r}; choose cpu or cuda")
-        precisions = ENGINE_PRECISIONS["torch"]
+        precisions = engine_spec("torch").precisions
         if precision not in precisions:
             raise ConfigError(f"unknown torch precision {precision!r}; choose {', '.join(precisions[:-1])} "
                               f"or {precisions[-1]}")
@@ -243,3 +243,15 @@ class TorchEngine(Engine):
     def close(self) -> None:
         self._model = None
         self._graphs, self._pool = {}, None
+
+
+def open_from_config(variant: Any, config: Any, folder: Path, pixels: Any) -> TorchEngine:
+    """The engine for a built ``variant`` of ``config`` (the registry's opener; not yet loaded)."""
+    from resserve.metadata import read_metadata
+
+    if config.source.arch is None:
+        raise EngineError(f"model {config.name}: engine torch needs source.arch")
+    width, height = read_metadata(folder / "model.onnx").preprocess.crop_wh
+    return TorchEngine(config.source.arch, variant.artifact(folder), num_classes=config.source.num_classes,
+                       device="cuda" if config.device in ("cuda", "tensorrt") else "cpu",
+                       precision=variant.precision, input_size=(height, width))
