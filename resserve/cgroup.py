@@ -25,6 +25,14 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _read_int(path: Path) -> int | None:
+    """A whole number from a cgroup file; None where it is missing, "max" or not a number."""
+    try:
+        return int(_read(path) or "")
+    except ValueError:
+        return None
+
+
 def _v2_folders(root: Path, proc_cgroup: Path) -> list[Path]:
     """The process's cgroup v2 folder and its parents up to the root (innermost first)."""
     text = _read(proc_cgroup) or ""
@@ -60,21 +68,12 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGR
     limits: list[float] = []
     for folder in _v2_folders(root, proc_cgroup):
         quota, _, period = (_read(folder / "cpu.max") or "max").partition(" ")
-        if quota != "max" and period:
-            try:
-                limits.append(int(quota) / int(period))
-            except (ValueError, ZeroDivisionError):
-                continue
-    if not limits:
-        folder = _v1_folder(root, proc_cgroup, "cpu")
-        if folder is not None:
-            try:
-                quota_us = int(_read(folder / "cpu.cfs_quota_us") or "-1")
-                period_us = int(_read(folder / "cpu.cfs_period_us") or "0")
-            except ValueError:
-                quota_us, period_us = -1, 0
-            if quota_us > 0 and period_us > 0:
-                limits.append(quota_us / period_us)
+        if quota.isdigit() and period.isdigit() and int(period) > 0:
+            limits.append(int(quota) / int(period))
+    if not limits and (folder := _v1_folder(root, proc_cgroup, "cpu")) is not None:
+        quota_us, period_us = _read_int(folder / "cpu.cfs_quota_us"), _read_int(folder / "cpu.cfs_period_us")
+        if quota_us and period_us and quota_us > 0 and period_us > 0:
+            limits.append(quota_us / period_us)
     return min(limits) if limits else None
 
 
@@ -87,20 +86,9 @@ def cgroup_cpu_cores(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGR
 def cgroup_memory_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP) -> int | None:
     """Bytes of memory the cgroup allows (the smallest limit on the way to the root), or None."""
     limits: list[int] = []
-    for folder in _v2_folders(root, proc_cgroup):
-        value = _read(folder / "memory.max")
-        if value and value != "max":
-            try:
-                limits.append(int(value))
-            except ValueError:
-                continue
-    if not limits:
-        folder = _v1_folder(root, proc_cgroup, "memory")
-        if folder is not None:
-            try:
-                value_v1 = int(_read(folder / "memory.limit_in_bytes") or "0")
-            except ValueError:
-                value_v1 = 0
-            if 0 < value_v1 < _UNLIMITED_V1:
-                limits.append(value_v1)
+    limits += [v for folder in _v2_folders(root, proc_cgroup) if (v := _read_int(folder / "memory.max")) is not None]
+    if not limits and (folder := _v1_folder(root, proc_cgroup, "memory")) is not None:
+        value = _read_int(folder / "memory.limit_in_bytes")
+        if value is not None and 0 < value < _UNLIMITED_V1:
+            limits.append(value)
     return min(limits) if limits else None
