@@ -22,7 +22,7 @@ async def test_latency_target_turns_on_adaptive_batching(model_onnx: Path, tmp_p
                 assert [r.status_code for r in responses] == [200] * 12
         labels = {"model": "slo", "version": "1"}
         cap = server.metric("resserve_batcher_batch_cap", labels)
-        assert 1 <= cap <= 16
+        assert cap == 16  # a 2 s target on a model that runs 16 rows in well under it affords the largest batch
         assert server.metric("resserve_batcher_planned_wait_seconds_count", labels) >= 1
         batches = server.metric("resserve_batcher_batch_size_count", labels)
         assert 1 <= batches < 36  # requests were batched together
