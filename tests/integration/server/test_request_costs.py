@@ -181,14 +181,14 @@ def test_a_disconnected_client_is_cancelled_and_its_entry_skipped(server: Runnin
     before_batches = server.metric("resserve_batcher_batch_size_count", batches)
     before_499 = server.metric("resserve_http_requests_total", {"model": "slow", "endpoint": "classify",
                                                                  "status": "499"})
+    dequeued = server.metric("resserve_batcher_queue_wait_seconds_count", batches)
     first: list[int] = []
     worker = threading.Thread(target=lambda: first.append(httpx.post(
         f"{server.url}/v2/models/slow/classify", content=jpeg(), headers={"content-type": "image/jpeg"},
         timeout=30).status_code))
     worker.start()
-    assert _wait(lambda: server.metric("resserve_batcher_queue_wait_seconds_count", batches) > 0
-                 or server.metric("resserve_preprocess_decode_seconds_count", {"model": "slow"}) > 0)
-    time.sleep(0.2)  # the first request is in the engine now, sleeping
+    # Taken off the queue into a batch: the first request is in the engine now, sleeping.
+    assert _wait(lambda: server.metric("resserve_batcher_queue_wait_seconds_count", batches) > dequeued)
     body = jpeg(seed=5)
     host, port = server.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=5)
@@ -201,17 +201,21 @@ def test_a_disconnected_client_is_cancelled_and_its_entry_skipped(server: Runnin
         "model": "slow", "endpoint": "classify", "status": "499"}) == before_499 + 1)
     worker.join(30)
     assert first == [200]
-    time.sleep(1.0)
+    # Nothing in flight and nothing queued: no batch can still be on its way.
+    assert _wait(lambda: server.metric("resserve_http_in_flight_requests") == 0 and _queue_depth(server) == 0)
     # Only the first request's batch ran: the engine never saw the abandoned one.
     assert server.metric("resserve_batcher_batch_size_count", batches) == before_batches + 1
 
 
 def test_deadline_counts_from_arrival(server: RunningServer) -> None:
     """A request whose deadline passes while an engine batch runs is a 504, and leaves the queue."""
+    dequeued = server.metric("resserve_batcher_queue_wait_seconds_count", {"model": "slow", "version": "1"})
     worker = threading.Thread(target=lambda: httpx.post(
         f"{server.url}/v2/models/slow/classify", content=jpeg(), headers={"content-type": "image/jpeg"}, timeout=30))
     worker.start()
-    time.sleep(0.3)
+    # The first request's batch is running (1.5 s) before the second arrives.
+    assert _wait(lambda: server.metric("resserve_batcher_queue_wait_seconds_count",
+                                       {"model": "slow", "version": "1"}) > dequeued)
     r = httpx.post(f"{server.url}/v2/models/slow/classify?timeout_ms=300", content=jpeg(seed=2),
                    headers={"content-type": "image/jpeg"}, timeout=30)
     assert r.status_code == 504
@@ -251,8 +255,10 @@ def test_slow_uploads_hold_no_places_and_end_in_408(strict_server: RunningServer
     """Uploads that trickle in do not fill a model's admission (capacity 2 here): a normal request
     still gets in, and the slow ones are answered 408 after body_timeout_s."""
     url = strict_server.url
+    before = strict_server.metric("resserve_http_in_flight_requests")
     slow = [_slow_upload(url, "/v2/models/tiny/classify", 100_000) for _ in range(4)]
-    time.sleep(0.2)
+    # All four are being read (headers parsed, bodies trickling) before the normal request comes.
+    assert _wait(lambda: strict_server.metric("resserve_http_in_flight_requests") >= before + 4)
     r = httpx.post(f"{url}/v2/models/tiny/classify", content=jpeg(), headers={"content-type": "image/jpeg"},
                    timeout=30)
     assert r.status_code == 200, r.text
@@ -266,8 +272,9 @@ def test_slow_uploads_hold_no_places_and_end_in_408(strict_server: RunningServer
 def test_a_client_gone_mid_upload_is_499_not_500(strict_server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
     labels = {"model": "tiny", "endpoint": "infer", "status": "499"}
     before = strict_server.metric("resserve_http_requests_total", labels)
+    in_flight = strict_server.metric("resserve_http_in_flight_requests")
     sock = _slow_upload(strict_server.url, "/v2/models/tiny/infer", 50_000)
-    time.sleep(0.2)
+    assert _wait(lambda: strict_server.metric("resserve_http_in_flight_requests") > in_flight)  # being read
     sock.close()
     assert _wait(lambda: strict_server.metric("resserve_http_requests_total", labels) == before + 1)
     assert strict_server.metric("resserve_http_requests_total",
