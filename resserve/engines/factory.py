@@ -83,5 +83,9 @@ def open_engine(variant: Variant, config: ModelConfig, folder: Path, pixels: Pix
     except KeyError as exc:
         raise EngineUnavailableError(str(exc.args[0])) from exc
     engine: Engine = resolve(spec.opener)(variant, config, folder, pixels)
-    engine.load()
+    try:
+        engine.load()
+    except BaseException:
+        engine.close()  # what a failed load allocated (TensorRT's pinned and device buffers)
+        raise
     return engine

@@ -198,12 +198,11 @@ class TensorRTEngine(Engine):
             raise EngineError(f"TensorRT rejected the profile's own max shape {max_shape}")
         out_shape = tuple(context.get_tensor_shape(out_name))
         self._release_buffers()
-        self._buffers = {
-            "host_in": cuda.PinnedArray(max_shape),
-            "host_out": cuda.PinnedArray(out_shape),
-            "dev_in": cuda.DeviceBuffer(int(np.prod(max_shape)) * 4),
-            "dev_out": cuda.DeviceBuffer(int(np.prod(out_shape)) * 4),
-        }
+        # One at a time into self._buffers: if an allocation fails, close() frees the ones made.
+        self._buffers["host_in"] = cuda.PinnedArray(max_shape)
+        self._buffers["host_out"] = cuda.PinnedArray(out_shape)
+        self._buffers["dev_in"] = cuda.DeviceBuffer(int(np.prod(max_shape)) * 4)
+        self._buffers["dev_out"] = cuda.DeviceBuffer(int(np.prod(out_shape)) * 4)
         self._stream = cuda.Stream()
         self._engine, self._context, self.record = engine, context, record
         self._names = (in_name, out_name)
@@ -294,11 +293,15 @@ class TensorRTEngine(Engine):
         self._buffers = {}
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.synchronize()
-            self._stream.close()
-        self._context = self._engine = self._stream = None
-        self._release_buffers()
+        try:
+            if self._stream is not None:
+                try:
+                    self._stream.synchronize()  # a sticky CUDA error raises here: still release below
+                finally:
+                    self._stream.close()
+        finally:
+            self._context = self._engine = self._stream = None
+            self._release_buffers()
 
 
 def open_from_config(variant: Any, config: Any, folder: Path, pixels: Any) -> TensorRTEngine:

@@ -113,7 +113,9 @@ class Lifecycle:
         current = self.current(name)
         if current is None:
             raise ModelNotFoundError(f"unknown model {name!r}")
-        if version is not None and version != current.version:
+        # Pending, building, or failed before a version was known: whichever version is asked
+        # for, the model is not ready yet (503 with Retry-After), not unknown (404).
+        if version is not None and version != current.version and current.version != UNKNOWN_VERSION:
             record = self._records.get(name, {}).get(version)
             if record is None or record.phase not in ("LOADING", "READY"):
                 serving = f" (serving {current.version})" if current.phase == "READY" else ""
@@ -141,8 +143,9 @@ class Lifecycle:
                 if (current := self.current(name)) is not None and current.phase == "FAILED"}
 
     def all_serving(self) -> bool:
-        """At least one model, and every recorded model serves."""
-        names = self.names()
+        """At least one model, and every recorded model serves; a model being unloaded on purpose
+        (all its records UNLOADING) is not waited for, so unloading one does not take the pod out."""
+        names = [n for n in self.names() if any(r.phase != "UNLOADING" for r in self.records(n))]
         return bool(names) and all((c := self.current(n)) is not None and c.serving for n in names)
 
     def not_answering(self) -> list[str]:

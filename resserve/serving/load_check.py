@@ -15,7 +15,6 @@ import numpy as np
 
 from resserve.agreement import CheckSet, LoadCheck, check_here
 from resserve.engines.base import Engine
-from resserve.engines.hardware import isa_class
 from resserve.errors import AccuracyError
 from resserve.preprocess import normalize_pixels
 from resserve.repository import ModelVersion
@@ -33,7 +32,7 @@ def load_check(model_version: ModelVersion, engine: Engine) -> LoadCheck | None:
     report = model_version.accuracy
     if report is None or mode == "off":
         return None
-    here = isa_class()
+    here = str(engine.runtime()["isa"])  # a CPU's class, or a GPU's for TensorRT
     built_on = report.measured_on.isa if report.measured_on else None
     if mode == "auto" and built_on == here:
         return None
@@ -49,9 +48,13 @@ def load_check(model_version: ModelVersion, engine: Engine) -> LoadCheck | None:
         raise AccuracyError(f"model {config.name}: its accuracy report was measured on {built_on or 'another CPU'} "
                             f"and this CPU is {here}, but no check images are stored with it; rebuild it here "
                             "(resserve build --force) or set calibration.check_images")
-    logits = _run(engine, check, model_version)
-    result = check_here(check, logits, report_top1=report.top1_agreement,
-                        floor=config.calibration.min_top1_agreement, built_on=built_on, isa_here=here)
+    try:
+        logits = _run(engine, check, model_version)
+        result = check_here(check, logits, report_top1=report.top1_agreement,
+                            floor=config.calibration.min_top1_agreement, built_on=built_on, isa_here=here)
+    except (OSError, ValueError) as exc:  # a corrupt stored image, logits of another shape
+        raise AccuracyError(f"model {config.name}: its check images are unusable ({exc}); rebuild the model "
+                            "(resserve build --force)") from exc
     if not result.passed:
         log.error("model %s fails its load-time check: %s", config.name, result.summary())
         # Verdict first: the repository index and readiness keep the first 240 characters.
@@ -67,8 +70,9 @@ def _run(engine: Engine, check: CheckSet, model_version: ModelVersion) -> np.nda
     """The engine's logits on the stored crops, fed as it takes them (uint8 pixels or tensors)."""
     pixel_input = engine.input_spec.dtype == np.uint8
     step = max(1, min(16, model_version.config.max_batch_size))
+    pixels = check.pixels  # decoded once
     out = []
-    for start in range(0, len(check.pixels), step):
-        crops = check.pixels[start : start + step]
+    for start in range(0, len(pixels), step):
+        crops = pixels[start : start + step]
         out.append(engine.infer(crops if pixel_input else normalize_pixels(crops, model_version.contract)))
     return np.concatenate(out).astype(np.float32)

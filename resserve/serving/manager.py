@@ -149,7 +149,7 @@ class ModelManager:
             try:
                 served = await asyncio.to_thread(self._open, model_version, record)
                 await served.queue.start()
-            except Exception as exc:
+            except BaseException as exc:  # CancelledError too (shutdown): never left LOADING
                 self.lifecycle.fail(name, self._failure(name, exc), model_version.version)
                 raise
             old = [r.served for r in self.lifecycle.records(name) if r.phase == "READY" and r.served is not None]
@@ -172,11 +172,11 @@ class ModelManager:
         """Stop routing to ``name``, finish its queued requests, release its engines."""
         async with self._lock:
             records = [r for r in self.lifecycle.records(name) if r.phase == "READY"]
+            if not records:  # nothing changes: a failure on record stays on record
+                raise ModelNotFoundError(f"model {name!r} is not loaded")
             for record in records:
                 self.lifecycle.unloading(record)
         self.lifecycle.forget_failures(name)
-        if not records:
-            raise ModelNotFoundError(f"model {name!r} is not loaded")
         for record in records:
             assert record.served is not None
             await self._retire(record.served, record)

@@ -108,6 +108,21 @@ def test_the_check_passes_fails_or_is_skipped_per_model(repo: Path) -> None:
         assert 'resserve_model_runtime_info{' in httpx.get(f"{server.url}/metrics").text
 
 
+def test_unusable_check_images_fail_the_model_with_a_rebuild_hint(repo: Path, tmp_path: Path) -> None:
+    shutil.copytree(repo / "portable", tmp_path / "portable")
+    folder = tmp_path / "portable" / "1"
+    check = CheckSet.read(folder)
+    assert check is not None
+    CheckSet(tuple(b"not a jpeg" for _ in check.jpegs), check.reference, check.candidate).write(folder)
+    (tmp_path / "portable" / "config.yaml").write_text(
+        (repo / "portable" / "config.yaml").read_text().replace(str(repo), str(tmp_path)))
+    with serve_in_thread(ServerSettings(model_repo=tmp_path, build_missing=False),
+                         wait_for="/v2/health/live") as server:
+        reason = server.app.state.resserve.manager.lifecycle.current("portable").reason
+        assert reason.startswith("AccuracyError: model portable: its check images are unusable")
+        assert "resserve build --force" in reason
+
+
 def test_a_report_from_another_class_without_check_images_is_refused(repo: Path, tmp_path: Path) -> None:
     shutil.copytree(repo / "portable", tmp_path / "portable")
     (tmp_path / "portable" / "1" / "check.npz").unlink()

@@ -104,3 +104,27 @@ def test_unload_forgets_failures_and_the_name_is_unknown_to_the_lifecycle() -> N
     lifecycle.forget_failures("m")
     lifecycle.forget(record)
     assert lifecycle.current("m") is None and lifecycle.names() == []
+
+
+def test_a_version_asked_for_while_the_model_starts_is_not_ready_not_unknown() -> None:
+    lifecycle = Lifecycle()
+    lifecycle.expect(["m"])
+    with pytest.raises(ModelNotReadyError, match="waiting for its turn"):
+        lifecycle.served("m", "1")
+    lifecycle.fail("m", "ExportError: offline")
+    with pytest.raises(ModelNotReadyError, match="failed: ExportError") as failed:
+        lifecycle.served("m", "1")
+    assert failed.value.retry_after_s == 30.0
+
+
+def test_unloading_one_model_keeps_the_others_ready() -> None:
+    lifecycle = Lifecycle()
+    a = lifecycle.ready(lifecycle.loading("a", "1"), FakeServed("1"))
+    lifecycle.ready(lifecycle.loading("b", "1"), FakeServed("1"))
+    lifecycle.unloading(a)  # draining its queue for up to graceful_shutdown_s
+    assert lifecycle.all_serving() and lifecycle.current("a").index_entry()["state"] == "UNLOADING"
+    lifecycle.forget(a)
+    assert lifecycle.all_serving() and lifecycle.names() == ["b"]
+    only = Lifecycle()
+    only.unloading(only.ready(only.loading("a", "1"), FakeServed("1")))
+    assert not only.all_serving()  # nothing left to serve: not ready
