@@ -225,8 +225,11 @@ def test_stage_metrics_add_up_to_the_request_duration(server: RunningServer) -> 
     delta = {k: server.metric(*v) - before[k] for k, v in names.items()}
     stages = sum(v for k, v in delta.items() if k != "request")
     assert all(delta[k] > 0 for k in ("decode", "preprocess", "inference", "request"))
-    # Stages are measured inside the request: they can only fall short by HTTP and response work.
-    assert 0.90 * delta["request"] <= stages <= 1.001 * delta["request"], delta
+    # Stages are measured inside the request: they can only fall short by HTTP and response work,
+    # about 2 ms a request on a 2-vCPU AMD EPYC (a share of 10-13% there with this fast model, so
+    # a ratio was machine-dependent). A stage left unmeasured (inference alone is ~12 ms) shows.
+    assert stages <= 1.001 * delta["request"], delta
+    assert (delta["request"] - stages) / 12 <= 0.005, delta
     text = httpx.get(f"{server.url}/metrics").text
     for metric in ("resserve_http_in_flight_requests", "resserve_batcher_queue_depth", "resserve_model_ready",
                    "resserve_http_images_total", "resserve_engine_failures_total", "resserve_batcher_batch_size"):
