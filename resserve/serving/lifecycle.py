@@ -94,8 +94,9 @@ class Lifecycle:
         return [name for name, versions in self._records.items() if versions]
 
     def records(self, name: str) -> list[ModelRecord]:
-        """Every record of ``name``, oldest first."""
-        return sorted(self._records.get(name, {}).values(), key=lambda r: r.since)
+        """Every record of ``name``, oldest first (created first: dicts keep insertion order, so the
+        per-request lookup sorts nothing)."""
+        return list(self._records.get(name, {}).values())
 
     def __iter__(self) -> Iterator[ModelRecord]:
         for name in list(self._records):
