@@ -35,6 +35,10 @@ class EngineError(ResserveError):
     """An engine failed while loading or running a batch."""
 
 
+class EngineHungError(EngineError):
+    """An engine call outlived the watchdog's ``engine_timeout_s`` (HTTP 500, as any engine failure)."""
+
+
 class ModelNotFoundError(ResserveError):
     """No model (or version) of that name is in the repository (HTTP 404)."""
 

@@ -35,7 +35,10 @@ class Metrics:
             "resserve_http_requests_total", "HTTP requests by outcome",
             ["model", "endpoint", "status"], registry=r)
         self.images = Counter(
-            "resserve_http_images_total", "Images classified or rejected, by outcome",
+            "resserve_http_images_total", "Images classified or rejected over HTTP, by outcome",
+            ["model", "status"], registry=r)
+        self.grpc_images = Counter(
+            "resserve_grpc_images_total", "Images (tensor rows) classified or rejected over gRPC, by outcome",
             ["model", "status"], registry=r)
         self.grpc_requests = Counter(
             "resserve_grpc_requests_total", "gRPC calls by method, model and status code",

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -121,15 +121,13 @@ class Tracing:
         span.end(end_time=end_ns)
         return span.get_span_context()
 
-    @contextlib.contextmanager
-    def batch_span(self, links: list[SpanContext], **attributes: Any) -> Iterator[Span | None]:
-        """``engine batch``: its own trace, linked to every request span it served."""
+    def record_batch(self, links: list[SpanContext], start_ns: int, end_ns: int, **attributes: Any) -> None:
+        """``engine batch``, measured by the queue: its own trace, linked to every request span it served."""
         if self.tracer is None or not links:
-            yield None
             return
-        with self.tracer.start_as_current_span("engine batch", context=Context(), links=[Link(c) for c in links],
-                                               attributes=attributes) as span:
-            yield span
+        span = self.tracer.start_span("engine batch", context=Context(), links=[Link(c) for c in links],
+                                      start_time=start_ns, attributes=attributes)
+        span.end(end_time=end_ns)
 
 
 OFF = Tracing()
@@ -139,5 +137,3 @@ def now_ns() -> int:
     """Wall-clock nanoseconds, the unit OpenTelemetry span times take."""
     return time.time_ns()
 
-
-Carried = tuple[Tracing, SpanContext]  # what a queued item carries: who traces it, and its request span

@@ -68,9 +68,9 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     settings = settings or ServerSettings()
     metrics = metrics or Metrics()
     repository = ModelRepository(settings.model_repo)
-    manager = ModelManager(repository, settings, metrics)
     owned_provider = None if tracer_provider is not None else tracer_provider_from_env()
     tracing = Tracing(tracer_provider or owned_provider)
+    manager = ModelManager(repository, settings, metrics, tracing)
     state = AppState(
         settings=settings,
         metrics=metrics,

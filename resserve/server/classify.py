@@ -7,7 +7,6 @@ pipeline's (:mod:`resserve.server.pipeline`).
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import orjson
@@ -22,7 +21,7 @@ from resserve.server.body import content_encoding, read_body
 from resserve.server.disconnect import CancelOnDisconnect
 from resserve.server.pipeline import MAX_TIMEOUT_MS
 from resserve.server.scores import top_k
-from resserve.server.state import AppState, get_state
+from resserve.server.state import AppState, get_state, labelled
 
 router = APIRouter()
 
@@ -108,14 +107,12 @@ async def classify(
     request: Request, name: str, version: str | None = None, top_k_: TopK = 5, timeout_ms: TimeoutMs = None,
 ) -> Response:
     """Classify one or more images."""
-    received = time.monotonic()
     state = get_state(request)
     pipeline = state.pipeline
-    served = state.manager.get(name, version)
-    request.state.model, request.state.version = served.name, served.version
     if top_k_ > state.settings.max_top_k:
         raise InvalidRequestError(f"top_k must be <= {state.settings.max_top_k}, got {top_k_}")
-    with pipeline.admit(served, received) as ticket:
+    with pipeline.request(name, version, "http", found=labelled(request)) as ticket:
+        served = ticket.served
         with pipeline.tracing.span("read"):
             images = await read_images(request, state, pipeline.max_images(served))
         async with CancelOnDisconnect(request.receive):

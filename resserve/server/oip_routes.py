@@ -9,7 +9,6 @@ classification extension (``parameters: {classification: k}``) the top-k as
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import orjson
@@ -30,7 +29,7 @@ from resserve.server.oip_infer import (
     run_request,
     tensor_input,
 )
-from resserve.server.state import get_state
+from resserve.server.state import get_state, labelled
 
 router = APIRouter()
 
@@ -126,14 +125,12 @@ def _parse(body: bytes, encoding: str, header_length: int | None, max_decompress
 @router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=OPENAPI_INFER)
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """OIP v2 inference with the binary tensor data and classification extensions."""
-    received = time.monotonic()
     state = get_state(request)
     pipeline = state.pipeline
-    served = state.manager.get(name, version)
-    request.state.model, request.state.version = served.name, served.version
-    header_length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH))
-    encoding = content_encoding(request)
-    with pipeline.admit(served, received) as ticket:
+    with pipeline.request(name, version, "http", found=labelled(request)) as ticket:
+        served = ticket.served
+        header_length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH))
+        encoding = content_encoding(request)
         with pipeline.tracing.span("read"):
             raw = await read_raw(request)
         parsed = await asyncio.to_thread(_parse, raw, encoding, header_length,

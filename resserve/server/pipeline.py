@@ -5,9 +5,12 @@ a tensor, and turns the outputs back. Everything between is here, written once: 
 images, the per-request image limit, deadlines, preprocessing image by image, the batch queue,
 the image counters and scores.
 
+Every adapter opens the same way (:meth:`RequestPipeline.request`: arrival time, model lookup,
+admission) and records nothing itself: the model's observers hear of every image and request.
+
 Example::
 
-    with pipeline.admit(served, received) as ticket:
+    with pipeline.request(name, version, "http") as ticket:
         images = ...  # read and parse the body
         outputs = await pipeline.run_images(ticket, images, timeout_ms)
 """
@@ -16,15 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
-
 from resserve.config import ServerSettings
 from resserve.engines.hardware import available_cores
 from resserve.errors import InvalidRequestError, ModelNotReadyError, QueueFullError, TooManyImagesError
@@ -33,7 +33,7 @@ from resserve.preprocess import preprocess_timed
 from resserve.server.scores import softmax
 from resserve.serving.manager import ModelManager, ServedModel
 from resserve.threads import PREPROCESS_PREFIX, set_os_thread_name
-from resserve.tracing import OFF, Tracing, now_ns
+from resserve.tracing import OFF, Tracing
 
 # A request may ask for a longer deadline than the model's default, but not an unbounded one:
 # float("1e400") is inf, and a deadline of inf keeps an entry alive for ever.
@@ -46,6 +46,7 @@ class Ticket:
 
     served: ServedModel
     received: float  # time.monotonic() when the request arrived: the adaptive batcher ages from here
+    protocol: str = "http"  # which adapter carried it ("http" or "grpc"): the image counters tell them apart
     images: int = 0
 
 
@@ -75,12 +76,24 @@ class RequestPipeline:
 
 
     @contextlib.contextmanager
-    def admit(self, served: ServedModel, received: float) -> Iterator[Ticket]:
+    def request(self, name: str, version: str | None, protocol: str,
+                found: Callable[[ServedModel], None] | None = None) -> Iterator[Ticket]:
+        """Every adapter's preamble: note the arrival, find the model (404, or 503 while it is not
+        ready), tell ``found`` (an adapter's labels for its own metrics), and admit the request."""
+        received = time.monotonic()
+        served = self.manager.get(name, version)
+        if found is not None:
+            found(served)
+        with self.admit(served, received, protocol) as ticket:
+            yield ticket
+
+    @contextlib.contextmanager
+    def admit(self, served: ServedModel, received: float, protocol: str = "http") -> Iterator[Ticket]:
         """Admission control: a model with no room is refused before the body is read (a cheap 503,
         no read, no decode). Places are taken by :meth:`reserve` once the body has been read and
         says how many images it carries, so a client that uploads slowly holds none."""
         self._check_room(served, 1)
-        ticket = Ticket(served, received)
+        ticket = Ticket(served, received, protocol)
         try:
             yield ticket
         finally:
@@ -130,30 +143,28 @@ class RequestPipeline:
                 tensor = await self._preprocess(served, data)
             return await self._submit(served, tensor[np.newaxis], deadline, ticket.received)
 
-        try:
-            outputs = await _all_or_first_error([one(data) for data in images])
-        except BaseException:
-            self.metrics.images.labels(served.name, "error").inc(len(images))
-            served.statistics.request_done(False, time.monotonic() - ticket.received, len(images))
-            raise
-        self.metrics.images.labels(served.name, "ok").inc(len(images))
-        served.statistics.request_done(True, time.monotonic() - ticket.received, len(images))
-        return np.concatenate(outputs)
+        async def every() -> np.ndarray:
+            return np.concatenate(await _all_or_first_error([one(data) for data in images]))
+
+        return await self._observed(ticket, len(images), every())
 
     async def run_tensor(self, ticket: Ticket, batch: np.ndarray, timeout_ms: float | None) -> np.ndarray:
         """Raw model outputs for a preprocessed batch: its rows count as images everywhere."""
         self.reserve(ticket, batch.shape[0])
         deadline = self.deadline(ticket, timeout_ms)
-        served = ticket.served
+        return await self._observed(ticket, batch.shape[0],
+                                    self._submit(ticket.served, batch, deadline, ticket.received))
+
+    @staticmethod
+    async def _observed(ticket: Ticket, images: int, work: Awaitable[np.ndarray]) -> np.ndarray:
+        """Await the request's work and tell the model's observers how it ended (cancelled: failed)."""
+        ok = False
         try:
-            outputs = await self._submit(served, batch, deadline, ticket.received)
-        except BaseException:
-            self.metrics.images.labels(served.name, "error").inc(batch.shape[0])
-            served.statistics.request_done(False, time.monotonic() - ticket.received, batch.shape[0])
-            raise
-        self.metrics.images.labels(served.name, "ok").inc(batch.shape[0])
-        served.statistics.request_done(True, time.monotonic() - ticket.received, batch.shape[0])
-        return outputs
+            outputs = await work
+            ok = True
+            return outputs
+        finally:
+            ticket.served.observers.request_done(ok, time.monotonic() - ticket.received, images, ticket.protocol)
 
     @staticmethod
     def scores(served: ServedModel, outputs: np.ndarray) -> np.ndarray:
@@ -167,34 +178,15 @@ class RequestPipeline:
         loop = asyncio.get_running_loop()
         queued = time.perf_counter()
         tensor, decode_s, transform_s, started = await loop.run_in_executor(self.pool, _timed, data, served)
-        self.metrics.preprocess_wait.labels(served.name).observe(started - queued)
-        self.metrics.decode.labels(served.name).observe(decode_s)
-        self.metrics.preprocess.labels(served.name).observe(transform_s)
-        served.statistics.preprocessed(decode_s + transform_s)
-        if self.tracing.enabled:
-            self._trace_preprocess(served, data, started, decode_s, transform_s)
+        served.observers.image_preprocessed(data, started - queued, decode_s, transform_s, started)
         return tensor
-
-    def _trace_preprocess(self, served: ServedModel, data: bytes, started: float, decode_s: float,
-                          transform_s: float) -> None:
-        """``preprocess`` and its ``decode``, timed in the worker thread; the image's size from its header."""
-        if self.tracing.current() is None:  # an adapter without a request span
-            return
-        start_ns = now_ns() - int((time.perf_counter() - started) * 1e9)
-        decoded_ns = start_ns + int(decode_s * 1e9)
-        try:
-            width, height = Image.open(io.BytesIO(data)).size  # reads the header only
-        except Exception:  # it decoded above; a format Pillow cannot reopen is no reason to fail
-            width = height = 0
-        parent = self.tracing.record("preprocess", start_ns, decoded_ns + int(transform_s * 1e9), model=served.name,
-                                     version=served.version, image_width=width, image_height=height)
-        self.tracing.record("decode", start_ns, decoded_ns, parent, image_width=width, image_height=height)
 
     async def _submit(self, served: ServedModel, rows: np.ndarray, deadline: float, received: float) -> np.ndarray:
         """Queue rows on ``served``, or on its successor if a reload retired it meanwhile."""
-        request_span = self.tracing.current()
-        trace = (self.tracing, request_span) if request_span is not None else None
+        trace = self.tracing.current()
         try:
+            if served.watchdog.hung:
+                raise served.watchdog.not_answering()
             return await served.queue.submit(rows, deadline, received, trace)
         except ModelNotReadyError:
             successor = self.manager.successor(served)

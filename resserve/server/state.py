@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -11,7 +12,7 @@ from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
 from resserve.server.pipeline import RequestPipeline
 from resserve.server.workers import WorkerIdentity, peers_not_ready
-from resserve.serving.manager import ModelManager
+from resserve.serving.manager import ModelManager, ServedModel
 
 
 @dataclass
@@ -64,3 +65,12 @@ class AppState:
 def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.resserve
     return state
+
+
+def labelled(request: Request) -> Callable[[ServedModel], None]:
+    """What an HTTP adapter passes as ``found``: the model and version label its request's metrics."""
+
+    def found(served: ServedModel) -> None:
+        request.state.model, request.state.version = served.name, served.version
+
+    return found

@@ -21,7 +21,10 @@ target too. Decisions are exported as metrics (cap, wait) so an operator sees wh
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
+
+from resserve.serving.batch_policy import QueueView
 
 # Share of the target the batcher plans for: the rest absorbs engine-time variance, HTTP and
 # response encoding (p99 is a tail, the fit predicts a mean).
@@ -123,9 +126,28 @@ class SloBatchPolicy:
     engine: EngineTimeModel = field(default_factory=EngineTimeModel)
     arrivals: ArrivalRate = field(default_factory=ArrivalRate)
 
+    reports = True  # its cap and hold are exported as metrics
+
     @property
     def budget_s(self) -> float:
         return self.target_s * self.headroom
+
+    def arrived(self, now: float) -> None:
+        self.arrivals.observe(now)
+
+    def ran(self, rows: int, seconds: float) -> None:
+        self.engine.observe(rows, seconds)
+
+    async def hold(self, queue: QueueView) -> int:
+        """Re-decide on every arrival until the decision says go; the cap it settled on."""
+        decision = Decision(self.max_batch_size, 0.0, "empty")
+        while (oldest := queue.oldest()) is not None:  # None: another instance took them meanwhile
+            decision = self.decide(time.monotonic(), oldest[1], queue.queued_rows())
+            if queue.closed or decision.wait_s <= 0 or queue.queued_rows(decision.cap) >= decision.cap:
+                break
+            if not await queue.wait_for_arrival(decision.wait_s):
+                break
+        return decision.cap
 
     def cap(self, oldest_age_s: float) -> int:
         """The largest batch whose predicted engine time fits what is left of the oldest's budget.

@@ -3,9 +3,11 @@
 One queue per model version, one worker per engine instance, each worker with its own thread so
 the engine never blocks the event loop. A worker takes the oldest request, then gathers more
 until ``max_batch_size`` rows, a preferred batch size, or ``max_queue_delay_ms`` after that
-oldest request arrived. While the engine is busy requests pile up, so under load batches fill
-without waiting. Expired requests are dropped before the engine sees them; a batch whose engine
-call fails fails only its own requests.
+oldest request arrived (or as its :mod:`batch policy <resserve.serving.batch_policy>` says).
+While the engine is busy requests pile up, so under load batches fill without waiting. Expired
+requests are dropped before the engine sees them; a batch whose engine call fails fails only its
+own requests. What happens is told to one observer (metrics, statistics, spans); hangs are the
+watchdog's (:mod:`resserve.serving.watchdog`).
 
 Example::
 
@@ -22,26 +24,20 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+from opentelemetry.trace import SpanContext
 
-from resserve.errors import (
-    DeadlineExceededError,
-    EngineError,
-    ModelNotReadyError,
-    QueueFullError,
-)
-from resserve.metrics import Metrics
-from resserve.serving.adaptive import SloBatchPolicy
-from resserve.serving.statistics import ModelStatistics
-from resserve.threads import ENGINE_PREFIX, set_os_thread_name
-from resserve.tracing import Carried, now_ns
+from resserve.errors import DeadlineExceededError, EngineError, EngineHungError, ModelNotReadyError, QueueFullError
+from resserve.serving.batch_policy import BatchPolicy, FixedDelay
+from resserve.serving.observers import NO_OBSERVER, BatchRun, Observer
+from resserve.serving.watchdog import EngineThread, Runner, Watchdog
+from resserve.tracing import now_ns
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[[np.ndarray], np.ndarray]
+__all__ = ["BatchQueue", "Runner"]
 
 
 @dataclass(eq=False)
@@ -52,7 +48,7 @@ class _Pending:
     enqueued: float = field(default_factory=time.monotonic)
     received: float = 0.0  # when the request reached the server (adaptive batching ages from here)
     queued: bool = True  # still in the queue's deque (not yet taken into a batch, not forgotten)
-    trace: Carried | None = None  # the request's span, which the batch's span links to
+    trace: SpanContext | None = None  # the request's span, which the batch's span links to
 
 
 class BatchQueue:
@@ -63,26 +59,23 @@ class BatchQueue:
         runners: Sequence[Runner],
         *,
         max_batch_size: int,
-        max_queue_delay_ms: float,
         max_queue_size: int,
+        max_queue_delay_ms: float = 0.0,
         preferred_batch_sizes: Sequence[int] = (),
-        metrics: Metrics | None = None,
+        policy: BatchPolicy | None = None,
+        observer: Observer = NO_OBSERVER,
+        watchdog: Watchdog | None = None,
         model: str = "model",
         version: str = "1",
-        engine_timeout_s: float | None = None,
-        on_health: Callable[[bool], None] | None = None,
-        policy: SloBatchPolicy | None = None,
-        statistics: ModelStatistics | None = None,
     ) -> None:
         if not runners:
             raise ValueError("a BatchQueue needs at least one runner")
-        self._runners = list(runners)
         self.max_batch_size = max_batch_size
-        self.max_queue_delay_s = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
-        self.preferred = frozenset(preferred_batch_sizes)
-        self._metrics = metrics
+        self.policy: BatchPolicy = policy or FixedDelay(max_batch_size, max_queue_delay_ms, preferred_batch_sizes)
+        self.observer = observer
         self._labels = (model, version)
+        self._instances = [EngineThread(runner, model, index, watchdog) for index, runner in enumerate(runners)]
         # Only live entries: one whose caller gave up (deadline, disconnect) leaves at once, so it
         # counts against neither max_queue_size nor the depth, and its rows are freed.
         self._pending: collections.deque[_Pending] = collections.deque()
@@ -90,25 +83,12 @@ class BatchQueue:
         self._arrived = asyncio.Event()
         self._closed = False
         self._workers: list[asyncio.Task[None]] = []
-        self._executors: list[ThreadPoolExecutor] = []
         self._released: asyncio.Future[list[None]] | None = None  # set by close()
         self._batch_s_ewma = 0.05  # engine seconds per batch, for Retry-After
-        self.engine_timeout_s = engine_timeout_s
-        self.on_health = on_health  # told when every instance gets stuck, and when one answers again
-        self._hung = 0  # runners stuck past engine_timeout_s
-        self.policy = policy
-        self.statistics = statistics
-
-    def not_answering(self) -> ModelNotReadyError:
-        """The one answer while the watchdog sees every engine instance stuck: 503, retry after
-        about one ``engine_timeout_s`` (the stuck call ends by then or trips the watchdog again)."""
-        return ModelNotReadyError(f"model {self._labels[0]}: the engine is not answering (watchdog)",
-                                  retry_after_s=max(1, math.ceil(self.engine_timeout_s or 1)))
 
     @property
-    def hung(self) -> bool:
-        """Every engine instance is stuck in a batch past the watchdog's limit."""
-        return self._hung >= len(self._runners)
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def depth(self) -> int:
@@ -116,15 +96,12 @@ class BatchQueue:
         return self._pending_rows
 
     async def start(self) -> None:
-        """Start one worker per runner."""
-        for index, runner in enumerate(self._runners):
-            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{self._labels[0]}-{index}",
-                                          initializer=set_os_thread_name, initargs=(f"{ENGINE_PREFIX}-{index}",))
-            self._executors.append(executor)
-            self._workers.append(asyncio.create_task(self._work(runner, executor), name=f"batcher-{index}"))
+        """Start one worker per engine instance."""
+        for instance in self._instances:
+            self._workers.append(asyncio.create_task(self._work(instance), name=f"batcher-{instance.index}"))
 
     async def submit(self, rows: np.ndarray, deadline: float, received: float | None = None,
-                     trace: Carried | None = None) -> np.ndarray:
+                     trace: SpanContext | None = None) -> np.ndarray:
         """Queue ``rows`` (a batch of one or more inputs) and wait for their outputs.
 
         Raises QueueFullError at once when the queue is full, DeadlineExceededError when
@@ -133,8 +110,6 @@ class BatchQueue:
         """
         if self._closed:
             raise ModelNotReadyError(f"model {self._labels[0]} is draining or unloaded")
-        if self.hung:
-            raise self.not_answering()
         if self._pending_rows + rows.shape[0] > self.max_queue_size:
             raise QueueFullError(
                 f"model {self._labels[0]}: queue full ({self._pending_rows} of {self.max_queue_size} rows waiting)",
@@ -153,11 +128,10 @@ class BatchQueue:
         loop = asyncio.get_running_loop()
         item = _Pending(rows, loop.create_future(), deadline, trace=trace)
         item.received = item.enqueued if received is None else min(received, item.enqueued)
-        if self.policy is not None:
-            self.policy.arrivals.observe(item.enqueued)
+        self.policy.arrived(item.enqueued)
         self._pending.append(item)
         self._pending_rows += rows.shape[0]
-        self._set_depth()
+        self.observer.queue_depth(self._pending_rows)
         self._arrived.set()
         try:
             # asyncio.wait never cancels what it waits on, and a cancellation reaches us at once.
@@ -168,8 +142,8 @@ class BatchQueue:
             raise
         if not item.future.done():
             item.future.cancel()
-            if item.queued and self._metrics:
-                self._metrics.expired.labels(*self._labels).inc()
+            if item.queued:
+                self.observer.expired()
             self._forget(item)
             raise DeadlineExceededError(
                 f"model {self._labels[0]}: deadline passed after {time.monotonic() - item.enqueued:.3f} s"
@@ -199,14 +173,10 @@ class BatchQueue:
             if not item.future.done():
                 item.future.set_exception(ModelNotReadyError(f"model {self._labels[0]} shut down"))
         if self._released is None:
-            loop = asyncio.get_running_loop()
-            calls = [loop.run_in_executor(executor, _finalize, finalizers[index] if index < len(finalizers) else None,
-                                          self._labels[0], index)
-                     for index, executor in enumerate(self._executors)]
-            for executor in self._executors:
-                executor.shutdown(wait=False)  # the finalizer queued behind the running call still runs
-            self._released = asyncio.gather(*calls)
-        self._set_depth()
+            self._released = asyncio.gather(*[
+                instance.close(finalizers[index] if index < len(finalizers) else None)
+                for index, instance in enumerate(self._instances)])
+        self.observer.queue_depth(self._pending_rows)
 
     async def released(self, timeout_s: float | None = None) -> bool:
         """After :meth:`close`: wait until every engine thread's last call and finalizer have returned
@@ -218,26 +188,13 @@ class BatchQueue:
 
     def retry_after_s(self) -> int:
         """Seconds until the queue ahead has likely drained: what a 503 tells the client to wait."""
-        batches_ahead = math.ceil(self._pending_rows / self.max_batch_size / len(self._runners))
+        batches_ahead = math.ceil(self._pending_rows / self.max_batch_size / len(self._instances))
         return max(1, math.ceil(batches_ahead * self._batch_s_ewma))
 
-    def _forget(self, item: _Pending) -> None:
-        """Take an abandoned entry out of the queue (O(queue), bounded by max_queue_size)."""
-        if item.queued:
-            self._take(item)
-            self._pending.remove(item)
-            self._set_depth()
+    # --- what the policy sees (QueueView) --------------------------------------------------------
 
-    def _take(self, item: _Pending) -> None:
-        item.queued = False
-        self._pending_rows -= item.rows.shape[0]
-
-    def _set_depth(self) -> None:
-        if self._metrics:
-            self._metrics.queue_depth.labels(*self._labels).set(self._pending_rows)
-
-    def _queued_rows(self, cap: int | None = None) -> int:
-        limit = self.max_batch_size if cap is None else cap
+    def queued_rows(self, cap: int | None = None) -> int:
+        limit = self.max_batch_size if cap is None else min(cap, self.max_batch_size)
         rows = 0
         for item in self._pending:
             if rows + item.rows.shape[0] > limit:
@@ -245,8 +202,10 @@ class BatchQueue:
             rows += item.rows.shape[0]
         return rows
 
-    async def _wait_for_arrival(self, timeout_s: float) -> bool:
-        """Wait until a request arrives or ``timeout_s`` passes; False on timeout."""
+    def oldest(self) -> tuple[float, float] | None:
+        return (self._pending[0].enqueued, self._pending[0].received) if self._pending else None
+
+    async def wait_for_arrival(self, timeout_s: float) -> bool:
         self._arrived.clear()
         try:
             await asyncio.wait_for(self._arrived.wait(), timeout_s)
@@ -254,22 +213,18 @@ class BatchQueue:
             return False
         return True
 
-    async def _hold_adaptive(self, policy: SloBatchPolicy) -> int:
-        """The SLO policy's loop: re-decide on every arrival until it says go; returns the cap."""
-        held_from = time.monotonic()
-        while True:
-            if not self._pending:  # another instance's worker took them while this one held
-                return self.max_batch_size
-            now = time.monotonic()
-            decision = policy.decide(now, self._pending[0].received, self._queued_rows())
-            if self._closed or decision.wait_s <= 0 or self._queued_rows(decision.cap) >= decision.cap:
-                break
-            if not await self._wait_for_arrival(decision.wait_s):
-                break
-        if self._metrics:
-            self._metrics.batch_cap.labels(*self._labels).set(decision.cap)
-            self._metrics.planned_wait.labels(*self._labels).observe(time.monotonic() - held_from)
-        return decision.cap
+    # --- collecting and running ---------------------------------------------------------------
+
+    def _forget(self, item: _Pending) -> None:
+        """Take an abandoned entry out of the queue (O(queue), bounded by max_queue_size)."""
+        if item.queued:
+            self._take(item)
+            self._pending.remove(item)
+            self.observer.queue_depth(self._pending_rows)
+
+    def _take(self, item: _Pending) -> None:
+        item.queued = False
+        self._pending_rows -= item.rows.shape[0]
 
     async def _collect(self) -> list[_Pending] | None:
         """The next batch, or None when closed and empty."""
@@ -278,18 +233,10 @@ class BatchQueue:
                 return None
             self._arrived.clear()
             await self._arrived.wait()
-        cap = self.max_batch_size
-        if self.policy is not None:
-            cap = await self._hold_adaptive(self.policy)
-        else:
-            dispatch_at = self._pending[0].enqueued + self.max_queue_delay_s
-            while not self._closed:
-                rows = self._queued_rows()
-                if rows >= self.max_batch_size or rows in self.preferred:
-                    break
-                remaining = dispatch_at - time.monotonic()
-                if remaining <= 0 or not await self._wait_for_arrival(remaining):
-                    break
+        held_from = time.monotonic()
+        cap = await self.policy.hold(self)
+        if self.policy.reports:
+            self.observer.batch_planned(cap, time.monotonic() - held_from)
         batch: list[_Pending] = []
         rows, now = 0, time.monotonic()
         while self._pending and (rows == 0 or rows + self._pending[0].rows.shape[0] <= cap) \
@@ -299,146 +246,62 @@ class BatchQueue:
             if item.future.done():  # cancelled by its caller (deadline or disconnect)
                 continue
             if item.deadline <= now:
-                self._expire(item)
+                item.future.set_exception(DeadlineExceededError(f"model {self._labels[0]}: deadline passed in the queue"))
+                self.observer.expired()
                 continue
             batch.append(item)
             rows += item.rows.shape[0]
-        self._set_depth()
+        self.observer.queue_depth(self._pending_rows)
         return batch
 
-    def _expire(self, item: _Pending) -> None:
-        item.future.set_exception(DeadlineExceededError(f"model {self._labels[0]}: deadline passed in the queue"))
-        if self._metrics:
-            self._metrics.expired.labels(*self._labels).inc()
-
-    async def _work(self, runner: Runner, executor: ThreadPoolExecutor) -> None:
-        loop = asyncio.get_running_loop()
+    async def _work(self, instance: EngineThread) -> None:
         while True:
+            await instance.free()  # after a hang: until the stuck call has returned
             batch = await self._collect()
             if batch is None:
                 return
             if batch:
                 try:
-                    await self._run(loop, runner, executor, batch)
+                    await self._run(instance, batch)
                 except asyncio.CancelledError:  # close() timed out: the engine call goes on without us
-                    error = ModelNotReadyError(f"model {self._labels[0]} shut down before its batch finished")
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(error)
+                    _fail(batch, ModelNotReadyError(f"model {self._labels[0]} shut down before its batch finished"))
                     raise
 
-    async def _run(
-        self, loop: asyncio.AbstractEventLoop, runner: Runner, executor: ThreadPoolExecutor, batch: list[_Pending]
-    ) -> None:
+    async def _run(self, instance: EngineThread, batch: list[_Pending]) -> None:
         started = time.monotonic()
-        if self._metrics:
-            for item in batch:
-                self._metrics.queue_wait.labels(*self._labels).observe(started - item.enqueued)
-        traced = [i.trace for i in batch if i.trace is not None]
-        if traced:  # tracing on: this batch gets a span
-            await self._run_traced(loop, runner, executor, batch, traced, started)
-            return
-        await self._run_engine(loop, runner, executor, batch, started)
-
-    async def _run_traced(self, loop: asyncio.AbstractEventLoop, runner: Runner, executor: ThreadPoolExecutor,
-                          batch: list[_Pending], traced: list[Carried], started: float) -> None:
-        """A ``queue wait`` span per request, then the batch in an ``engine batch`` span linked to them."""
-        end_ns = now_ns() - int((time.monotonic() - started) * 1e9)
-        tracing = traced[0][0]
-        for item in batch:
-            if item.trace is not None:
-                tracing.record("queue wait", end_ns - int((started - item.enqueued) * 1e9), end_ns, item.trace[1],
-                               rows=item.rows.shape[0])
-        with tracing.batch_span([c for _t, c in traced], model=self._labels[0], version=self._labels[1],
-                                batch_size=sum(i.rows.shape[0] for i in batch), requests=len(batch)):
-            await self._run_engine(loop, runner, executor, batch, started)
-
-    async def _run_engine(self, loop: asyncio.AbstractEventLoop, runner: Runner, executor: ThreadPoolExecutor,
-                          batch: list[_Pending], started: float) -> None:
-        call = loop.run_in_executor(executor, _run_batch, runner, [i.rows for i in batch])
-        if self.engine_timeout_s is not None:
-            done, _ = await asyncio.wait({call}, timeout=self.engine_timeout_s)
-            if not done:
-                await self._watchdog(call, batch)
-                return
+        run = BatchRun(rows=tuple(i.rows.shape[0] for i in batch), waited_s=tuple(started - i.enqueued for i in batch),
+                       traces=tuple(i.trace for i in batch), started_ns=now_ns())
+        self.observer.batch_started(run)
         try:
-            outputs, concat_s, infer_s = await call
+            ran = await instance.run([i.rows for i in batch])
+        except EngineHungError as hung:
+            _fail(batch, hung)
+            self.observer.batch_failed(replace(run, elapsed_s=time.monotonic() - started), hung=True)
+            return
         except Exception as exc:  # a failed batch fails only its own requests
             log.error("engine failed on a batch of %d requests: %s", len(batch), exc, exc_info=True)
-            if self._metrics:
-                self._metrics.engine_failures.labels(*self._labels).inc()
             # The answer says what failed, never the engine's own words (paths, internals): the log has those.
             error = EngineError(f"model {self._labels[0]} version {self._labels[1]}: the engine failed on this "
                                 f"request's batch ({len(batch)} requests); the server log has the details")
             error.__cause__ = exc
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
+            _fail(batch, error)
+            self.observer.batch_failed(replace(run, elapsed_s=time.monotonic() - started), hung=False)
             return
         elapsed = time.monotonic() - started
         self._batch_s_ewma = 0.8 * self._batch_s_ewma + 0.2 * elapsed
-        if self.policy is not None:
-            self.policy.engine.observe(sum(i.rows.shape[0] for i in batch), elapsed)
-        if self._metrics:
-            self._metrics.inference.labels(*self._labels).observe(elapsed)
-            self._metrics.batch_size.labels(*self._labels).observe(sum(i.rows.shape[0] for i in batch))
+        self.policy.ran(run.total_rows, elapsed)
         sliced = time.monotonic()
         offset = 0
         for item in batch:
             count = item.rows.shape[0]
             if not item.future.done():
-                item.future.set_result(outputs[offset : offset + count])
+                item.future.set_result(ran.outputs[offset : offset + count])
             offset += count
-        if self.statistics is not None:
-            self.statistics.batch_done([i.rows.shape[0] for i in batch], [started - i.enqueued for i in batch],
-                                       concat_s, infer_s, time.monotonic() - sliced)
+        self.observer.batch_done(replace(run, elapsed_s=elapsed, concat_s=ran.concat_s, infer_s=ran.infer_s,
+                                         output_s=time.monotonic() - sliced))
 
 
-    async def _watchdog(self, call: asyncio.Future[tuple[np.ndarray, float, float]], batch: list[_Pending]) -> None:
-        """A batch outlived ``engine_timeout_s``: fail its requests, report the engine unhealthy until
-        the call returns (a thread cannot be killed), then report it healthy again."""
-        model = self._labels[0]
-        log.error("model %s: engine has not finished a batch of %d in %.1f s; marking the model not ready",
-                  model, len(batch), self.engine_timeout_s)
-        if self._metrics:
-            self._metrics.engine_hangs.labels(*self._labels).inc()
-            self._metrics.engine_failures.labels(*self._labels).inc()
-        error = EngineError(f"model {model}: the engine did not answer within {self.engine_timeout_s:g} s")
-        for item in batch:
-            if not item.future.done():
-                item.future.set_exception(error)
-        self._hung += 1
-        if self.hung and self.on_health:
-            self.on_health(False)
-        try:
-            await call
-        except Exception as exc:  # the batch is already answered; only the recovery matters
-            log.warning("model %s: the stuck batch ended with %s", model, exc)
-        finally:
-            recovered = self.hung
-            self._hung -= 1
-            if recovered and self.on_health:
-                self.on_health(True)
-            log.info("model %s: the engine answered again after the watchdog fired", model)
-
-
-def _finalize(finalizer: Callable[[], object] | None, model: str, index: int) -> None:
-    """Run on an engine thread after its last batch: an engine's close, whose failure is only logged."""
-    if finalizer is None:
-        return
-    try:
-        finalizer()
-    except Exception:
-        log.exception("model %s: closing engine instance %d failed", model, index)
-
-
-def _run_batch(runner: Runner, parts: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
-    """Concatenate, run, and check the engine kept one output row per input row; with the seconds
-    each step took (the statistics extension's compute_input and compute_infer)."""
-    started = time.perf_counter()
-    batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    ran = time.perf_counter()
-    outputs = runner(batch)
-    if outputs.shape[0] != batch.shape[0]:
-        raise EngineError(f"engine returned {outputs.shape[0]} rows for a batch of {batch.shape[0]}")
-    return outputs, ran - started, time.perf_counter() - ran
+def _fail(batch: list[_Pending], error: BaseException) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(error)

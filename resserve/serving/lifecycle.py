@@ -126,7 +126,7 @@ class Lifecycle:
             raise ModelNotReadyError(f"model {name!r} is {current.describe()}",
                                      retry_after_s=RETRY_AFTER_S.get(current.phase, 5.0))
         if not current.served.engine_healthy:
-            raise current.served.queue.not_answering()
+            raise current.served.watchdog.not_answering()
         return current.served
 
     def serving_models(self) -> list[ServedModel]:

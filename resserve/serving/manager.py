@@ -32,7 +32,11 @@ from resserve.serving.batching import BatchQueue, Runner
 from resserve.serving.faults import FaultyRunner
 from resserve.serving.load_check import load_check
 from resserve.serving.lifecycle import Lifecycle, ModelRecord
+from resserve.serving.observers import Observer, Observers
+from resserve.serving.sinks import PrometheusSink, StatisticsSink, TracingSink
 from resserve.serving.statistics import ModelStatistics
+from resserve.serving.watchdog import Watchdog
+from resserve.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ class ServedModel:
     queue: BatchQueue
     decode_options: DecodeOptions
     statistics: ModelStatistics
+    observers: Observers  # metrics, statistics and spans of this version: the pipeline and queue tell it
+    watchdog: Watchdog  # whether the engine answers (every instance stuck: not ready, 503)
     # gpu_decode: encoded image -> (tensor, decode s, transform s) on the GPU, or None for the CPU path
     gpu_decoder: Callable[[bytes], tuple[np.ndarray, float, float] | None] | None = None
     load_check: LoadCheck | None = None  # the re-check on this CPU, when the report was measured on another
@@ -66,7 +72,7 @@ class ServedModel:
     @property
     def engine_healthy(self) -> bool:
         """False while the watchdog sees every engine instance stuck (the queue's own verdict)."""
-        return not self.queue.hung
+        return not self.watchdog.hung
 
     @property
     def serving(self) -> bool:
@@ -105,10 +111,12 @@ class ServedModel:
 class ModelManager:
     """Loads, serves, reloads and unloads the repository's models."""
 
-    def __init__(self, repository: ModelRepository, settings: ServerSettings, metrics: Metrics) -> None:
+    def __init__(self, repository: ModelRepository, settings: ServerSettings, metrics: Metrics,
+                 tracing: Tracing = OFF) -> None:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
+        self.tracing = tracing
         self.lifecycle = Lifecycle(metrics)  # every model's phase: the one owner of lifecycle state
         self._lock = asyncio.Lock()
 
@@ -252,6 +260,15 @@ class ModelManager:
             target_s = batching.latency_target_ms / 1000.0
             policy = SloBatchPolicy(target_s=target_s, max_batch_size=config.max_batch_size, max_wait_s=target_s / 2,
                                     instances=config.instance_count)
+        statistics = ModelStatistics(config.name, model_version.version)
+        sinks: list[Observer] = [PrometheusSink(self.metrics, config.name, model_version.version),
+                                 StatisticsSink(statistics)]
+        if self.tracing.enabled:
+            sinks.append(TracingSink(self.tracing, config.name, model_version.version))
+        observers = Observers(sinks)
+        # The watchdog's verdict: a stuck engine takes the model (and the pod) out of readiness.
+        watchdog = Watchdog(config.name, config.engine_timeout_s,
+                            (lambda healthy: self.lifecycle.health_changed(record)) if record is not None else None)
         queue = BatchQueue(
             runners,
             max_batch_size=config.max_batch_size,
@@ -260,14 +277,11 @@ class ModelManager:
             # that admitted requests never reach, so no image is refused after it was decoded.
             max_queue_size=capacity_of(config),
             preferred_batch_sizes=batching.preferred_batch_sizes,
-            metrics=self.metrics,
+            policy=policy,
+            observer=observers,
+            watchdog=watchdog,
             model=config.name,
             version=model_version.version,
-            engine_timeout_s=config.engine_timeout_s,
-            policy=policy,
-            statistics=(statistics := ModelStatistics(config.name, model_version.version)),
-            # The watchdog's verdict: a stuck engine takes the model (and the pod) out of readiness.
-            on_health=(lambda healthy: self.lifecycle.health_changed(record)) if record is not None else None,
         )
         served = ServedModel(
             name=config.name,
@@ -279,6 +293,8 @@ class ModelManager:
             engines=engines,
             queue=queue,
             statistics=statistics,
+            observers=observers,
+            watchdog=watchdog,
             decode_options=DecodeOptions(max_pixels=self.settings.max_image_pixels,
                                          fast_jpeg_draft=config.fast_jpeg_decode,
                                          fast_transform=config.fast_preprocess,

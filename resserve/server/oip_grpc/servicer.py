@@ -177,14 +177,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     @_rpc
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        received = time.monotonic()
         pipeline = self.state.pipeline
-        served = self.state.manager.get(request.model_name, request.model_version or None)
         remaining = context.time_remaining()
         deadline_ms = None if remaining is None else max(remaining, 0.0) * 1000.0
         if deadline_ms is not None and deadline_ms <= 0:
             raise DeadlineExceededError("the call's deadline had passed when it arrived")
-        with pipeline.admit(served, received) as ticket:
+        with pipeline.request(request.model_name, request.model_version or None, "grpc") as ticket:
+            served = ticket.served
             # Framing BYTES and converting typed contents is CPU work: off the event loop.
             parsed = await asyncio.to_thread(decode_request, request, max_images=pipeline.max_images(served))
             requested = requested_outputs(served, parsed)

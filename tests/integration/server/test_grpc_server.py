@@ -74,6 +74,8 @@ def test_health_metadata_and_inference_with_tritonclient(server: RunningServer,
     assert meta.platform == "onnxruntime_onnx"
 
     # Encoded images as BYTES (raw_input_contents), with the classification extension.
+    http_images = server.metric("resserve_http_images_total", {"model": "tiny", "status": "ok"})
+    grpc_images = server.metric("resserve_grpc_images_total", {"model": "tiny", "status": "ok"})
     images = [jpeg(seed=1), jpeg(seed=2)]
     inp = grpcclient.InferInput("image", [2], "BYTES")
     inp.set_data_from_numpy(np.array(images, dtype=np.object_))
@@ -91,6 +93,9 @@ def test_health_metadata_and_inference_with_tritonclient(server: RunningServer,
     result = client.infer("tiny", [tensor], request_id="req-7")
     np.testing.assert_allclose(result.as_numpy("logits"), want, rtol=1e-4, atol=1e-4)
     assert result.get_response().id == "req-7" and result.get_response().model_version == "1"
+    # gRPC's images count under gRPC, not HTTP: two encoded, then two tensor rows.
+    assert server.metric("resserve_grpc_images_total", {"model": "tiny", "status": "ok"}) == grpc_images + 4
+    assert server.metric("resserve_http_images_total", {"model": "tiny", "status": "ok"}) == http_images
 
 
 def test_typed_contents_are_accepted_like_raw(server: RunningServer, session: ort.InferenceSession) -> None:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from resserve.metrics import Metrics
 from resserve.serving.adaptive import ArrivalRate, EngineTimeModel, SloBatchPolicy
 from resserve.serving.batching import BatchQueue
+from resserve.serving.sinks import PrometheusSink
 
 
 def learned(a: float = 0.010, c: float = 0.005, sizes: tuple[int, ...] = (1, 2, 4, 8)) -> EngineTimeModel:
@@ -147,7 +148,7 @@ async def test_queue_with_policy_caps_what_can_still_be_on_time_then_drains() ->
     metrics = Metrics(CollectorRegistry())
     p = SloBatchPolicy(target_s=0.040, max_batch_size=64, max_wait_s=0.02)
     queue = BatchQueue([engine], max_batch_size=64, max_queue_delay_ms=0, max_queue_size=1024, policy=p,
-                       metrics=metrics)
+                       observer=PrometheusSink(metrics, "model", "1"))
     await queue.start()
     row = np.zeros((1, 1), np.float32)
     for _ in range(4):  # teach it the engine's cost at a few sizes

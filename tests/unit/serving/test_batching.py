@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry
 from resserve.errors import DeadlineExceededError, EngineError, ModelNotReadyError, QueueFullError
 from resserve.metrics import Metrics
 from resserve.serving.batching import BatchQueue
+from resserve.serving.sinks import PrometheusSink
+from resserve.serving.watchdog import Watchdog
 
 
 class RecordingEngine:
@@ -98,7 +100,7 @@ async def test_expired_requests_never_reach_the_engine() -> None:
     engine = RecordingEngine()
     engine.gate.clear()
     registry = CollectorRegistry()
-    queue = await make_queue(engine, max_batch_size=1, max_queue_delay_ms=0, metrics=Metrics(registry))
+    queue = await make_queue(engine, max_batch_size=1, max_queue_delay_ms=0, observer=PrometheusSink(Metrics(registry), "model", "1"))
     first = asyncio.create_task(queue.submit(rows(1), soon()))
     await asyncio.to_thread(engine.entered.wait, 5)
     with pytest.raises(DeadlineExceededError):
@@ -115,7 +117,7 @@ async def test_failed_batch_fails_only_its_own_requests() -> None:
     engine = RecordingEngine()
     engine.fail_on = 13.0
     registry = CollectorRegistry()
-    queue = await make_queue(engine, max_batch_size=1, max_queue_delay_ms=0, metrics=Metrics(registry))
+    queue = await make_queue(engine, max_batch_size=1, max_queue_delay_ms=0, observer=PrometheusSink(Metrics(registry), "model", "1"))
     results = await asyncio.gather(*(queue.submit(rows(v), soon()) for v in (1, 13, 2)), return_exceptions=True)
     assert results[0].item() == 2.0 and results[2].item() == 4.0  # type: ignore[union-attr]
     # The answer names no engine internals; the cause (and the log) keep them.
@@ -193,7 +195,7 @@ async def test_abandoned_entries_leave_the_queue_and_free_their_places() -> None
     engine.gate.clear()
     registry = CollectorRegistry()
     queue = await make_queue(engine, max_batch_size=1, max_queue_size=2, max_queue_delay_ms=0,
-                             metrics=Metrics(registry))
+                             observer=PrometheusSink(Metrics(registry), "model", "1"))
     depth = {"model": "model", "version": "1"}
     first = asyncio.create_task(queue.submit(rows(1), soon()))
     await asyncio.to_thread(engine.entered.wait, 5)
@@ -249,23 +251,23 @@ async def test_watchdog_fails_the_stuck_batch_marks_unhealthy_and_recovers() -> 
     engine.gate.clear()  # the engine hangs until released
     health: list[bool] = []
     metrics = Metrics(CollectorRegistry())
-    queue = await make_queue(engine, engine_timeout_s=0.2, on_health=health.append, metrics=metrics,
+    watchdog = Watchdog("model", 0.2, health.append)
+    queue = await make_queue(engine, watchdog=watchdog, observer=PrometheusSink(metrics, "model", "1"),
                              max_queue_delay_ms=0)
     started = time.monotonic()
     with pytest.raises(EngineError, match=r"did not answer within 0\.2 s"):
         await queue.submit(rows(1), soon())
     assert 0.2 <= time.monotonic() - started < 2.0
-    assert health == [False] and queue.hung
-    with pytest.raises(ModelNotReadyError, match="not answering") as info:
-        await queue.submit(rows(2), soon())
-    assert info.value.retry_after_s >= 1
+    assert health == [False] and watchdog.hung
+    info = watchdog.not_answering()
+    assert "not answering" in str(info) and info.retry_after_s >= 1
     assert metrics.registry.get_sample_value("resserve_engine_hangs_total", {"model": "model", "version": "1"}) == 1
     engine.gate.set()  # the stuck call returns: healthy again, and the queue serves
     for _ in range(100):
         if health == [False, True]:
             break
         await asyncio.sleep(0.02)
-    assert health == [False, True] and not queue.hung
+    assert health == [False, True] and not watchdog.hung
     assert (await queue.submit(rows(3), soon())).tolist() == [[6.0]]
     await queue.close()
 
@@ -273,9 +275,10 @@ async def test_watchdog_fails_the_stuck_batch_marks_unhealthy_and_recovers() -> 
 async def test_watchdog_stays_quiet_for_batches_within_the_limit() -> None:
     engine = RecordingEngine()
     health: list[bool] = []
-    queue = await make_queue(engine, engine_timeout_s=5.0, on_health=health.append)
+    watchdog = Watchdog("model", 5.0, health.append)
+    queue = await make_queue(engine, watchdog=watchdog)
     assert (await queue.submit(rows(1), soon())).tolist() == [[2.0]]
-    assert health == [] and not queue.hung
+    assert health == [] and not watchdog.hung
     await queue.close()
 
 

@@ -12,11 +12,11 @@ from resserve.serving.lifecycle import Lifecycle
 
 
 class FakeServed(SimpleNamespace):
-    """What a record needs of a served model: its version, engine health and queue."""
+    """What a record needs of a served model: its version, engine health and watchdog."""
 
     def __init__(self, version: str, healthy: bool = True) -> None:
         super().__init__(version=version, engine_healthy=healthy,
-                         queue=SimpleNamespace(not_answering=lambda: ModelNotReadyError("stuck", retry_after_s=1)))
+                         watchdog=SimpleNamespace(not_answering=lambda: ModelNotReadyError("stuck", retry_after_s=1)))
 
 
 def ready_gauge(metrics: Metrics, name: str, version: str) -> float | None:

@@ -1,0 +1,121 @@
+"""The observers resserve ships: Prometheus metrics, Triton's statistics extension, and spans.
+
+Each records one model version's events in its own terms; :class:`~resserve.serving.observers.Observers`
+calls them in turn and isolates their failures. The tracing sink is added only when tracing is on,
+so a server without it pays nothing for spans.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+from PIL import Image
+
+from resserve.metrics import Metrics
+from resserve.serving.observers import BatchRun, Observer
+from resserve.serving.statistics import ModelStatistics
+from resserve.tracing import Tracing, now_ns
+
+
+class PrometheusSink(Observer):
+    """The ``resserve_*`` metrics of one model version (names and labels: docs/metrics.md)."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self.metrics = metrics
+        self.labels = (model, version)
+
+    def queue_depth(self, rows: int) -> None:
+        self.metrics.queue_depth.labels(*self.labels).set(rows)
+
+    def expired(self) -> None:
+        self.metrics.expired.labels(*self.labels).inc()
+
+    def batch_planned(self, cap: int, held_s: float) -> None:
+        self.metrics.batch_cap.labels(*self.labels).set(cap)
+        self.metrics.planned_wait.labels(*self.labels).observe(held_s)
+
+    def batch_started(self, batch: BatchRun) -> None:
+        queue_wait = self.metrics.queue_wait.labels(*self.labels)
+        for waited in batch.waited_s:
+            queue_wait.observe(waited)
+
+    def batch_done(self, batch: BatchRun) -> None:
+        self.metrics.inference.labels(*self.labels).observe(batch.elapsed_s)
+        self.metrics.batch_size.labels(*self.labels).observe(batch.total_rows)
+
+    def batch_failed(self, batch: BatchRun, hung: bool) -> None:
+        if hung:
+            self.metrics.engine_hangs.labels(*self.labels).inc()
+        self.metrics.engine_failures.labels(*self.labels).inc()
+
+    def image_preprocessed(self, image: bytes, wait_s: float, decode_s: float, transform_s: float,
+                           started: float) -> None:
+        model = self.labels[0]
+        self.metrics.preprocess_wait.labels(model).observe(wait_s)
+        self.metrics.decode.labels(model).observe(decode_s)
+        self.metrics.preprocess.labels(model).observe(transform_s)
+
+    def request_done(self, ok: bool, seconds: float, images: int, protocol: str) -> None:
+        counter = self.metrics.grpc_images if protocol == "grpc" else self.metrics.images
+        counter.labels(self.labels[0], "ok" if ok else "error").inc(images)
+
+
+class StatisticsSink(Observer):
+    """Triton's statistics extension for one model version (``/v2/models/{name}/stats``)."""
+
+    def __init__(self, statistics: ModelStatistics) -> None:
+        self.statistics = statistics
+
+    def batch_done(self, batch: BatchRun) -> None:
+        self.statistics.batch_done(list(batch.rows), list(batch.waited_s), batch.concat_s, batch.infer_s,
+                                   batch.output_s)
+
+    def image_preprocessed(self, image: bytes, wait_s: float, decode_s: float, transform_s: float,
+                           started: float) -> None:
+        self.statistics.preprocessed(decode_s + transform_s)
+
+    def request_done(self, ok: bool, seconds: float, images: int, protocol: str) -> None:
+        self.statistics.request_done(ok, seconds, images)
+
+
+class TracingSink(Observer):
+    """Spans for work measured off the request's task: ``preprocess`` and ``decode`` (timed in a
+    worker thread), ``queue wait`` per request and ``engine batch`` (timed by the queue)."""
+
+    def __init__(self, tracing: Tracing, model: str, version: str) -> None:
+        self.tracing = tracing
+        self.model = model
+        self.version = version
+
+    def image_preprocessed(self, image: bytes, wait_s: float, decode_s: float, transform_s: float,
+                           started: float) -> None:
+        if self.tracing.current() is None:  # an adapter without a request span
+            return
+        start_ns = now_ns() - int((time.perf_counter() - started) * 1e9)
+        decoded_ns = start_ns + int(decode_s * 1e9)
+        try:
+            width, height = Image.open(io.BytesIO(image)).size  # reads the header only
+        except Exception:  # it decoded already; a format Pillow cannot reopen is no reason to fail
+            width = height = 0
+        parent = self.tracing.record("preprocess", start_ns, decoded_ns + int(transform_s * 1e9), model=self.model,
+                                     version=self.version, image_width=width, image_height=height)
+        self.tracing.record("decode", start_ns, decoded_ns, parent, image_width=width, image_height=height)
+
+    def batch_done(self, batch: BatchRun) -> None:
+        self._record(batch)
+
+    def batch_failed(self, batch: BatchRun, hung: bool) -> None:
+        self._record(batch)
+
+    def _record(self, batch: BatchRun) -> None:
+        links = [trace for trace in batch.traces if trace is not None]
+        if not links:
+            return
+        for rows, waited, trace in zip(batch.rows, batch.waited_s, batch.traces, strict=True):
+            if trace is not None:
+                self.tracing.record("queue wait", batch.started_ns - int(waited * 1e9), batch.started_ns, trace,
+                                    rows=rows)
+        self.tracing.record_batch(links, batch.started_ns, batch.started_ns + int(batch.elapsed_s * 1e9),
+                                  model=self.model, version=self.version, batch_size=batch.total_rows,
+                                  requests=len(batch.rows))
