@@ -19,10 +19,10 @@ missing:
    crop and normalize on the GPU (``GpuPreprocessor``), on synthetic 500x375 and 1600x1200 JPEGs,
    with the GPU tensor's deviation from the CPU path's.
 4. ``server``: ``resserve serve`` on one torch-CUDA fp16 ResNet-50 built here, loaded by the
-   project's load generator (closed loop, 64 clients by default); ``--workers`` is passed only
-   where ``resserve serve --help`` lists it. The server decodes on the CPU, then once more with
-   the model's ``gpu_decode: true`` (nvJPEG and GPU preprocessing in the server) at the first
-   worker count, where the installed resserve has that option.
+   project's load generator (closed loop, 64 clients by default), once per ``--workers`` value.
+   The server decodes on the CPU, then once more with the model's ``gpu_decode: true`` (nvJPEG
+   and GPU preprocessing in the server) at the first worker count. The resserve a stage runs is
+   always this checkout's (see below; gpu-wheels holds no resserve), so nothing probes its options.
 
 The lent machine's ``python3`` has CUDA torch and torchvision but few of resserve's dependencies
 and no network: ``make gpu-wheels`` (here) downloads them into ``gpu-wheels/``, which travels

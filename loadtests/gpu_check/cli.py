@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=64, help="server stage: closed-loop clients")
     parser.add_argument("--window-s", type=float, default=5.0, help="server stage: seconds per measured window")
     parser.add_argument("--workers", default="auto,4",
-                        help="server stage: one run per comma-separated --workers value, where serve has it")
+                        help="server stage: one run per comma-separated --workers value")
     parser.add_argument("--rounds", type=int, default=3, help="engine stage: interleaved rounds")
     parser.add_argument("--round-s", type=float, default=0.25, help="engine stage: seconds per batch size per round")
     parser.add_argument("--stage", choices=sorted(CHILDREN), help=argparse.SUPPRESS)

@@ -53,7 +53,6 @@ def env_rows(env: dict[str, Any], wheels: dict[str, Any]) -> list[list[str]]:
         rows.append([module, f"{info['version']}{where}" if info.get("version") else f"missing: {info.get('error')}"])
     if env.get("onnxruntime_providers"):
         rows.append(["onnxruntime providers", ", ".join(env["onnxruntime_providers"])])
-    rows.append(["resserve serve --workers", env.get("serve_workers", "not checked")])
     if env.get("status") != "ok":
         rows.append(["environment probe", f"{env.get('status')}: {env.get('reason', '')}"])
     return rows

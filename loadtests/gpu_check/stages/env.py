@@ -15,7 +15,6 @@ from typing import Any
 
 from ..resserve_modules import BENCH_ENGINE, HARDWARE, load
 from ..supervisor import SITE_VARIABLE
-from .server import serve_has_workers
 
 # What the environment table reports: import name -> distribution.
 DEPENDENCIES = {
@@ -89,7 +88,3 @@ def run(result: dict[str, Any], save: Callable[[], None], args: argparse.Namespa
 
         result["onnxruntime_providers"] = onnxruntime.get_available_providers()
     save()
-    try:
-        result["serve_workers"] = "listed" if serve_has_workers() else "not listed (one server process)"
-    except Exception as exc:
-        result["serve_workers"] = f"cannot tell: {type(exc).__name__}: {exc}"

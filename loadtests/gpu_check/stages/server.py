@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import ROOT
-from ..resserve_modules import (BENCH_PROCESS, BUILD_PIPELINE, CLI, CONFIG, LOAD_GENERATOR, LOAD_IMAGES,
-                                LOAD_MEASURE, REPOSITORY, load)
+from ..resserve_modules import (BENCH_PROCESS, BUILD_PIPELINE, LOAD_GENERATOR, LOAD_IMAGES, LOAD_MEASURE,
+                                REPOSITORY, load)
 from ..supervisor import say
 from ..table import row
 
@@ -36,18 +32,6 @@ fast_preprocess: true
 # a broken build (random weights flip a few top-1 classes at any reduced precision).
 calibration: {held_out: 64, min_top1_agreement: 0.9}
 """
-
-
-def serve_has_workers() -> bool:
-    done = subprocess.run([sys.executable, "-m", CLI, "serve", "--help"], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}, cwd=ROOT)
-    if done.returncode != 0:
-        raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1])
-    return "--workers" in done.stdout
-
-
-def _has_gpu_decode() -> bool:
-    return "gpu_decode" in load(CONFIG).ModelConfig.model_fields
 
 
 def _build(repo: Path, result: dict[str, Any], save: Callable[[], None]) -> None:
@@ -85,14 +69,10 @@ def run(result: dict[str, Any], save: Callable[[], None], args: argparse.Namespa
     with tempfile.TemporaryDirectory(prefix="gpu-check-repo-") as folder:
         repo = Path(folder)
         _build(repo, result, save)
-        has_workers = serve_has_workers()
-        runs = [(w, "cpu") for w in args.workers.split(",") if w] if has_workers else [("", "cpu")]
-        if not has_workers:
-            result["notes"].append("resserve serve has no --workers here: one server process")
-        if _has_gpu_decode():
-            runs.insert(1, (runs[0][0], "gpu"))  # beside the first CPU-decode run, before the other counts
-        else:
-            result["notes"].append("this resserve's model config has no gpu_decode: CPU decode only")
+        # The resserve served is always this checkout's (on the children's path; gpu-wheels holds no
+        # resserve), which has serve --workers and the model config's gpu_decode: nothing to probe.
+        runs = [(w, "cpu") for w in args.workers.split(",") if w] or [("", "cpu")]
+        runs.insert(1, (runs[0][0], "gpu"))  # beside the first CPU-decode run, before the other counts
         last_s = 0.0
         for workers, decode in runs:
             label = f"--workers {workers}" if workers else "one process"
