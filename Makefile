@@ -73,7 +73,7 @@ gpu-wheels: install
 	test $$size -le $(GPU_WHEELS_MAX_MIB) || { echo "over $(GPU_WHEELS_MAX_MIB) MiB: drop GPU_WHEELS_EXTRA or a PY_VERSION"; exit 1; }
 
 gpu-check:
-	$(GPU_PYTHON) loadtests/gpu_check.py --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)
+	$(GPU_PYTHON) loadtests/gpu_check --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)
 
 # Build the CPU image with podman (local debootstrap base where no registry is reachable), run it,
 # classify one image, SIGTERM it and require exit 0. Needs root (installs podman when missing).

@@ -9,7 +9,7 @@ on whatever device its tensors are on, so it runs and is tested on a CPU tensor 
 The server uses it for models with ``gpu_decode: true`` through :class:`GpuImageDecoder`: Pillow
 reads and checks each header first (format, pixel limit, EXIF orientation: the same refusals as
 the CPU path, before any pixel is decoded), then JPEGs stored upright go to nvJPEG and everything
-else (PNG, WebP, rotated JPEGs) to the CPU path. ``loadtests/gpu_check.py`` measures both. torch
+else (PNG, WebP, rotated JPEGs) to the CPU path. ``loadtests/gpu_check`` measures both. torch
 and torchvision are imported lazily: neither is a serving dependency.
 
 Example::
