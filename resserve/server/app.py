@@ -27,7 +27,8 @@ from resserve.errors import ResserveError
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
 from resserve.server import classify, control, health, oip_routes, statistics
-from resserve.server.auth import ApiKeyMiddleware
+from resserve.server.access import AccessPolicy
+from resserve.server.auth import AccessMiddleware
 from resserve.server.errors import install_error_handlers
 from resserve.server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from resserve.server.pipeline import RequestPipeline
@@ -77,6 +78,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         repository=repository,
         manager=manager,
         pipeline=RequestPipeline(settings, metrics, manager, tracing),
+        access=AccessPolicy.from_settings(settings),
         worker=worker,
     )
     if not settings.build_missing:
@@ -127,9 +129,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
                        max_header_bytes=settings.max_header_bytes)
-    if settings.api_keys:  # inside the metrics middleware: 401s are counted too
-        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, auth_health=settings.auth_health,
-                           auth_metrics=settings.auth_metrics, control_has_token=settings.control_token is not None)
+    app.add_middleware(AccessMiddleware, policy=state.access)  # inside the metrics middleware: 401s are counted too
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if tracing.enabled:  # off: not installed, no cost per request
         app.add_middleware(TracingMiddleware, tracing=tracing)

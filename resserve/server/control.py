@@ -1,36 +1,24 @@
 """Repository control (Triton's model repository extension): index, load, unload.
 
 Off unless a bearer token is configured (``RESSERVE_CONTROL_TOKEN``) or control is explicitly
-allowed without one; the token is compared in constant time.
+allowed without one: the access policy (:mod:`resserve.server.access`) decides, for HTTP in its
+middleware and for gRPC in the servicer, before these run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from resserve.errors import ConflictError, EngineError, ForbiddenError, ModelNotFoundError, ResserveError, UnauthorizedError
+from resserve.errors import ConflictError, EngineError, ModelNotFoundError, ResserveError
 from resserve.redact import failure_reason
 from resserve.server.state import AppState, get_state
 
 router = APIRouter()
-
-
-def check_control(state: AppState, authorization: str) -> None:
-    """Raise unless an ``Authorization`` value (HTTP header or gRPC metadata) may use repository control."""
-    token = state.settings.control_token
-    if token is None:
-        if not state.settings.allow_repository_control:
-            raise ForbiddenError("repository control is disabled: set RESSERVE_CONTROL_TOKEN to enable it")
-    else:
-        scheme, _, given = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise UnauthorizedError("repository control needs 'Authorization: Bearer <token>'")
 
 
 def refuse_with_workers(state: AppState) -> None:
@@ -41,13 +29,6 @@ def refuse_with_workers(state: AppState) -> None:
         raise ConflictError(f"repository control is not available with {state.worker.count} workers: a load "
                             "or unload would reach only the worker that answers; roll the deployment "
                             "(or run one worker) to change models")
-
-
-def authorize(request: Request) -> AppState:
-    """The app state, if this request may use the control endpoints."""
-    state = get_state(request)
-    check_control(state, request.headers.get("authorization", ""))
-    return state
 
 
 def _load_error(exc: Exception, message: str) -> ResserveError:
@@ -68,7 +49,7 @@ def _json(body: Any, status: int = 200) -> Response:
 @router.post("/v2/repository/index")
 async def index(request: Request) -> Response:
     """Every model in the repository with its state."""
-    return _json(await repository_index(authorize(request)))
+    return _json(await repository_index(get_state(request)))
 
 
 async def repository_index(state: AppState) -> list[dict[str, str]]:
@@ -92,7 +73,7 @@ async def repository_index(state: AppState) -> list[dict[str, str]]:
 @router.post("/v2/repository/models/{name}/load")
 async def load(request: Request, name: str) -> Response:
     """Load or reload a model (its newest built version); in-flight requests are not lost."""
-    await load_model(authorize(request), name)
+    await load_model(get_state(request), name)
     return _json({})
 
 
@@ -111,7 +92,7 @@ async def load_model(state: AppState, name: str) -> None:
 @router.post("/v2/repository/models/{name}/unload")
 async def unload(request: Request, name: str) -> Response:
     """Stop serving a model after its queued requests finish."""
-    await unload_model(authorize(request), name)
+    await unload_model(get_state(request), name)
     return _json({})
 
 

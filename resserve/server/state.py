@@ -10,6 +10,7 @@ from starlette.requests import Request
 from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
+from resserve.server.access import AccessPolicy
 from resserve.server.pipeline import RequestPipeline
 from resserve.server.workers import WorkerIdentity, peers_not_ready
 from resserve.serving.manager import ModelManager, ServedModel
@@ -25,6 +26,7 @@ class AppState:
     repository: ModelRepository
     manager: ModelManager
     pipeline: RequestPipeline
+    access: AccessPolicy  # who may call what, HTTP and gRPC alike
     started: bool = False  # every configured model has been built and loaded, or has failed
     draining: bool = False
     worker: WorkerIdentity | None = None  # one of ``resserve serve --workers N``; None: the only process

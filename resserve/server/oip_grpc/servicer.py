@@ -20,11 +20,11 @@ from opentelemetry.trace import Span, Status, StatusCode
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from resserve import __version__
-from resserve.errors import DeadlineExceededError, ResserveError, UnauthorizedError
+from resserve.errors import DeadlineExceededError, ResserveError
 from resserve.logs import request_id
 from resserve.server import oip
-from resserve.server.auth import ApiKeys, missing_key_message, presented_keys
-from resserve.server.control import check_control, load_model, repository_index, unload_model
+from resserve.server.access import Endpoint
+from resserve.server.control import load_model, repository_index, unload_model
 from resserve.server.oip_grpc.codec import decode_request, encode_response
 from resserve.server.oip_grpc.status import grpc_status
 from resserve.server.oip_infer import (
@@ -117,8 +117,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        settings = state.settings
-        self._keys = ApiKeys(settings.api_keys) if settings.api_keys else None
 
     def count(self, method: str, model: str, code: str, started: float) -> None:
         """One call in ``resserve_grpc_requests_total`` and its duration."""
@@ -127,21 +125,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self.state.metrics.grpc_duration.labels(method, known, code).observe(time.perf_counter() - started)
 
     def authenticate(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        """API keys as HTTP checks them: health exempt unless ``auth_health``, repository control
-        by its own token when it has one."""
-        settings = self.state.settings
-        metadata = _metadata(context)
-        if method in REPOSITORY_METHODS and settings.control_token is not None:
-            authorization = next((v.decode() for k, v in metadata if k == b"authorization"), "")
-            check_control(self.state, authorization)
-            return
-        if method in REPOSITORY_METHODS:
-            check_control(self.state, "")  # disabled unless allowed; then an API key as below
-        if self._keys is None or (method in HEALTH_METHODS and not settings.auth_health):
-            return
-        given = presented_keys(metadata)
-        if not self._keys.accepts(given):
-            raise UnauthorizedError(missing_key_message(given).replace("'Authorization", "metadata 'authorization"))
+        """The access policy HTTP's middleware asks, with the call's metadata for headers."""
+        endpoint: Endpoint = ("health" if method in HEALTH_METHODS else
+                              "control" if method in REPOSITORY_METHODS else "inference")
+        self.state.access.check(endpoint, _metadata(context), carrier="metadata")
 
     @_rpc
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

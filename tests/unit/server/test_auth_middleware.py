@@ -1,4 +1,4 @@
-"""The API-key middleware on a bare ASGI app: what it guards, what it leaves open, how it compares."""
+"""The access policy at the HTTP door, on a bare ASGI app: what it guards, what it leaves open, how it compares."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from resserve.server.auth import ApiKeyMiddleware, presented_keys
+from resserve.server.access import AccessPolicy, ApiKeys, presented_keys
+from resserve.server.auth import AccessMiddleware
 
 KEYS = ["old-key", "new-key"]
 
@@ -28,7 +29,7 @@ class Echo:
 
 def client(**options: Any) -> tuple[httpx.AsyncClient, Echo]:
     inner = Echo()
-    app = ApiKeyMiddleware(inner, KEYS, **options)
+    app = AccessMiddleware(inner, AccessPolicy(KEYS, **options))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test"), inner
 
 
@@ -47,21 +48,26 @@ async def test_guarded_paths_need_a_key(path: str) -> None:
         assert (await http.get(path, headers={"authorization": f"bearer   {KEYS[0]}  "})).status_code == 200
 
 
-async def test_health_metrics_and_control_stay_open_by_default() -> None:
-    http, _ = client()
+async def test_health_and_metrics_stay_open_by_default_and_control_takes_its_own_token() -> None:
+    http, inner = client(control_token="control-secret")
     async with http:
-        for path in ("/v2/health/live", "/v2/health/ready", "/metrics", "/v2/repository/index"):
+        for path in ("/v2/health/live", "/v2/health/ready", "/metrics"):
             assert (await http.get(path)).status_code == 200, path
+        for headers in ({}, {"x-api-key": "old-key"}, {"authorization": "Bearer old-key"}):
+            refused = await http.post("/v2/repository/index", headers=headers)  # an API key is not the token
+            assert refused.status_code == 401 and "repository control needs" in refused.json()["error"]
+        calls = inner.calls
+        ok = await http.post("/v2/repository/index", headers={"authorization": "Bearer control-secret"})
+        assert ok.status_code == 200 and inner.calls == calls + 1
 
 
-async def test_control_without_a_token_of_its_own_needs_an_api_key() -> None:
-    """allow_repository_control with no control token: load/unload must not be the one open door."""
-    http, inner = client(control_has_token=False)
+async def test_control_without_a_token_is_forbidden_and_says_so_only_to_a_caller_with_a_key() -> None:
+    http, inner = client()
     async with http:
-        for path in ("/v2/repository/index", "/v2/repository/models/r18/unload"):
-            assert (await http.post(path)).status_code == 401, path
-            assert (await http.post(path, headers={"x-api-key": "old-key"})).status_code == 200
-        assert inner.calls == 2
+        assert (await http.post("/v2/repository/index")).status_code == 401
+        refused = await http.post("/v2/repository/index", headers={"x-api-key": "old-key"})
+        assert refused.status_code == 403 and "disabled" in refused.json()["error"]
+        assert inner.calls == 0
 
 
 async def test_health_and_metrics_can_be_guarded() -> None:
@@ -70,7 +76,6 @@ async def test_health_and_metrics_can_be_guarded() -> None:
         for path in ("/v2/health/live", "/v2/health/ready", "/metrics"):
             assert (await http.get(path)).status_code == 401, path
             assert (await http.get(path, headers={"x-api-key": "new-key"})).status_code == 200
-        assert (await http.get("/v2/repository/index")).status_code == 200  # control: its own token
     http, _ = client(auth_metrics=True)
     async with http:
         assert (await http.get("/metrics")).status_code == 401
@@ -102,7 +107,7 @@ async def test_wrong_or_malformed_keys_are_refused(headers: dict[str, str]) -> N
 
 
 async def test_refused_without_reading_the_body() -> None:
-    app = ApiKeyMiddleware(Echo(), KEYS)
+    app = AccessMiddleware(Echo(), AccessPolicy(KEYS))
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -137,7 +142,7 @@ async def test_every_key_is_compared_even_after_a_match(monkeypatch: pytest.Monk
 
 
 async def test_websocket_without_a_key_is_closed() -> None:
-    app = ApiKeyMiddleware(Echo(), KEYS)
+    app = AccessMiddleware(Echo(), AccessPolicy(KEYS))
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -159,4 +164,4 @@ def test_presented_keys_reads_both_headers() -> None:
 @pytest.mark.parametrize("keys", [[], [""], ["ok", "  "]])
 def test_no_or_blank_keys_are_refused(keys: list[str]) -> None:
     with pytest.raises(ValueError, match="no blank"):
-        ApiKeyMiddleware(Echo(), keys)
+        ApiKeys(keys)
