@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
-from resserve.bench.engine import environment
-from resserve.bench.process import server_process
+from resserve.perf.bench_engine import environment
+from resserve.perf.server_process import server_process
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

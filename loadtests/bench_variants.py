@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from resserve.loadtest.server_bench import as_dict, run_server_bench
+from resserve.perf.server_bench import as_dict, run_server_bench
 from resserve.repository import ModelRepository
 
 

@@ -7,7 +7,7 @@ generator. Run it beside a load test:
 
 resserve names its threads for the kernel (``rs-engine-N``, ``rs-preprocess``; the main thread
 runs the event loop), so the names printed say which is which. ``resserve bench server`` reads
-the same figures by thread group for its windows (``resserve.loadtest.thread_cpu``).
+the same figures by thread group for its windows (``resserve.perf.thread_cpu``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from resserve.loadtest.thread_cpu import thread_times
+from resserve.perf.thread_cpu import thread_times
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:

@@ -19,12 +19,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from resserve.bench.engine import environment
-from resserve.bench.process import free_port, server_process
-from resserve.loadtest.generator import LoadGenerator
-from resserve.loadtest.grpc_generator import GrpcLoadGenerator
-from resserve.loadtest.images import generate, load_folder
-from resserve.loadtest.measure import LoadPoint, MeasurementSettings, closed_point
+from resserve.perf.bench_engine import environment
+from resserve.perf.server_process import free_port, server_process
+from resserve.perf.generator import LoadGenerator
+from resserve.perf.grpc_generator import GrpcLoadGenerator
+from resserve.perf.images import generate, load_folder
+from resserve.perf.measure import LoadPoint, MeasurementSettings, closed_point
 
 
 async def measure(http_url: str, grpc_target: str, model: str, payloads: list, concurrencies: list[int],

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from resserve.agreement import agreement
-from resserve.build.calibration import image_files
+from resserve.builder.calibration import image_files
 from resserve.config import OnnxRuntimeConfig
 from resserve.engines.base import Engine
 from resserve.engines.hardware import isa_class
@@ -57,8 +57,8 @@ def _engine(version: ModelVersion, onnx: Path | None, exact_kernels: str | None)
 
 
 def quantize(args: argparse.Namespace) -> None:
-    from resserve.build.calibration import load_batch
-    from resserve.build.ort_quant import quantize_int8
+    from resserve.builder.calibration import load_batch
+    from resserve.builder.ort_quant import quantize_int8
 
     version = ModelRepository(args.repo).version(args.model)
     calibration = load_batch(version.contract, version.config.calibration.count)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from locust import FastHttpUser, between, constant, task
 
-from resserve.loadtest.images import Payload, generate, load_folder
+from resserve.perf.images import Payload, generate, load_folder
 
 MODEL = os.environ.get("RESSERVE_MODEL", "resnet50")
 IMAGES_DIR = os.environ.get("RESSERVE_IMAGES")

@@ -31,8 +31,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from resserve.build.onnx_fold import optimize_onnx
-from resserve.build.onnx_fold.parity import _input_shape
+from resserve.builder.onnx_fold import optimize_onnx
+from resserve.builder.onnx_fold.fold_parity import _input_shape
 from resserve.models.resnet import build_resnet
 from resserve.models.weights import randomize
 

@@ -22,11 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from resserve.bench.engine import environment
-from resserve.bench.process import server_process
-from resserve.loadtest.generator import LoadGenerator
-from resserve.loadtest.images import Payload, generate, load_folder
-from resserve.loadtest.measure import MeasurementSettings, closed_point
+from resserve.perf.bench_engine import environment
+from resserve.perf.server_process import server_process
+from resserve.perf.generator import LoadGenerator
+from resserve.perf.images import Payload, generate, load_folder
+from resserve.perf.measure import MeasurementSettings, closed_point
 
 PEER = Path(__file__).with_name("peer_baseline.py")
 

@@ -33,12 +33,12 @@ import onnx
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from resserve.bench.engine import environment
-from resserve.bench.process import server_process
+from resserve.perf.bench_engine import environment
+from resserve.perf.server_process import server_process
 from resserve.engines.hardware import available_cores
-from resserve.loadtest.generator import LoadGenerator
-from resserve.loadtest.images import Payload, load_folder
-from resserve.loadtest.server_bench import ServedEngines, closed_window, preprocess_seconds
+from resserve.perf.generator import LoadGenerator
+from resserve.perf.images import Payload, load_folder
+from resserve.perf.server_bench import ServedEngines, closed_window, preprocess_seconds
 from resserve.repository import ModelRepository
 from resserve.synthetic import synthetic_jpegs
 

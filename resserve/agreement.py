@@ -1,7 +1,7 @@
 """How far a reduced-precision model's answers agree with its fp32 reference, and whether another
 CPU still gives the answers its accuracy report promised.
 
-The build measures agreement on held-out images (:mod:`resserve.build.accuracy`) and stores a
+The build measures agreement on held-out images (:mod:`resserve.builder.accuracy`) and stores a
 few of them with the artifact as a :class:`CheckSet`: the uint8 crops, the fp32 reference's
 logits and the built model's own logits, all from the build machine. A machine of another
 instruction-set class (an int8 kernel that saturates on AVX2 and not on VNNI, say) runs the model

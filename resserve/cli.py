@@ -20,7 +20,7 @@ from resserve.build_events import BuildEvent
 from resserve.build_events import failed as build_failed
 from resserve.console import configure_logging, make_console
 from resserve.errors import ResserveError
-from resserve.loadtest.cli import loadtest_app
+from resserve.perf.loadtest_commands import loadtest_app
 
 app = typer.Typer(help="Serve ResNet-family image classifiers fast.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks: the bare engine and the server.", no_args_is_help=True)
@@ -88,7 +88,7 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17)")] = 18,
 ) -> None:
     """Export a ResNet to ONNX with every BatchNorm folded, checked against torch."""
-    from resserve.build.export import export_onnx
+    from resserve.builder.export import export_onnx
     from resserve.labels import load_labels
     from resserve.models.weights import load_model_or_fallback
 
@@ -117,7 +117,7 @@ def optimize(
 ) -> None:
     """Fold BatchNorm and per-channel arithmetic into the convolutions of a third-party ONNX graph,
     through nop Casts and the NHWC<->NCHW Transposes converters wrap around them, and report it."""
-    from resserve.build.onnx_fold import optimize_onnx
+    from resserve.builder.onnx_fold import optimize_onnx
 
     try:
         report = optimize_onnx(src, output, check_parity=check_parity, require_folded=require_folded)
@@ -170,7 +170,7 @@ def build(
              "stderr, and go on past a model that fails (how resserve serve builds)")] = False,
 ) -> None:
     """Build every model's artifact that is missing or stale (config or source changed)."""
-    from resserve.build.pipeline import BuildPipeline
+    from resserve.builder.build_pipeline import BuildPipeline
     from resserve.repository import ModelRepository
 
     try:
@@ -350,7 +350,7 @@ def bench_engine_cmd(
     """Bare-engine images/s and latency per batch size: the server's reference."""
     sizes = _parse_batch_sizes(batch_sizes)
     if target.is_dir():
-        from resserve.bench.matrix import bench_variants, markdown, write
+        from resserve.perf.bench_matrix import bench_variants, markdown, write
         from resserve.repository import ModelRepository
 
         try:
@@ -362,7 +362,7 @@ def bench_engine_cmd(
         console.print(markdown(results))
         write(results, json_out, markdown_out)
         return
-    from resserve.bench.engine import bench_engine, write_json
+    from resserve.perf.bench_engine import bench_engine, write_json
     from resserve.engines.onnxruntime import OnnxRuntimeEngine
 
     try:
@@ -394,7 +394,7 @@ def bench_preprocess_cmd(
     round_seconds: Annotated[float, typer.Option(help="seconds per mode per round")] = 1.0,
 ) -> None:
     """Preprocessing on one core: exact path vs each fast path, time and deviation."""
-    from resserve.bench.preprocess import bench_preprocess
+    from resserve.perf.bench_preprocess import bench_preprocess
 
     parsed = [_parse_image_size(part) for part in sizes.split(",") if part.strip()]
     results = bench_preprocess(parsed, rounds=rounds, round_s=round_seconds)
@@ -425,7 +425,7 @@ def bench_server_cmd(
 
     Bound = cores / (cores / engine img/s + preprocess s per image on one core); each round
     measures engine, preprocessing and server back to back."""
-    from resserve.loadtest.server_bench import as_dict, run_server_bench
+    from resserve.perf.server_bench import as_dict, run_server_bench
 
     sizes = [_parse_image_size(text) for text in image_size or ["500x375"]]
     try:

@@ -56,15 +56,15 @@ class EngineSpec:
 ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec("onnxruntime", ("fp32", "fp16", "int8"), "model.{precision}.onnx",
                opener="resserve.engines.onnxruntime:open_from_config",
-               compiler="resserve.build.variants:compile_onnxruntime", pixel_input=True, auto_rank=90,
+               compiler="resserve.builder.variants:compile_onnxruntime", pixel_input=True, auto_rank=90,
                reference_precision="fp32"),
     EngineSpec("openvino", ("fp32", "bf16", "int8"), "openvino/model.xml",
                opener="resserve.engines.openvino:open_from_config",
-               compiler="resserve.build.variants:compile_openvino", pixel_input=True, auto_rank=20,
+               compiler="resserve.builder.variants:compile_openvino", pixel_input=True, auto_rank=20,
                auto_probe="resserve.engines.select:openvino_runs"),
     EngineSpec("tensorrt", ("fp32", "fp16", "int8"), "tensorrt/model.plan",
                opener="resserve.engines.tensorrt:open_from_config",
-               compiler="resserve.build.variants:compile_tensorrt", auto_rank=10,
+               compiler="resserve.builder.variants:compile_tensorrt", auto_rank=10,
                auto_probe="resserve.engines.select:tensorrt_runs"),
     # The torch engine runs the source model; its artifact (the weights) is written by the exporter.
     EngineSpec("torch", ("fp32", "bf16", "fp16"), "model.safetensors",

@@ -98,7 +98,7 @@ class AccuracyReport(BaseModel):
 
     Top-1 and top-5 agreement (does the variant pick the reference's class, is the reference's
     class in the variant's top 5) and the mean cosine similarity of the logit vectors; measured by
-    :func:`resserve.build.accuracy.compare`.
+    :func:`resserve.builder.accuracy.compare`.
     """
 
     variant: str

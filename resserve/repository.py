@@ -4,7 +4,7 @@ A catalog: model names, their configs, built versions and, for each version, its
 labels. A version folder holds the folded fp32 ``model.onnx`` (the reference), the engine's
 artifact for other variants (paths in :mod:`resserve.engines.factory`), ``accuracy.json`` for
 them, and ``build.json`` (what built it). Building and the stale check are
-:mod:`resserve.build.pipeline`; serving reads the catalog and never builds.
+:mod:`resserve.builder.build_pipeline`; serving reads the catalog and never builds.
 """
 
 from __future__ import annotations

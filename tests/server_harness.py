@@ -16,9 +16,9 @@ import yaml
 from opentelemetry.trace import TracerProvider
 from PIL import Image
 
-from resserve.bench.process import ServerProcess, free_port
-from resserve.bench.process import server_process as bench_server_process
-from resserve.build.pipeline import BuildPipeline
+from resserve.perf.server_process import ServerProcess, free_port
+from resserve.perf.server_process import server_process as bench_server_process
+from resserve.builder.build_pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository

@@ -6,18 +6,18 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-BENCH_ENGINE = "resserve.bench.engine"  # bench_engine, cpu_model
-BENCH_PREPROCESS = "resserve.bench.preprocess"  # bench_preprocess
-BENCH_PROCESS = "resserve.bench.process"  # server_process
-BENCH_STATS = "resserve.bench.stats"  # latency_summary_ms
-BUILD_EXPORT = "resserve.build.export"  # export_onnx
-BUILD_PIPELINE = "resserve.build.pipeline"  # BuildPipeline
+BENCH_ENGINE = "resserve.perf.bench_engine"  # bench_engine, cpu_model
+BENCH_PREPROCESS = "resserve.perf.bench_preprocess"  # bench_preprocess
+BENCH_PROCESS = "resserve.perf.server_process"  # server_process
+BENCH_STATS = "resserve.perf.stats"  # latency_summary_ms
+BUILD_EXPORT = "resserve.builder.export"  # export_onnx
+BUILD_PIPELINE = "resserve.builder.build_pipeline"  # BuildPipeline
 CONTRACT = "resserve.contract"  # imagenet_contract
-GPU_PREPROCESS = "resserve.engines.gpu_preprocess"  # GpuPreprocessor, decode_jpegs
+GPU_PREPROCESS = "resserve.preprocess.gpu"  # GpuPreprocessor, decode_jpegs
 HARDWARE = "resserve.engines.hardware"  # available_cores
-LOAD_GENERATOR = "resserve.loadtest.generator"  # LoadGenerator
-LOAD_IMAGES = "resserve.loadtest.images"  # generate
-LOAD_MEASURE = "resserve.loadtest.measure"  # MeasurementSettings, closed_point
+LOAD_GENERATOR = "resserve.perf.generator"  # LoadGenerator
+LOAD_IMAGES = "resserve.perf.images"  # generate
+LOAD_MEASURE = "resserve.perf.measure"  # MeasurementSettings, closed_point
 PREPROCESS = "resserve.preprocess"  # preprocess
 REPOSITORY = "resserve.repository"  # ModelRepository
 SYNTHETIC = "resserve.synthetic"  # synthetic_jpegs

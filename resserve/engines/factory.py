@@ -2,7 +2,7 @@
 
 Every version folder holds the folded fp32 ``model.onnx`` (the reference every variant is built
 from and measured against) plus, for other variants, the engine's own artifact. The builder
-(:mod:`resserve.build.variants`) writes to the paths the registry names and the server opens
+(:mod:`resserve.builder.variants`) writes to the paths the registry names and the server opens
 them through it, so the two never disagree about where an artifact lives.
 
 Example::

@@ -1,4 +1,4 @@
-"""OpenVINO CPU engine over an IR made by :func:`resserve.build.openvino.compile_openvino`.
+"""OpenVINO CPU engine over an IR made by :func:`resserve.builder.compile_openvino.compile_openvino`.
 
 Two ways to use the cores. ``LATENCY`` (the default): one stream, one synchronous request that
 uses every thread. ``THROUGHPUT``: OpenVINO makes several streams of fewer threads each, and a

@@ -1,4 +1,4 @@
-"""TensorRT engine: runs a ``model.plan`` built by :func:`resserve.build.tensorrt.build_plan`.
+"""TensorRT engine: runs a ``model.plan`` built by :func:`resserve.builder.compile_tensorrt.build_plan`.
 
 Plans are tied to the TensorRT version and GPU model that built them, so ``load`` reads the
 ``plan.json`` beside the plan first and refuses a mismatch with a message that says to rebuild,

@@ -4,7 +4,7 @@ In eval mode a BatchNorm is a per-channel affine map, so ``bn(conv(x))`` equals 
 with ``W' = W * g / sqrt(v + e)`` and ``b' = beta + (b - mu) * g / sqrt(v + e)``. The folded
 graph is the same on every engine (TensorRT INT8 calibration and third-party runtimes see no
 BatchNorm), and the check proves the rewrite did not change the function. It lives with the
-models because both the ONNX export (:mod:`resserve.build.export`) and the torch engine fold.
+models because both the ONNX export (:mod:`resserve.builder.export`) and the torch engine fold.
 """
 
 from __future__ import annotations

@@ -26,16 +26,18 @@ from resserve.config import ServerSettings
 from resserve.errors import ResserveError
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
-from resserve.server import classify, control, health, oip_routes, statistics
-from resserve.server.access import AccessPolicy
-from resserve.server.auth import AccessMiddleware
-from resserve.server.errors import install_error_handlers
-from resserve.server.middleware import BodyLimitMiddleware, MetricsMiddleware
-from resserve.server.pipeline import RequestPipeline
-from resserve.server.request_id import RequestIdMiddleware
+from resserve.server.oip import http_routes as oip_routes
+from resserve.server.routes import classify, control, health, statistics_route
+from resserve.server.access_policy import AccessPolicy
+from resserve.server.middleware.access import AccessMiddleware
+from resserve.server.error_responses import install_error_handlers
+from resserve.server.middleware.body_limits import BodyLimitMiddleware
+from resserve.server.middleware.request_metrics import MetricsMiddleware
+from resserve.server.request_pipeline import RequestPipeline
+from resserve.server.middleware.request_id import RequestIdMiddleware
 from resserve.server.startup import BuildSource, start_models, startup_order
-from resserve.server.state import AppState
-from resserve.server.tracing_middleware import TracingMiddleware
+from resserve.server.app_state import AppState
+from resserve.server.middleware.request_spans import TracingMiddleware
 from resserve.server.workers import HEARTBEAT_S, WorkerIdentity, publish_ready
 from resserve.serving.manager import ModelManager
 from resserve.tracing import Tracing, tracer_provider_from_env
@@ -59,7 +61,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     ``builds`` builds missing or stale models behind the open port when ``settings.build_missing``
     is on: a :class:`~resserve.server.startup.BuildProcess` (what ``resserve serve`` passes), or
     :class:`~resserve.server.startup.InProcessBuilds` around a builder such as
-    :class:`resserve.build.pipeline.BuildPipeline`; without one, only built versions load.
+    :class:`resserve.builder.build_pipeline.BuildPipeline`; without one, only built versions load.
 
     ``tracer_provider``: traces go there (tests pass one with an in-memory exporter); without one,
     tracing is on only where ``OTEL_TRACES_EXPORTER`` asks for it (:mod:`resserve.tracing`).
@@ -98,7 +100,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         heartbeat = asyncio.create_task(_heartbeat(state), name="worker-heartbeat") if worker else None
         try:  # a gRPC port that cannot be bound still releases what started above
             if settings.grpc_port is not None:
-                from resserve.server.oip_grpc.server import GrpcServer  # grpcio only where gRPC is on
+                from resserve.server.oip.grpc_server import GrpcServer  # grpcio only where gRPC is on
 
                 grpc_server = GrpcServer(state)
                 await grpc_server.start()
@@ -125,7 +127,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     app.state.resserve = state
     install_error_handlers(app)
     # statistics first: /v2/models/stats would otherwise be model "stats"'s metadata.
-    for module in (health, classify, statistics, oip_routes, control):
+    for module in (health, classify, statistics_route, oip_routes, control):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
                        max_header_bytes=settings.max_header_bytes)

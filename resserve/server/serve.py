@@ -17,7 +17,7 @@ import uvicorn
 from resserve.config import ServerSettings
 from resserve.server.app import create_app
 from resserve.server.startup import BuildSource
-from resserve.server.state import AppState
+from resserve.server.app_state import AppState
 
 log = logging.getLogger(__name__)
 

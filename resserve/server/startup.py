@@ -27,14 +27,14 @@ from resserve.repository import ModelRepository
 from resserve.build_events import BuildEvent
 from resserve.build_events import failed as build_failed
 from resserve.redact import without_paths_under
-from resserve.server.state import AppState
+from resserve.server.app_state import AppState
 from resserve.server.workers import WorkerIdentity
 
 log = logging.getLogger(__name__)
 
 class ModelBuilder(Protocol):
     """Builds a model's missing or stale version in this process
-    (:class:`resserve.build.pipeline.BuildPipeline` is one; serving never imports it)."""
+    (:class:`resserve.builder.build_pipeline.BuildPipeline` is one; serving never imports it)."""
 
     def is_stale(self, name: str) -> bool:
         """Whether ``name`` has no built version or one built from other inputs."""

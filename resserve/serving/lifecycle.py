@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Phase = Literal["PENDING", "BUILDING", "LOADING", "READY", "UNLOADING", "FAILED"]
+# The repository index speaks Triton's states: a phase, or UNAVAILABLE for a model the repository
+# has that nothing serves (never loaded, unloaded) or whose engine does not answer (watchdog).
+IndexState = Literal["PENDING", "BUILDING", "LOADING", "READY", "UNLOADING", "FAILED", "UNAVAILABLE"]
 # How long a client should wait before asking again about a model that is not serving yet.
 RETRY_AFTER_S: dict[str, float] = {"PENDING": 10.0, "BUILDING": 10.0, "LOADING": 2.0, "UNLOADING": 2.0,
                                    "FAILED": 30.0}
@@ -71,7 +74,7 @@ class ModelRecord:
         """The repository index's entry (Triton's model repository extension)."""
         entry = {"name": self.name, "version": self.version, "state": self.phase}
         if self.phase == "READY" and not self.serving:
-            entry.update(state="UNAVAILABLE", reason="the engine is not answering (watchdog)")
+            entry = unavailable_entry(self.name, self.version, "the engine is not answering (watchdog)")
         elif self.phase == "BUILDING" and self.step:
             entry["step"] = self.step
         elif self.phase == "FAILED":
@@ -238,3 +241,9 @@ class Lifecycle:
         if self.metrics is None or record.version == UNKNOWN_VERSION:
             return
         self.metrics.model_ready.labels(record.name, record.version).set(1 if record.serving else 0)
+
+
+def unavailable_entry(name: str, version: str, reason: str) -> dict[str, str]:
+    """The index entry of a model that is known but does not serve."""
+    state: IndexState = "UNAVAILABLE"
+    return {"name": name, "version": version, "state": state, "reason": reason}

@@ -321,7 +321,7 @@ def capacity_of(config: ModelConfig) -> int:
 def gpu_decoder(contract: PreprocessContract, options: DecodeOptions) -> Callable[[bytes], Any]:
     """nvJPEG decode and GPU preprocessing for one model; EngineUnavailableError (the model fails to
     load, the others serve) where torch, CUDA or torchvision is missing."""
-    from resserve.engines.gpu_preprocess import GpuImageDecoder  # imports torch when it runs, not before
+    from resserve.preprocess.gpu import GpuImageDecoder  # imports torch when it runs, not before
 
     return GpuImageDecoder(contract, options)
 

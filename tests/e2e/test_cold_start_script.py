@@ -9,7 +9,7 @@ from pathlib import Path
 
 from server_harness import write_model
 
-from resserve.bench.process import free_port
+from resserve.perf.server_process import free_port
 
 LOADTESTS = Path(__file__).parents[2] / "loadtests"
 

@@ -9,7 +9,7 @@ import httpx
 from fuzz_seeds import SEEDS
 from server_harness import jpeg, server_process, write_model
 
-from resserve.loadtest.overload import rss_mib
+from resserve.perf.overload import rss_mib
 
 CLIENT_ERRORS = {400, 404, 413, 415, 422}
 CONTENT_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "image/tiff", "application/octet-stream",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from server_harness import server_process, write_model
 
-from resserve.loadtest.compare import compare
-from resserve.loadtest.images import generate
+from resserve.perf.compare import compare
+from resserve.perf.images import generate
 
 
 def test_compare_interleaves_two_models_and_reports_each(model_onnx: Path, tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_compare_interleaves_two_models_and_reports_each(model_onnx: Path, tmp_p
 
     from PIL import Image
 
-    from resserve.loadtest.report import plot_compare
+    from resserve.perf.load_report import plot_compare
 
     png = plot_compare(points, tmp_path / "compare.png", "fixed vs adaptive", target_ms=500)
     with Image.open(png) as image:

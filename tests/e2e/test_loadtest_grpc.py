@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from server_harness import server_process, write_model
 
-from resserve.bench.process import free_port
-from resserve.build.pipeline import BuildPipeline
-from resserve.loadtest.grpc_generator import GrpcLoadGenerator
-from resserve.loadtest.images import generate
+from resserve.perf.server_process import free_port
+from resserve.builder.build_pipeline import BuildPipeline
+from resserve.perf.grpc_generator import GrpcLoadGenerator
+from resserve.perf.images import generate
 from resserve.repository import ModelRepository
 
 

@@ -13,9 +13,9 @@ import yaml
 from PIL import Image
 from server_harness import server_process, write_model
 
-from resserve.build.pipeline import BuildPipeline
-from resserve.loadtest.report import BATCH_PLOT, STAGES_PLOT, THROUGHPUT_PLOT, write_report
-from resserve.loadtest.sweep import SweepConfig, SweepResult, VariantSpec, overlay_repo, run_sweep
+from resserve.builder.build_pipeline import BuildPipeline
+from resserve.perf.load_report import BATCH_PLOT, STAGES_PLOT, THROUGHPUT_PLOT, write_report
+from resserve.perf.sweep import SweepConfig, SweepResult, VariantSpec, overlay_repo, run_sweep
 from resserve.repository import ModelRepository
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from server_harness import server_process, write_model
 
-from resserve.loadtest.images import generate
-from resserve.loadtest.overload import run_overload
+from resserve.perf.images import generate
+from resserve.perf.overload import run_overload
 
 
 def test_overload_is_refused_quickly_accepted_work_stays_bounded_and_service_recovers(

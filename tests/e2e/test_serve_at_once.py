@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 from server_harness import jpeg, write_model
 
-from resserve.bench.process import server_process
+from resserve.perf.server_process import server_process
 
 
 def index(url: str) -> dict[str, dict]:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from server_harness import jpeg
 
-from resserve.bench.process import server_process
+from resserve.perf.server_process import server_process
 
 
 def test_a_read_only_model_folder_is_built_elsewhere_and_served(model_onnx: Path, tmp_path: Path) -> None:

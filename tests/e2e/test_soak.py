@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from server_harness import server_process, write_model
 
-from resserve.loadtest.images import generate
-from resserve.loadtest.soak import run_soak
+from resserve.perf.images import generate
+from resserve.perf.soak import run_soak
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ def resnet18_onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     given = os.environ.get(ONNX_VARIABLE)
     if given:
         return Path(given)
-    from resserve.build.export import export_onnx  # torch, only where no file was given
+    from resserve.builder.export import export_onnx  # torch, only where no file was given
     from resserve.models.weights import load_model
 
     path = tmp_path_factory.mktemp("onnx") / "resnet18.onnx"

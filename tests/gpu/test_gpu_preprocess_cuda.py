@@ -21,7 +21,7 @@ pytestmark = pytest.mark.gpu
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from resserve.engines.gpu_preprocess import GpuPreprocessor, decode_jpegs
+from resserve.preprocess.gpu import GpuPreprocessor, decode_jpegs
 
 MEAN_ABS_BOUND = 0.05  # normalized units: about 3 levels on average
 MAX_ABS_BOUND = 1.0  # a sharp synthetic edge may decode tens of levels apart in one pixel
@@ -58,7 +58,7 @@ def test_the_servers_gpu_decoder_takes_upright_jpegs_and_leaves_the_rest_to_the_
 
     from PIL import Image
 
-    from resserve.engines.gpu_preprocess import GpuImageDecoder
+    from resserve.preprocess.gpu import GpuImageDecoder
     from resserve.errors import ImageTooLargeError
     from resserve.preprocess import DecodeOptions
 

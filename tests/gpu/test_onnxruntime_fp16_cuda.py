@@ -13,8 +13,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from resserve.build.ort_quant import convert_fp16
-from resserve.build.parity import compare_logits
+from resserve.builder.ort_quant import convert_fp16
+from resserve.builder.logit_parity import compare_logits
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
 from resserve.synthetic import synthetic_batch
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from resserve.build.parity import compare_logits
+from resserve.builder.logit_parity import compare_logits
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
 from resserve.synthetic import synthetic_batch
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resserve.build.accuracy import compare
-from resserve.build.calibration import calibration_and_held_out
-from resserve.build.parity import compare_logits
-from resserve.build.tensorrt import TIMING_CACHE_FILE, build_plan
+from resserve.builder.accuracy import compare
+from resserve.builder.calibration import calibration_and_held_out
+from resserve.builder.logit_parity import compare_logits
+from resserve.builder.compile_tensorrt import TIMING_CACHE_FILE, build_plan
 from resserve.contract import imagenet_contract
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
 from resserve.engines.tensorrt import PLAN_FILE, RECORD_FILE, PlanRecord, TensorRTEngine

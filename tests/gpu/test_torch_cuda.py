@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resserve.build.parity import compare_logits
+from resserve.builder.logit_parity import compare_logits
 from resserve.engines.torch_engine import TorchEngine
 from resserve.synthetic import synthetic_batch
 

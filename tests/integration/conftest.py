@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from resserve.build.export import ExportReport, export_onnx
+from resserve.builder.export import ExportReport, export_onnx
 from resserve.models.weights import LoadedModel, load_model
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from resserve.build.export import ExportReport
-from resserve.build.pipeline import BuildPipeline
+from resserve.builder.export import ExportReport
+from resserve.builder.build_pipeline import BuildPipeline
 from resserve.cli import app
 from resserve.metadata import read_metadata
 

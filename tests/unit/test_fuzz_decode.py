@@ -28,7 +28,7 @@ from PIL import Image
 from resserve.contract import imagenet_contract
 from resserve.errors import ImageTooLargeError, InvalidImageError, ResserveError, UnsupportedMediaTypeError
 from resserve.preprocess import DecodeOptions, preprocess
-from resserve.server.errors import status_of
+from resserve.server.error_responses import status_of
 from resserve.synthetic import synthetic_image
 
 EXAMPLES = int(os.environ.get("RESSERVE_FUZZ_EXAMPLES", "150"))

@@ -23,7 +23,7 @@ def test_importing_the_server_imports_no_torch_and_no_build_code() -> None:
     modules = json.loads(done.stdout.strip().splitlines()[-1])
     assert "resserve.server.app" in modules  # the probe imported what it should
     assert not [m for m in modules if m == "torch" or m.startswith("torch.")]
-    assert not [m for m in modules if m == "resserve.build" or m.startswith("resserve.build.")]
+    assert not [m for m in modules if m == "resserve.builder" or m.startswith("resserve.builder.")]
 
 
 # torch made unimportable, as in the GPU runtime image: the TensorRT engine, its CUDA runtime and
@@ -38,7 +38,7 @@ class NoTorch(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, NoTorch())
-import resserve.engines.tensorrt, resserve.engines.cuda_runtime, resserve.build.tensorrt
+import resserve.engines.tensorrt, resserve.engines.cuda_runtime, resserve.builder.compile_tensorrt
 from resserve.engines.hardware import tensorrt_available
 from resserve.engines.tensorrt import TensorRTEngine
 engine = TensorRTEngine("missing.plan")

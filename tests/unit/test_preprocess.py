@@ -448,7 +448,7 @@ def test_fast_transform_falls_back_where_the_crop_pads() -> None:
 
 
 def test_bench_preprocess_reports_every_mode_with_its_deviation() -> None:
-    from resserve.bench.preprocess import MODES, bench_preprocess
+    from resserve.perf.bench_preprocess import MODES, bench_preprocess
 
     results = bench_preprocess([(640, 480)], images=2, rounds=1, round_s=0.05)
     assert [r.mode for r in results] == list(MODES)

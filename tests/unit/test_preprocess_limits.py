@@ -21,7 +21,7 @@ from PIL import Image
 
 from resserve.contract import PreprocessContract, imagenet_contract
 from resserve.errors import ImageTooLargeError
-from resserve.preprocess import (
+from resserve.preprocess.cpu import (
     DecodeOptions,
     _to_rgb,
     _wide_grey_to_l,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from model_repo_fixtures import NUM_CLASSES, write_config
 
-from resserve.build.pipeline import BuildPipeline
+from resserve.builder.build_pipeline import BuildPipeline
 from resserve.contract import PreprocessContract, imagenet_contract
 from resserve.errors import ConfigError, ModelNotFoundError
 from resserve.metadata import ModelMetadata

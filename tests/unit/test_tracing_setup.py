@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from resserve.config import ServerSettings
 from resserve.server.app import create_app
-from resserve.server.tracing_middleware import TracingMiddleware
+from resserve.server.middleware.request_spans import TracingMiddleware
 from resserve.tracing import OFF, tracer_provider_from_env
 
 

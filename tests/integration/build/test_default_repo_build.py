@@ -13,7 +13,7 @@ import httpx
 import pytest
 from server_harness import jpeg, serve_in_thread
 
-from resserve.build.pipeline import BuildPipeline
+from resserve.builder.build_pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.repository import ModelRepository
 

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from resserve.build.export import ExportReport, export_onnx
-from resserve.build.parity import compare_logits
+from resserve.builder.export import ExportReport, export_onnx
+from resserve.builder.logit_parity import compare_logits
 from resserve.errors import ExportError
 from resserve.metadata import read_metadata
 from resserve.models.resnet import build_resnet

@@ -14,11 +14,11 @@ import numpy as np
 import onnx
 import pytest
 
-from resserve.build.accuracy import compare
-from resserve.build.calibration import calibration_and_held_out
-from resserve.build.export import export_onnx
-from resserve.build.ort_quant import BatchCalibrationReader, convert_fp16, quantize_int8
-from resserve.build.parity import compare_logits
+from resserve.builder.accuracy import compare
+from resserve.builder.calibration import calibration_and_held_out
+from resserve.builder.export import export_onnx
+from resserve.builder.ort_quant import BatchCalibrationReader, convert_fp16, quantize_int8
+from resserve.builder.logit_parity import compare_logits
 from resserve.contract import imagenet_contract
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
 from resserve.errors import ExportError
@@ -176,8 +176,8 @@ def test_fp16_runs_on_cpu_close_to_fp32(
 
 def test_calibration_count_that_is_not_a_multiple_of_the_chunk(resnet18_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """300 placeholder images in chunks of 8 once failed inside ORT's strided calibration."""
-    from resserve.build.calibration import load_batch
-    from resserve.build.ort_quant import quantize_int8
+    from resserve.builder.calibration import load_batch
+    from resserve.builder.ort_quant import quantize_int8
     from resserve.contract import imagenet_contract
 
     images = load_batch(imagenet_contract(), 13)
@@ -196,7 +196,7 @@ def test_the_typed_int8_onnx_tensorrt_11_parses_is_symmetric_and_agrees(
 ) -> None:
     """TensorRT runs Q/DQ only as signed int8 with zero points 0 (explicit quantization); the same
     file runs in ONNX Runtime on the CPU, so its parity with fp32 is measured here, not on a GPU."""
-    from resserve.build.tensorrt import typed_onnx
+    from resserve.builder.compile_tensorrt import typed_onnx
 
     path = typed_onnx(fp32_path, tmp_path, "int8", images[0][:16])
     model = onnx.load(str(path))
@@ -213,7 +213,7 @@ def test_the_typed_int8_onnx_tensorrt_11_parses_is_symmetric_and_agrees(
 
 
 def test_the_typed_fp16_onnx_keeps_float32_io(fp32_path: Path, tmp_path: Path) -> None:
-    from resserve.build.tensorrt import typed_onnx
+    from resserve.builder.compile_tensorrt import typed_onnx
 
     model = onnx.load(str(typed_onnx(fp32_path, tmp_path, "fp16", None)))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

@@ -13,8 +13,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from resserve.build.onnx_fold import optimize_onnx
-from resserve.build.parity import compare_logits
+from resserve.builder.onnx_fold import optimize_onnx
+from resserve.builder.logit_parity import compare_logits
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "converters"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())

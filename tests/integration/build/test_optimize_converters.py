@@ -22,8 +22,8 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 from typer.testing import CliRunner
 
-from resserve.build.onnx_fold import optimize_onnx
-from resserve.build.parity import compare_logits
+from resserve.builder.onnx_fold import optimize_onnx
+from resserve.builder.logit_parity import compare_logits
 from resserve.cli import app
 
 REPO = Path(__file__).resolve().parents[3]

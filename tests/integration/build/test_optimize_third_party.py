@@ -11,8 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from resserve.build.onnx_fold import optimize_onnx
-from resserve.build.parity import compare_logits
+from resserve.builder.onnx_fold import optimize_onnx
+from resserve.builder.logit_parity import compare_logits
 from resserve.cli import app
 from resserve.metadata import read_metadata
 from resserve.models.weights import LoadedModel

@@ -23,12 +23,12 @@ from fake_hub import serve_hub
 from safetensors.torch import save_file
 from server_harness import jpeg, serve_in_thread
 
-from resserve.build.accuracy import compare
-from resserve.build.calibration import calibration_and_held_out
-from resserve.build.export import export_onnx
-from resserve.build.openvino import compile_openvino
-from resserve.build.ort_quant import quantize_int8
-from resserve.build.pipeline import BuildPipeline
+from resserve.builder.accuracy import compare
+from resserve.builder.calibration import calibration_and_held_out
+from resserve.builder.export import export_onnx
+from resserve.builder.compile_openvino import compile_openvino
+from resserve.builder.ort_quant import quantize_int8
+from resserve.builder.build_pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.contract import PreprocessContract
 from resserve.engines.onnxruntime import OnnxRuntimeEngine

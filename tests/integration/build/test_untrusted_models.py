@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from resserve.build.pipeline import BuildPipeline
+from resserve.builder.build_pipeline import BuildPipeline
 from resserve.errors import ExportError
 from resserve.repository import ModelRepository
 

@@ -12,8 +12,8 @@ import pytest
 from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 from typer.testing import CliRunner
 
-from resserve.bench.matrix import bench_variants, markdown
-from resserve.build.pipeline import BuildPipeline
+from resserve.perf.bench_matrix import bench_variants, markdown
+from resserve.builder.build_pipeline import BuildPipeline
 from resserve.cli import app
 from resserve.config import ServerSettings
 from resserve.engines.select import resolve_engine

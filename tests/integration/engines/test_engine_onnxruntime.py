@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from resserve.build.export import ExportReport
-from resserve.build.parity import compare_logits
+from resserve.builder.export import ExportReport
+from resserve.builder.logit_parity import compare_logits
 from resserve.engines.factory import Variant
 from resserve.engines.onnxruntime import OnnxRuntimeEngine, resolve_provider
 from resserve.errors import EngineError, EngineUnavailableError

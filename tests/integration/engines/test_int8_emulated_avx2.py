@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resserve.build.pipeline import BuildPipeline
+from resserve.builder.build_pipeline import BuildPipeline
 from resserve.metadata import AccuracyReport
 from resserve.repository import ModelRepository
 

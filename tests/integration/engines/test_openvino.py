@@ -16,10 +16,10 @@ import pytest
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino nncf)")
 pytest.importorskip("nncf", reason="nncf is not installed (pip install nncf), needed for int8")
 
-from resserve.build.accuracy import compare
-from resserve.build.calibration import calibration_and_held_out
-from resserve.build.export import ExportReport
-from resserve.build.openvino import compile_openvino
+from resserve.builder.accuracy import compare
+from resserve.builder.calibration import calibration_and_held_out
+from resserve.builder.export import ExportReport
+from resserve.builder.compile_openvino import compile_openvino
 from resserve.contract import imagenet_contract
 from resserve.engines.hardware import cpu_capabilities, cpu_supports_bf16
 from resserve.engines.onnxruntime import OnnxRuntimeEngine

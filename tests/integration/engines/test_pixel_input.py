@@ -106,7 +106,7 @@ def test_engines_without_pixel_input_are_refused_clearly(tmp_path: Path) -> None
 
 def test_openvino_engine_normalizes_pixels_with_its_preprocessor(model_onnx: Path, tmp_path: Path) -> None:
     pytest.importorskip("openvino", reason="openvino is not installed")
-    from resserve.build.openvino import compile_openvino
+    from resserve.builder.compile_openvino import compile_openvino
     from resserve.engines.openvino import OpenVinoEngine
 
     xml = compile_openvino(model_onnx, tmp_path / "ov", "fp32")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from resserve.build.accuracy import agreement
-from resserve.build.export import ExportReport
-from resserve.build.parity import compare_logits, relative_max_diff
+from resserve.builder.accuracy import agreement
+from resserve.builder.export import ExportReport
+from resserve.builder.logit_parity import compare_logits, relative_max_diff
 from resserve.engines.hardware import torch_cpu_bf16
 from resserve.engines.onnxruntime import OnnxRuntimeEngine
 from resserve.engines.torch_engine import TorchEngine, graph_batch_size
@@ -49,7 +49,7 @@ def test_channels_last_does_not_change_the_function(fp32_engine: TorchEngine) ->
 def top1_agreement_beyond_ties(reference: np.ndarray, candidate: np.ndarray, atol: float) -> float:
     """Top-1 agreement where a flip counts only if the reference tells the two classes apart.
 
-    The project's parity rule for swaps (see resserve/build/parity.py), applied to top-1.
+    The project's parity rule for swaps (see resserve/builder/logit_parity.py), applied to top-1.
     """
     ref, cand = reference.argmax(1), candidate.argmax(1)
     rows = np.arange(len(reference))

@@ -10,7 +10,7 @@ from pathlib import Path
 from model_repo_fixtures import two_conv_classifier
 from server_harness import jpeg, write_model
 
-from resserve.build.pipeline import BuildPipeline
+from resserve.builder.build_pipeline import BuildPipeline
 from resserve.repository import ModelRepository
 
 SCRIPT = Path(__file__).parents[3] / "loadtests" / "int8_portability.py"

@@ -1,4 +1,4 @@
-"""The load generator against a real HTTP server on 127.0.0.1 (resserve.loadtest.trivial)."""
+"""The load generator against a real HTTP server on 127.0.0.1 (resserve.perf.trivial)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from resserve.bench.process import free_port, server_process
-from resserve.loadtest.generator import CLIENT_OVERFLOW, CONNECTION_ERROR, LoadGenerator
-from resserve.loadtest.images import generate
-from resserve.loadtest.measure import MeasurementSettings, closed_point
-from resserve.loadtest.overhead import TRIVIAL_SERVER, measure_overhead
+from resserve.perf.server_process import free_port, server_process
+from resserve.perf.generator import CLIENT_OVERFLOW, CONNECTION_ERROR, LoadGenerator
+from resserve.perf.images import generate
+from resserve.perf.measure import MeasurementSettings, closed_point
+from resserve.perf.overhead import TRIVIAL_SERVER, measure_overhead
 
 PAYLOADS = generate(((64, 48), (96, 72)), per_size=2)
 QUICK = MeasurementSettings(warmup_s=0.2, window_s=0.5, stable_windows=2, max_windows=3)

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from resserve.bench.process import free_port
+from resserve.perf.server_process import free_port
 from resserve.contract import PreprocessContract
 from resserve.preprocess import preprocess
 from server_harness import jpeg, wait_until_ready

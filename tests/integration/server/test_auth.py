@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
-from resserve.bench.process import free_port, serve_command
+from resserve.perf.server_process import free_port, serve_command
 from resserve.config import ServerSettings
 
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a test dependency")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from server_harness import jpeg, serve_in_thread, write_model
 
-from resserve.build.pipeline import BuildPipeline
+from resserve.builder.build_pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.repository import ModelRepository
 

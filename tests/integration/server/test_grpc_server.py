@@ -21,7 +21,7 @@ from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from resserve.bench.process import free_port
+from resserve.perf.server_process import free_port
 from resserve.config import ServerSettings
 from resserve.contract import imagenet_contract
 from resserve.preprocess import preprocess

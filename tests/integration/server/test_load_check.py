@@ -21,7 +21,7 @@ from model_repo_fixtures import two_conv_classifier
 from server_harness import jpeg, serve_in_thread, write_model
 
 from resserve.agreement import CheckSet
-from resserve.build.pipeline import BuildPipeline
+from resserve.builder.build_pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.engines.hardware import isa_class
 from resserve.repository import ModelRepository

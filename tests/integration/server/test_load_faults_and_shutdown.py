@@ -17,8 +17,8 @@ import httpx
 import onnx
 from server_harness import builder_for, jpeg, serve_in_thread, wait_until_ready, write_model
 
-from resserve.bench.process import free_port
-from resserve.build.pipeline import BuildPipeline
+from resserve.perf.server_process import free_port
+from resserve.builder.build_pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository

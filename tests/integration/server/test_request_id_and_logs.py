@@ -18,7 +18,7 @@ import pytest
 from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from resserve.bench.process import free_port, server_process
+from resserve.perf.server_process import free_port, server_process
 from resserve.config import ServerSettings
 from resserve.logs import RequestContext, json_formatter
 

@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 from tritonclient.utils import InferenceServerException
 
-from resserve.bench.process import free_port
+from resserve.perf.server_process import free_port
 from resserve.config import ServerSettings
 from resserve.logs import RequestContext, json_formatter
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resserve.build.accuracy import agreement
+from resserve.builder.accuracy import agreement
 from resserve.errors import AccuracyError
 from resserve.metadata import AccuracyReport
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from resserve.build.pipeline import BuildPipeline
+from resserve.builder.build_pipeline import BuildPipeline
 from resserve.config import ModelConfig
 from resserve.repository import ModelRepository
 

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from resserve.build.onnx_fold import OptimizeReport, fold_graph
+from resserve.builder.onnx_fold import OptimizeReport, fold_graph
 
 C = 8
 

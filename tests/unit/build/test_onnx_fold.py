@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from resserve.build.onnx_fold import OptimizeReport, compare_onnx_outputs, fold_graph, optimize_onnx
-from resserve.build.onnx_fold.parity import _input_shape
+from resserve.builder.onnx_fold import OptimizeReport, compare_onnx_outputs, fold_graph, optimize_onnx
+from resserve.builder.onnx_fold.fold_parity import _input_shape
 from resserve.errors import ExportError, ParityError
 
 RNG_SEED = 1234

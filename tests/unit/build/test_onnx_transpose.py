@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from resserve.build.onnx_fold import OptimizeReport, fold_graph
+from resserve.builder.onnx_fold import OptimizeReport, fold_graph
 
 C = 8
 NCHW, NHWC = [0, 3, 1, 2], [0, 2, 3, 1]  # the perms that produce each layout

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from resserve.build.onnx_fold import fold_graph, optimize_onnx
-from resserve.build.onnx_fold.unfolded import find_unfolded
+from resserve.builder.onnx_fold import fold_graph, optimize_onnx
+from resserve.builder.onnx_fold.unfolded import find_unfolded
 from resserve.errors import ExportError
 
 C = 8

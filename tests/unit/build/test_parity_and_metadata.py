@@ -8,7 +8,7 @@ import pytest
 from onnx import helper
 from pydantic import ValidationError
 
-from resserve.build.parity import compare_logits, relative_max_diff, top5_agree
+from resserve.builder.logit_parity import compare_logits, relative_max_diff, top5_agree
 from resserve.contract import PreprocessContract, imagenet_contract
 from resserve.errors import ParityError
 from resserve.metadata import ModelMetadata, write_metadata

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from resserve.build.tensorrt import (
+from resserve.builder.compile_tensorrt import (
     build_plan,
     keep_in_cache,
     reuse_plan,

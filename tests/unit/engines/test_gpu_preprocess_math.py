@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from resserve.contract import PreprocessContract, imagenet_contract
-from resserve.engines.gpu_preprocess import GpuPreprocessor, decode_jpegs, require_torchvision, resize_crop_normalize
+from resserve.preprocess.gpu import GpuPreprocessor, decode_jpegs, require_torchvision, resize_crop_normalize
 from resserve.errors import ConfigError, EngineUnavailableError
 from resserve.preprocess import decode_image, preprocess
 from resserve.synthetic import synthetic_jpegs

@@ -43,7 +43,7 @@ def test_the_probe_agrees_with_the_instruction_set() -> None:
 
 def test_exact_kernels_are_chosen_where_the_probe_says_they_are_needed(tmp_path) -> None:
     """An int8 file on the CPU provider: exact kernels everywhere, by the CPU or by ONNX Runtime's option."""
-    from resserve.build.ort_quant import quantize_int8
+    from resserve.builder.ort_quant import quantize_int8
     from resserve.engines.onnxruntime import OnnxRuntimeEngine
 
     fp32 = two_conv_classifier(tmp_path / "fp32.onnx")

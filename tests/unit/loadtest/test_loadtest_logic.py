@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from resserve.bench.stats import TAIL_PERCENTILES, latency_summary_ms
-from resserve.loadtest.generator import CONNECTION_ERROR, Sample, arrival_intervals
-from resserve.loadtest.measure import LoadPoint, MeasurementSettings, WindowStats, is_stable, window_stats
-from resserve.loadtest.search import judge
-from resserve.loadtest.server_metrics import breakdown, parse
+from resserve.perf.stats import TAIL_PERCENTILES, latency_summary_ms
+from resserve.perf.generator import CONNECTION_ERROR, Sample, arrival_intervals
+from resserve.perf.measure import LoadPoint, MeasurementSettings, WindowStats, is_stable, window_stats
+from resserve.perf.search import judge
+from resserve.perf.server_metrics import breakdown, parse
 from resserve.metrics import Metrics
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from resserve.loadtest.thread_cpu import ServerCpu, ThreadTime, group_of, process_tree
+from resserve.perf.thread_cpu import ServerCpu, ThreadTime, group_of, process_tree
 from resserve.threads import set_os_thread_name
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from resserve.build.parity import compare_logits, relative_max_diff
+from resserve.builder.logit_parity import compare_logits, relative_max_diff
 from resserve.errors import ExportError
 from resserve.models.fold import fold_batchnorms, fold_conv_bn
 from resserve.models.weights import load_model

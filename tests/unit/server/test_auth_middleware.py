@@ -9,8 +9,8 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from resserve.server.access import AccessPolicy, ApiKeys, presented_keys
-from resserve.server.auth import AccessMiddleware
+from resserve.server.access_policy import AccessPolicy, ApiKeys, presented_keys
+from resserve.server.middleware.access import AccessMiddleware
 
 KEYS = ["old-key", "new-key"]
 

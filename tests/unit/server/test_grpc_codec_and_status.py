@@ -10,10 +10,10 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from resserve import errors
-from resserve.server.errors import STATUS
-from resserve.server.oip import OutputTensor
-from resserve.server.oip_grpc.codec import decode_request, encode_response
-from resserve.server.oip_grpc.status import grpc_status
+from resserve.server.error_responses import STATUS
+from resserve.server.oip.wire import OutputTensor
+from resserve.server.oip.grpc_codec import decode_request, encode_response
+from resserve.server.oip.grpc_status import grpc_status
 
 CODES = {
     errors.InvalidImageError("not a JPEG"): grpc.StatusCode.INVALID_ARGUMENT,
@@ -53,7 +53,7 @@ def test_retryable_refusals_carry_retry_after_in_seconds() -> None:
 
 
 def test_unexpected_errors_are_logged_and_answered_generically(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="resserve.server.oip_grpc.status"):
+    with caplog.at_level(logging.ERROR, logger="resserve.server.oip.grpc_status"):
         code, message, trailers = grpc_status(KeyError("/secret/path"))
     assert (code, message, trailers) == (grpc.StatusCode.INTERNAL, "internal server error", ())
     assert caplog.records[0].exc_info is not None  # the traceback is in the log, not in the answer

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from resserve.errors import InvalidRequestError, TooManyImagesError
-from resserve.server.oip import (
+from resserve.server.oip.wire import (
     HEADER_LENGTH,
     OutputTensor,
     RequestedOutput,

@@ -11,7 +11,7 @@ import pytest
 from resserve.config import ModelConfig, ServerSettings
 from resserve.errors import InvalidRequestError, QueueFullError, TooManyImagesError
 from resserve.metrics import Metrics
-from resserve.server.pipeline import MAX_TIMEOUT_MS, RequestPipeline
+from resserve.server.request_pipeline import MAX_TIMEOUT_MS, RequestPipeline
 from resserve.serving.manager import capacity_of
 from resserve.serving.batching import BatchQueue
 

@@ -1,1 +1,0 @@
-"""Load testing: an async generator, measurement windows, variant sweeps and reports."""

@@ -1,0 +1,143 @@
+"""Open Inference Protocol v2 routes (KServe v2 / Triton HTTP), so tritonclient works unchanged.
+
+Inputs: FP32 tensors already preprocessed to the model's input shape, or a BYTES tensor of
+encoded images that the server preprocesses itself. Outputs: the logits tensor, or with the
+classification extension (``parameters: {classification: k}``) the top-k as
+``"score:index:label"`` strings. The binary tensor data extension works both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from resserve import __version__
+from resserve.redact import public_config
+from resserve.server.oip import wire as oip
+from resserve.server.body import content_encoding, decompress, read_raw
+from resserve.server.disconnect import CancelOnDisconnect
+from resserve.server.oip.infer import (
+    EXTENSIONS,
+    IMAGE_INPUT,
+    PLATFORM,
+    output_meta,
+    output_tensors,
+    requested_outputs,
+    run_request,
+    tensor_input,
+)
+from resserve.server.app_state import get_state, labelled
+
+router = APIRouter()
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+IMAGE_INPUT_META = {"name": IMAGE_INPUT, "datatype": oip.BYTES, "shape": [-1],
+                    "description": "encoded image files instead of the tensor, preprocessed by the server"}
+
+_TENSOR_SCHEMA = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": list(oip.DATATYPES)},
+        "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+        "data": {"type": "array", "description": "row-major values; for BYTES base64 strings"},
+    },
+}
+OPENAPI_INFER: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "An Open Inference Protocol v2 inference request. With the binary tensor data extension "
+                       "the JSON header is followed by raw tensor bytes, its length in the "
+                       f"{oip.HEADER_LENGTH} header (Content-Type application/octet-stream).",
+        "content": {
+            "application/json": {"schema": {
+                "type": "object",
+                "required": ["inputs"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "parameters": {"type": "object", "properties": {
+                        "timeout": {"type": "number", "description": "deadline in microseconds"},
+                        "binary_data_output": {"type": "boolean"}}},
+                    "inputs": {"type": "array", "minItems": 1, "items": _TENSOR_SCHEMA},
+                    "outputs": {"type": "array", "items": {
+                        "type": "object", "required": ["name"],
+                        "properties": {"name": {"type": "string"}, "parameters": {"type": "object", "properties": {
+                            "binary_data": {"type": "boolean"},
+                            "classification": {"type": "integer", "minimum": 1}}}}}},
+                },
+            }},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+
+
+@router.get("/v2")
+async def server_metadata() -> Response:
+    return _json(oip.server_metadata(__version__, EXTENSIONS))
+
+
+@router.get("/v2/models/{name}")
+@router.get("/v2/models/{name}/versions/{version}")
+async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
+    served = get_state(request).manager.get(name, version)
+    doc = oip.model_metadata(served.name, [served.version], PLATFORM, [tensor_input(served)], [output_meta(served)])
+    doc["resserve"] = served.describe()
+    doc["resserve"]["alternative_inputs"] = [IMAGE_INPUT_META]
+    return _json(doc)
+
+
+@router.get("/v2/models/{name}/ready")
+@router.get("/v2/models/{name}/versions/{version}/ready")
+async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+    get_state(request).manager.get(name, version)  # raises 404 / 503
+    return Response(status_code=200)
+
+
+@router.get("/v2/models/{name}/config")
+@router.get("/v2/models/{name}/versions/{version}/config")
+async def model_config(request: Request, name: str, version: str | None = None) -> Response:
+    served = get_state(request).manager.get(name, version)
+    config = public_config(served.config)  # no fault injection, no paths: files by name only
+    config["platform"] = PLATFORM
+    return _json(config)
+
+
+def _parse(body: bytes, encoding: str, header_length: int | None, max_decompressed_bytes: int,
+           max_images: int) -> oip.InferRequest:
+    """Inflate and decode a request (runs in a worker thread: JSON, base64 and framing are CPU work)."""
+    return oip.parse_infer_request(decompress(body, encoding, max_decompressed_bytes), header_length,
+                                   max_images=max_images)
+
+
+@router.post("/v2/models/{name}/infer", openapi_extra=OPENAPI_INFER)
+@router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=OPENAPI_INFER)
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    """OIP v2 inference with the binary tensor data and classification extensions."""
+    state = get_state(request)
+    pipeline = state.pipeline
+    with pipeline.request(name, version, "http", found=labelled(request)) as ticket:
+        served = ticket.served
+        header_length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH))
+        encoding = content_encoding(request)
+        with pipeline.tracing.span("read"):
+            raw = await read_raw(request)
+        parsed = await asyncio.to_thread(_parse, raw, encoding, header_length,
+                                         state.settings.max_decompressed_bytes, pipeline.max_images(served))
+        del raw  # the parsed request holds what it needs (binary tensors are views of it)
+        requested = requested_outputs(served, parsed)
+        async with CancelOnDisconnect(request.receive):
+            outputs = await run_request(pipeline, ticket, parsed)
+    with pipeline.tracing.span("encode"):
+        results = output_tensors(pipeline, served, requested, outputs)
+        body_out, headers = oip.build_infer_response(served.name, served.version, parsed.id, results)
+    return Response(body_out, headers=headers)

@@ -1,0 +1,116 @@
+"""OIP v2 inference over the request pipeline, whatever carried it: HTTP (:mod:`.http_routes`) or gRPC
+(:mod:`.grpc_servicer`). A decoded :class:`~resserve.server.oip.wire.InferRequest` goes in, output tensors come
+out; the checks (one input, the tensor's datatype and shape, known outputs) are written once here.
+
+Inputs: an FP32 (or UINT8) tensor already preprocessed to the model's input shape, or a BYTES
+tensor of encoded images that the server preprocesses itself. Outputs: the logits tensor, or with
+the classification extension the top-k as ``"score:index:label"`` strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from resserve.errors import InvalidRequestError
+from resserve.server.oip import wire as oip
+from resserve.server.request_pipeline import MAX_TIMEOUT_MS, RequestPipeline, Ticket
+from resserve.serving.manager import ServedModel
+
+IMAGE_INPUT = "image"  # the BYTES input that carries encoded images
+PLATFORM = "onnxruntime_onnx"
+# What server metadata lists, over HTTP and gRPC alike.
+EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "statistics", "resserve_classify"]
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    """The OIP datatype of an engine's input: FP32, or UINT8 for ``uint8_input`` models."""
+    return next(name for name, known in oip.NUMERIC_DTYPES.items() if known == dtype.newbyteorder("<"))
+
+
+def tensor_input(served: ServedModel) -> oip.TensorMeta:
+    """The one input metadata lists: a client that sends every listed input must succeed, and
+    ``infer`` takes exactly one input, so the encoded-image input is listed apart, under
+    ``resserve.alternative_inputs``."""
+    spec = served.engines[0].input_spec
+    return oip.TensorMeta(spec.name, datatype_of(spec.dtype), list(spec.shape))
+
+
+def output_meta(served: ServedModel) -> oip.TensorMeta:
+    out = served.engines[0].output_spec
+    return oip.TensorMeta(out.name, "FP32", list(out.shape))
+
+
+def read_timeout_ms(request_params: dict[str, Any]) -> float | None:
+    """OIP/Triton ``parameters.timeout`` is in microseconds."""
+    raw = request_params.get("timeout")
+    if raw is None:
+        return None
+    micros = oip.finite_number(raw)
+    if micros is None or micros <= 0 or micros / 1000.0 > MAX_TIMEOUT_MS:
+        shown = raw if len(repr(raw)) <= 40 else f"{repr(raw)[:40]}..."
+        raise InvalidRequestError(f"parameters.timeout must be a positive number of microseconds, at most "
+                                  f"{MAX_TIMEOUT_MS * 1000:.0f}, got {shown}")
+    return micros / 1000.0
+
+
+def requested_outputs(served: ServedModel, request: oip.InferRequest) -> list[oip.RequestedOutput]:
+    """The outputs to answer: those asked for (each must be the model's), else the model's one."""
+    out_spec = served.engines[0].output_spec
+    requested = request.outputs or [oip.RequestedOutput(out_spec.name, request.binary_data_output)]
+    for wanted in requested:
+        if wanted.name != out_spec.name:
+            raise InvalidRequestError(f"unknown output {wanted.name!r}; the model has {out_spec.name!r}")
+    return requested
+
+
+async def run_request(pipeline: RequestPipeline, ticket: Ticket, request: oip.InferRequest,
+                      deadline_ms: float | None = None) -> np.ndarray:
+    """Raw outputs for a decoded request. ``deadline_ms``: what the transport allows (a gRPC
+    deadline); the request's own ``timeout`` parameter may only shorten it."""
+    if len(request.inputs) != 1:
+        names = ", ".join(repr(t.name) for t in request.inputs)
+        raise InvalidRequestError(f"expected one input, got {len(request.inputs)} ({names}): send either "
+                                  f"the tensor or {IMAGE_INPUT!r} (encoded images), not both")
+    (tensor,) = request.inputs
+    timeout_ms = read_timeout_ms(request.parameters)
+    if deadline_ms is not None:
+        timeout_ms = min(deadline_ms, timeout_ms) if timeout_ms is not None else deadline_ms
+    served = ticket.served
+    if tensor.datatype == oip.BYTES:
+        images = tensor.data
+        assert isinstance(images, list)
+        if not images:
+            raise InvalidRequestError(f"input '{tensor.name}' holds no images")
+        return await pipeline.run_images(ticket, images, timeout_ms)
+    spec = served.engines[0].input_spec
+    datatype = datatype_of(spec.dtype)
+    if tensor.datatype != datatype:
+        why = " (this model takes uint8 pixels after resize and crop, and normalizes them itself)" \
+            if datatype == "UINT8" else ""
+        raise InvalidRequestError(
+            f"input '{tensor.name}': datatype {tensor.datatype} is not {datatype} or BYTES{why}")
+    expected = spec.shape[1:]
+    if len(tensor.shape) != len(spec.shape) or tuple(tensor.shape[1:]) != expected or tensor.shape[0] < 1:
+        raise InvalidRequestError(
+            f"input '{tensor.name}': shape {list(tensor.shape)} does not match [N, {', '.join(map(str, expected))}]"
+        )
+    data = tensor.data
+    assert isinstance(data, np.ndarray)
+    return await pipeline.run_tensor(ticket, np.ascontiguousarray(data, dtype=spec.dtype), timeout_ms)
+
+
+def output_tensors(pipeline: RequestPipeline, served: ServedModel, requested: list[oip.RequestedOutput],
+                   outputs: np.ndarray) -> list[oip.OutputTensor]:
+    """The answer's tensors: logits, or top-k classes where the classification extension asks."""
+    results = []
+    for wanted in requested:
+        if wanted.classification is not None:
+            scores = pipeline.scores(served, outputs)
+            data = oip.classification_tensor(scores, wanted.classification, served.labels)
+            k = min(wanted.classification, scores.shape[1])
+            results.append(oip.OutputTensor(wanted.name, oip.BYTES, [scores.shape[0], k], data, wanted.binary))
+        else:
+            results.append(oip.OutputTensor(wanted.name, "FP32", list(outputs.shape), outputs, wanted.binary))
+    return results

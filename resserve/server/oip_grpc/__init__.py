@@ -1,2 +1,0 @@
-"""Open Inference Protocol v2 over gRPC: ``inference.GRPCInferenceService``, one more adapter on the
-request pipeline (same limits, errors and metrics as HTTP)."""

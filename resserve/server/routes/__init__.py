@@ -1,0 +1,1 @@
+"""HTTP routes beside OIP's: health and metrics, classify, statistics, repository control."""
