@@ -6,10 +6,10 @@ import random
 from pathlib import Path
 
 import httpx
-from fuzz_seeds import SEEDS
-from server_harness import jpeg, server_process, write_model
 
 from resserve.loadtest.overload import rss_mib
+from tests.fuzz_seeds import SEEDS
+from tests.server_harness import jpeg, server_process, write_model
 
 CLIENT_ERRORS = {400, 404, 413, 415, 422}
 CONTENT_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "image/tiff", "application/octet-stream",

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from server_harness import jpeg, server_process, write_model
+
+from tests.server_harness import jpeg, server_process, write_model
 
 
 @pytest.fixture

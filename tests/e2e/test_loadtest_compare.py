@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from server_harness import server_process, write_model
-
 from resserve.loadtest.compare import compare
 from resserve.loadtest.images import generate
+from tests.server_harness import server_process, write_model
 
 
 def test_compare_interleaves_two_models_and_reports_each(model_onnx: Path, tmp_path: Path) -> None:

@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from server_harness import server_process, write_model
 
 from resserve.bench.process import free_port
 from resserve.build.pipeline import BuildPipeline
 from resserve.loadtest.grpc_generator import GrpcLoadGenerator
 from resserve.loadtest.images import generate
 from resserve.repository import ModelRepository
+from tests.server_harness import server_process, write_model
 
 
 @pytest.fixture

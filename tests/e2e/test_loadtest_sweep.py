@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from server_harness import server_process, write_model
 
 from resserve.build.pipeline import BuildPipeline
 from resserve.loadtest.report import BATCH_PLOT, STAGES_PLOT, THROUGHPUT_PLOT, write_report
 from resserve.loadtest.sweep import SweepConfig, SweepResult, VariantSpec, overlay_repo, run_sweep
 from resserve.repository import ModelRepository
+from tests.server_harness import server_process, write_model
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from server_harness import server_process, write_model
+
+from tests.server_harness import server_process, write_model
 
 LOCUSTFILE = Path(__file__).parents[2] / "loadtests" / "locustfile.py"
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from server_harness import server_process, write_model
-
 from resserve.loadtest.images import generate
 from resserve.loadtest.overload import run_overload
+from tests.server_harness import server_process, write_model
 
 
 def test_overload_is_refused_quickly_accepted_work_stays_bounded_and_service_recovers(

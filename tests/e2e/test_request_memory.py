@@ -18,7 +18,8 @@ import httpx
 import orjson
 import pytest
 from PIL import Image
-from server_harness import jpeg, server_process, write_model
+
+from tests.server_harness import jpeg, server_process, write_model
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux only)")
 

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 import httpx
-from server_harness import jpeg, server_process, write_model
+
+from tests.server_harness import jpeg, server_process, write_model
 
 
 def make_repo(tmp_path: Path, model_onnx: Path) -> Path:

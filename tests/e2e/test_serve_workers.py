@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import jpeg, server_process, write_model
 
 from resserve.server.workers import STALE_AFTER_S
+from tests.server_harness import jpeg, server_process, write_model
 
 TOKEN = "control-secret"
 

@@ -6,10 +6,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from server_harness import server_process, write_model
 
 from resserve.loadtest.images import generate
 from resserve.loadtest.soak import run_soak
+from tests.server_harness import server_process, write_model
 
 
 @pytest.mark.slow

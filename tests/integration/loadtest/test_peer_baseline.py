@@ -15,7 +15,7 @@ import pytest
 from resserve.bench.process import free_port
 from resserve.contract import PreprocessContract
 from resserve.preprocess import preprocess
-from server_harness import jpeg, wait_until_ready
+from tests.server_harness import jpeg, wait_until_ready
 
 LOADTESTS = Path(__file__).parents[3] / "loadtests"
 

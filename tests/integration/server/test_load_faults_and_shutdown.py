@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import onnx
-from server_harness import builder_for, jpeg, serve_in_thread, wait_until_ready, write_model
 
 from resserve.bench.process import free_port
 from resserve.build.pipeline import BuildPipeline
@@ -24,6 +23,7 @@ from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
 from resserve.server.app import create_app
 from resserve.server.serve import DrainingServer, uvicorn_config
+from tests.server_harness import builder_for, jpeg, serve_in_thread, wait_until_ready, write_model
 
 JPEG = {"content-type": "image/jpeg"}
 
