@@ -1,23 +1,23 @@
-"""Helpers to build a model repository and run a real uvicorn server on 127.0.0.1 for tests."""
+"""Helpers to build a model repository and run a real uvicorn server on 127.0.0.1 in a thread.
+
+A server in a subprocess: ``resserve.perf.server_process.server_process``, whose ready-wait this uses too."""
 
 from __future__ import annotations
 
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 import yaml
 from opentelemetry.trace import TracerProvider
 from PIL import Image
 
-from resserve.perf.server_process import ServerProcess, free_port
-from resserve.perf.server_process import server_process as bench_server_process
+from resserve.perf.server_process import free_port, wait_until_ready
 from resserve.builder.build_pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.metrics import Metrics
@@ -71,20 +71,6 @@ class RunningServer:
         return 0.0 if value is None else value
 
 
-def wait_until_ready(url: str, alive: Callable[[], bool], timeout_s: float) -> None:
-    """Poll ``url`` until it answers 200; RuntimeError once ``alive()`` is false or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or not alive():
-            raise RuntimeError(f"{url} did not become ready")
-        time.sleep(0.05)
-
-
 @contextmanager
 def serve_in_thread(settings: ServerSettings, start_timeout_s: float = 60.0,
                     wait_for: str = "/v2/health/ready", started: bool = True,
@@ -102,7 +88,7 @@ def serve_in_thread(settings: ServerSettings, start_timeout_s: float = 60.0,
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(f"{url}{wait_for}", thread.is_alive, start_timeout_s)
+        wait_until_ready(url, thread.is_alive, start_timeout_s, path=wait_for, poll_s=0.05)
         deadline = time.monotonic() + start_timeout_s
         while started and not app.state.resserve.started:  # models start behind the open port
             if time.monotonic() > deadline or not thread.is_alive():
@@ -122,12 +108,3 @@ def encode(image: Image.Image, fmt: str, **params: Any) -> bytes:
 
 def jpeg(width: int = 320, height: int = 240, seed: int = 0) -> bytes:
     return synthetic_jpegs(1, ((width, height),), seed)[0]
-
-
-@contextmanager
-def server_process(repo: Path, tmp_path: Path, *extra: str, env: dict[str, str] | None = None,
-                   ready_timeout_s: float = 90.0) -> Iterator[ServerProcess]:
-    """``resserve serve`` in a subprocess, its log in ``tmp_path``; SIGKILLed if still running at the end."""
-    with bench_server_process(repo, *extra, log_dir=tmp_path, env=env, ready_timeout_s=ready_timeout_s,
-                              kill=True) as server:
-        yield server

@@ -29,13 +29,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s: float,
-                     output: Callable[[], str], path: str = READY_PATH) -> None:
-    """Poll ``path`` of a server process; raise with its ``output()`` if it dies or stalls."""
+def wait_until_ready(base_url: str, alive: Callable[[], bool], timeout_s: float,
+                     output: Callable[[], str] = lambda: "", path: str = READY_PATH, poll_s: float = 0.1) -> None:
+    """Poll ``path`` of a server until it answers 200: a subprocess (``alive``: ``lambda:
+    process.poll() is None``) or a server in a thread (``thread.is_alive``). RuntimeError, with
+    ``output()`` (its log), once ``alive()`` is false or ``timeout_s`` has passed."""
     deadline = time.monotonic() + timeout_s
     while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{output()}")
+        if not alive():
+            raise RuntimeError(f"server stopped before it was ready:\n{output()}")
         try:
             if httpx.get(f"{base_url}{path}", timeout=1).status_code == 200:
                 return
@@ -43,7 +45,7 @@ def wait_until_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s:
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"server not ready after {timeout_s} s:\n{output()}")
-        time.sleep(0.1)
+        time.sleep(poll_s)
 
 
 class ServerProcess:
@@ -57,6 +59,14 @@ class ServerProcess:
     def output(self) -> str:
         """Everything the server wrote so far (stdout and stderr)."""
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def report(self) -> str:
+        """The exit code, once the process has exited, and :meth:`output`."""
+        code = self.process.poll()
+        return ("" if code is None else f"exit code {code}\n") + self.output()
 
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM (the server drains), SIGKILL if it outlives ``timeout_s``; returns the exit code."""
@@ -102,7 +112,7 @@ def server_process(model_repo: Path | None, *extra: str, log_dir: Path | None = 
                                    env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     running = ServerProcess(process, f"http://127.0.0.1:{port}", log)
     try:
-        wait_until_ready(running.url, process, ready_timeout_s, running.output, ready_path)
+        wait_until_ready(running.url, running.alive, ready_timeout_s, running.report, ready_path)
         yield running
     finally:
         if kill and process.poll() is None:

@@ -1,4 +1,5 @@
-"""A real ``resserve serve`` process on 127.0.0.1, polled until ready."""
+"""The ResNet-18 ONNX file the end-to-end tests serve; each test runs its ``resserve serve`` on
+127.0.0.1 with ``resserve.perf.server_process.server_process``."""
 
 from __future__ import annotations
 

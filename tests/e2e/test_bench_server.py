@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from server_harness import write_model
 
 from resserve.perf.server_bench import bound_img_s, run_server_bench
+from tests.server_harness import write_model
 
 
 def test_bound_counts_engine_cores_and_one_core_of_preprocessing() -> None:

@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server_harness import write_model
-
 from resserve.perf.server_process import free_port
+from tests.server_harness import write_model
 
 LOADTESTS = Path(__file__).parents[2] / "loadtests"
 

@@ -6,10 +6,11 @@ import random
 from pathlib import Path
 
 import httpx
-from fuzz_seeds import SEEDS
-from server_harness import jpeg, server_process, write_model
 
+from resserve.perf.server_process import server_process
 from resserve.perf.overload import rss_mib
+from tests.fuzz_seeds import SEEDS
+from tests.server_harness import jpeg, write_model
 
 CLIENT_ERRORS = {400, 404, 413, 415, 422}
 CONTENT_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "image/tiff", "application/octet-stream",
@@ -37,7 +38,7 @@ def test_fuzzed_uploads_get_4xx_and_memory_stays_bounded(model_onnx: Path, tmp_p
     repo = tmp_path / "repo"
     write_model(repo, "r18", model_onnx)
     rng = random.Random(7)
-    with server_process(repo, tmp_path, env={"RESSERVE_MAX_BODY_BYTES": "1000000"}) as server, \
+    with server_process(repo, log_dir=tmp_path, env={"RESSERVE_MAX_BODY_BYTES": "1000000"}, kill=True) as server, \
             httpx.Client(base_url=server.url, timeout=30) as client:
         def blast(count: int) -> dict[int, int]:
             seen: dict[int, int] = {}

@@ -12,7 +12,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from server_harness import jpeg, server_process, write_model
+
+from resserve.perf.server_process import server_process
+from tests.server_harness import jpeg, write_model
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def classify_ok(url: str) -> bool:
 def test_limits_and_abuse(repo: Path, tmp_path: Path) -> None:
     env = {"RESSERVE_KEEP_ALIVE_TIMEOUT_S": "1", "RESSERVE_MAX_MULTIPART_FILES": "4",
            "RESSERVE_MAX_HEADER_BYTES": "8192"}
-    with server_process(repo, tmp_path, env=env) as server:
+    with server_process(repo, log_dir=tmp_path, env=env, kill=True) as server:
         url = server.url
         # Headers over the limit: 431, and the server goes on.
         big = httpx.get(f"{url}/v2/health/live", headers={"x-padding": "a" * 20_000})
@@ -81,7 +83,7 @@ def test_limits_and_abuse(repo: Path, tmp_path: Path) -> None:
 
 
 def test_connection_limit_answers_503(repo: Path, tmp_path: Path) -> None:
-    with server_process(repo, tmp_path, env={"RESSERVE_MAX_CONNECTIONS": "3"}) as server:
+    with server_process(repo, log_dir=tmp_path, env={"RESSERVE_MAX_CONNECTIONS": "3"}, kill=True) as server:
         held = []
         for _ in range(4):  # four slow clients hold requests open
             sock = raw(server.url)

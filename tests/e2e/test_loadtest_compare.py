@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from server_harness import server_process, write_model
-
+from resserve.perf.server_process import server_process
 from resserve.perf.compare import compare
 from resserve.perf.images import generate
+from tests.server_harness import write_model
 
 
 def test_compare_interleaves_two_models_and_reports_each(model_onnx: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_model(repo, "fixed", model_onnx, dynamic_batching={"max_queue_delay_ms": 5})
     write_model(repo, "adaptive", model_onnx, dynamic_batching={"latency_target_ms": 500})
-    with server_process(repo, tmp_path) as server:
+    with server_process(repo, log_dir=tmp_path, kill=True) as server:
         points = asyncio.run(compare(server.url, ("fixed", "adaptive"), generate(((320, 240),), per_size=4),
                                      [10.0], window_s=0.8, rounds=2, warmup_s=0.5))
     (point,) = points

@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from server_harness import server_process, write_model
 
-from resserve.perf.server_process import free_port
+from resserve.perf.server_process import free_port, server_process
 from resserve.builder.build_pipeline import BuildPipeline
 from resserve.perf.grpc_generator import GrpcLoadGenerator
 from resserve.perf.images import generate
 from resserve.repository import ModelRepository
+from tests.server_harness import write_model
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def repo(model_onnx: Path, tmp_path: Path) -> Path:
 def test_grpc_generator_and_cli_against_a_running_server(repo: Path, tmp_path: Path) -> None:
     grpc_port = free_port()
     out = tmp_path / "points.json"
-    with server_process(repo, tmp_path, "--grpc-port", str(grpc_port)) as server:
+    with server_process(repo, "--grpc-port", str(grpc_port), log_dir=tmp_path, kill=True) as server:
         target = f"127.0.0.1:{grpc_port}"
 
         async def drive() -> tuple[list[str], list[str]]:

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from server_harness import server_process, write_model
 
+from resserve.perf.server_process import server_process
 from resserve.builder.build_pipeline import BuildPipeline
 from resserve.perf.load_report import BATCH_PLOT, STAGES_PLOT, THROUGHPUT_PLOT, write_report
 from resserve.perf.sweep import SweepConfig, SweepResult, VariantSpec, overlay_repo, run_sweep
 from resserve.repository import ModelRepository
+from tests.server_harness import write_model
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ def test_sweep_runs_every_scenario_and_renders_the_report(repo: Path, tmp_path: 
 
 def test_loadtest_run_cli_against_a_running_server(repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "points.json"
-    with server_process(repo, tmp_path) as server:
+    with server_process(repo, log_dir=tmp_path, kill=True) as server:
         done = subprocess.run(
             [sys.executable, "-m", "resserve.cli", "loadtest", "run", server.url, "--model", "r18",
              "--mode", "open", "--rates", "15", "--arrival", "constant", "--warmup-s", "0.3", "--window-s", "0.5",

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from server_harness import server_process, write_model
+
+from resserve.perf.server_process import server_process
+from tests.server_harness import write_model
 
 LOCUSTFILE = Path(__file__).parents[2] / "loadtests" / "locustfile.py"
 
@@ -20,7 +22,7 @@ LOCUSTFILE = Path(__file__).parents[2] / "loadtests" / "locustfile.py"
 def test_locustfile_classifies_against_a_real_server(model_onnx: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_model(repo, "r18", model_onnx)
-    with server_process(repo, tmp_path, "--build-missing") as server:
+    with server_process(repo, "--build-missing", log_dir=tmp_path, kill=True) as server:
         done = subprocess.run(
             [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "2", "-r", "2", "-t", "4s", "--host", server.url,
              "--csv", str(tmp_path / "run"), "--only-summary"],

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from server_harness import server_process, write_model
-
+from resserve.perf.server_process import server_process
 from resserve.perf.images import generate
 from resserve.perf.overload import run_overload
+from tests.server_harness import write_model
 
 
 def test_overload_is_refused_quickly_accepted_work_stays_bounded_and_service_recovers(
@@ -16,7 +16,7 @@ def test_overload_is_refused_quickly_accepted_work_stays_bounded_and_service_rec
     repo = tmp_path / "repo"
     write_model(repo, "r18", model_onnx, max_batch_size=8,
                 dynamic_batching={"max_queue_delay_ms": 2, "max_queue_size": 24, "preferred_batch_sizes": [8]})
-    with server_process(repo, tmp_path) as server:
+    with server_process(repo, log_dir=tmp_path, kill=True) as server:
         result = asyncio.run(run_overload(f"{server.url}/v2/models/r18/classify",
                                           generate(((320, 240), (500, 375)), per_size=4), factor=3.0,
                                           duration_s=4.0, capacity_concurrency=8,

@@ -18,7 +18,9 @@ import httpx
 import orjson
 import pytest
 from PIL import Image
-from server_harness import jpeg, server_process, write_model
+
+from resserve.perf.server_process import server_process
+from tests.server_harness import jpeg, write_model
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux only)")
 
@@ -63,7 +65,7 @@ def test_peak_memory_of_the_worst_requests(model_onnx: Path, tmp_path: Path) -> 
     # A memory test, not a deadline test: 64 decodes of 40 M pixels outlast the default 30 s
     # deadline on 2 busy cores.
     write_model(repo, "r18", model_onnx, dynamic_batching={"max_queue_size": 64, "default_timeout_ms": 300_000})
-    with server_process(repo, tmp_path) as server:
+    with server_process(repo, log_dir=tmp_path, kill=True) as server:
         pid, url = server.process.pid, server.url
         try:
             Path(f"/proc/{pid}/clear_refs").write_text("5")

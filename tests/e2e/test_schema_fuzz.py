@@ -15,9 +15,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from server_harness import RunningServer, serve_in_thread, write_model
 
 from resserve.config import ServerSettings
+from tests.server_harness import RunningServer, serve_in_thread, write_model
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a test dependency")
 from schemathesis import GenerationMode

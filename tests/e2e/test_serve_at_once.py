@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import httpx
-from server_harness import jpeg, write_model
 
 from resserve.perf.server_process import server_process
+from tests.server_harness import jpeg, write_model
 
 
 def index(url: str) -> dict[str, dict]:

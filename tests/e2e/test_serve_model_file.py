@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import jpeg
 
 from resserve.perf.server_process import server_process
+from tests.server_harness import jpeg
 
 
 def test_a_read_only_model_folder_is_built_elsewhere_and_served(model_onnx: Path, tmp_path: Path) -> None:

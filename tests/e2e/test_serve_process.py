@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import httpx
-from server_harness import jpeg, server_process, write_model
+
+from resserve.perf.server_process import server_process
+from tests.server_harness import jpeg, write_model
 
 
 def make_repo(tmp_path: Path, model_onnx: Path) -> Path:
@@ -28,7 +30,7 @@ async def fire(url: str, count: int) -> list[int]:
 
 async def test_sigterm_turns_unready_then_finishes_every_request(model_onnx: Path, tmp_path: Path) -> None:
     repo = make_repo(tmp_path, model_onnx)
-    with server_process(repo, tmp_path, "--shutdown-delay-s", "1.5") as server:
+    with server_process(repo, "--shutdown-delay-s", "1.5", log_dir=tmp_path, kill=True) as server:
         assert httpx.post(f"{server.url}/v2/models/r18/classify", content=jpeg(),
                           headers={"content-type": "image/jpeg"}, timeout=30).status_code == 200
         load = asyncio.create_task(fire(server.url, 12))
@@ -47,7 +49,7 @@ async def test_sigterm_turns_unready_then_finishes_every_request(model_onnx: Pat
 
 async def test_immediate_sigterm_completes_accepted_requests(model_onnx: Path, tmp_path: Path) -> None:
     repo = make_repo(tmp_path, model_onnx)
-    with server_process(repo, tmp_path) as server:
+    with server_process(repo, log_dir=tmp_path, kill=True) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             # Open the connections first, so every request below is accepted before the signal.
             await asyncio.gather(*(client.get("/v2/health/live") for _ in range(8)))

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import jpeg, server_process, write_model
 
+from resserve.perf.server_process import server_process
 from resserve.server.workers import STALE_AFTER_S
+from tests.server_harness import jpeg, write_model
 
 TOKEN = "control-secret"
 
@@ -35,7 +36,7 @@ def make_repo(tmp_path: Path, model_onnx: Path) -> Path:
 @pytest.fixture
 def workers(model_onnx: Path, tmp_path: Path) -> Iterator:
     # The model is not built yet: worker 0 builds it, worker 1 loads it from worker 0's build log.
-    with server_process(make_repo(tmp_path, model_onnx), tmp_path, "--workers", "2",
+    with server_process(make_repo(tmp_path, model_onnx), "--workers", "2", log_dir=tmp_path, kill=True,
                         env={"RESSERVE_CONTROL_TOKEN": TOKEN, "RESSERVE_LOG_FORMAT": "text"}) as server:
         yield server
 

@@ -6,10 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from server_harness import server_process, write_model
 
+from resserve.perf.server_process import server_process
 from resserve.perf.images import generate
 from resserve.perf.soak import run_soak
+from tests.server_harness import write_model
 
 
 @pytest.mark.slow
@@ -17,7 +18,7 @@ def test_soak_has_no_errors_and_no_memory_growth(model_onnx: Path, tmp_path: Pat
     repo = tmp_path / "repo"
     write_model(repo, "r18", model_onnx, max_batch_size=8,
                 dynamic_batching={"max_queue_delay_ms": 2, "preferred_batch_sizes": [8]})
-    with server_process(repo, tmp_path) as server:
+    with server_process(repo, log_dir=tmp_path, kill=True) as server:
         result = asyncio.run(run_soak(f"{server.url}/v2/models/r18/classify",
                                       generate(((320, 240), (500, 375)), per_size=4), requests=20_000,
                                       concurrency=8, server_pid=server.process.pid, max_duration_s=900))

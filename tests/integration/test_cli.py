@@ -80,9 +80,8 @@ def test_unknown_arch(tmp_path: Path) -> None:
 
 
 def test_wait_models_returns_once_every_model_is_built(model_onnx: Path, tmp_path: Path) -> None:
-    from server_harness import write_model
-
     from resserve.repository import ModelRepository
+    from tests.server_harness import write_model
 
     repo = tmp_path / "repo"
     write_model(repo, "r18", model_onnx)

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from model_repo_fixtures import tiny_classifier, write_config
+
+from tests.model_repo_fixtures import tiny_classifier, write_config
 
 
 @pytest.fixture

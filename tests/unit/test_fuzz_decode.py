@@ -21,7 +21,6 @@ import zlib
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from fuzz_seeds import SEEDS, encode
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -30,6 +29,7 @@ from resserve.errors import ImageTooLargeError, InvalidImageError, ResserveError
 from resserve.preprocess import DecodeOptions, preprocess
 from resserve.server.error_responses import status_of
 from resserve.synthetic import synthetic_image
+from tests.fuzz_seeds import SEEDS, encode
 
 EXAMPLES = int(os.environ.get("RESSERVE_FUZZ_EXAMPLES", "150"))
 SLOW_INPUTS = int(os.environ.get("RESSERVE_SLOW_FUZZ_INPUTS", "100000"))

@@ -6,13 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from model_repo_fixtures import NUM_CLASSES, write_config
 
 from resserve.builder.build_pipeline import BuildPipeline
 from resserve.contract import PreprocessContract, imagenet_contract
 from resserve.errors import ConfigError, ModelNotFoundError
 from resserve.metadata import ModelMetadata
 from resserve.repository import ARTIFACT, BUILD_RECORD, ModelRepository
+from tests.model_repo_fixtures import NUM_CLASSES, write_config
 
 
 # ---- discovery and names ---------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def test_contract_precedence_config_then_metadata_then_default(repo_root: Path, 
 
 def test_without_build_json_an_auto_engine_version_is_refused_not_guessed(tmp_path: Path) -> None:
     """engine auto resolves per machine: without build.json the catalog cannot know what was built."""
-    from model_repo_fixtures import tiny_classifier
+    from tests.model_repo_fixtures import tiny_classifier
 
     write_config(tmp_path / "auto", {"source": {"onnx": "x.onnx"}, "engine": "auto", "precision": "int8"})
     tiny_classifier(tmp_path / "auto" / "1" / "model.onnx")

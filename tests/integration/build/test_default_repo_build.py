@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import jpeg, serve_in_thread
 
 from resserve.builder.build_pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.repository import ModelRepository
+from tests.server_harness import jpeg, serve_in_thread
 
 SHIPPED = Path(__file__).parents[3] / "model_repo"
 

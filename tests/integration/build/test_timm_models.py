@@ -19,9 +19,7 @@ import onnx
 import pytest
 import torch
 import yaml
-from fake_hub import serve_hub
 from safetensors.torch import save_file
-from server_harness import jpeg, serve_in_thread
 
 from resserve.builder.accuracy import compare
 from resserve.builder.calibration import calibration_and_held_out
@@ -39,6 +37,8 @@ from resserve.models.timm_resnet import Bottleneck, TimmArchSpec, TimmResNet, bu
 from resserve.models.timm_weights import parse_timm_name
 from resserve.models.weights import LoadedModel, WeightsSource, load_model, randomize
 from resserve.repository import ModelRepository
+from tests.fake_hub import serve_hub
+from tests.server_harness import jpeg, serve_in_thread
 
 CONTRACT = PreprocessContract(resize_size=182, crop_size=160, interpolation="bicubic")
 SMALL_RS = TimmArchSpec(Bottleneck, (1, 1, 1, 1), deep_stem=True, stem_width=16, avg_down=True,

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 from typer.testing import CliRunner
 
 from resserve.perf.bench_matrix import bench_variants, markdown
@@ -18,6 +17,7 @@ from resserve.cli import app
 from resserve.config import ServerSettings
 from resserve.engines.select import resolve_engine
 from resserve.repository import ModelRepository
+from tests.server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
 pytest.importorskip("openvino", reason="OpenVINO is a runtime dependency on Intel CPUs")
 

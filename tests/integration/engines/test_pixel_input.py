@@ -14,7 +14,6 @@ import numpy as np
 import onnx
 import pytest
 from pydantic import ValidationError
-from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
 from resserve.config import ModelConfig, ServerSettings
 from resserve.contract import PreprocessContract, imagenet_contract
@@ -24,6 +23,7 @@ from resserve.engines.onnxruntime import OnnxRuntimeEngine
 from resserve.engines.pixel_graph import with_pixel_input
 from resserve.errors import ConfigError, EngineError
 from resserve.preprocess import DecodeOptions, preprocess
+from tests.server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
 PIXELS = DecodeOptions(fast_transform=True, uint8_pixels=True)
 FLOATS = DecodeOptions(fast_transform=True)

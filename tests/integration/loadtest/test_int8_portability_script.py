@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model_repo_fixtures import two_conv_classifier
-from server_harness import jpeg, write_model
-
 from resserve.builder.build_pipeline import BuildPipeline
 from resserve.repository import ModelRepository
+from tests.model_repo_fixtures import two_conv_classifier
+from tests.server_harness import jpeg, write_model
 
 SCRIPT = Path(__file__).parents[3] / "loadtests" / "int8_portability.py"
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,10 +11,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from resserve.perf.server_process import free_port
+from resserve.perf.server_process import server_process
 from resserve.contract import PreprocessContract
 from resserve.preprocess import preprocess
-from server_harness import jpeg, wait_until_ready
+from tests.server_harness import jpeg
 
 LOADTESTS = Path(__file__).parents[3] / "loadtests"
 
@@ -39,19 +38,12 @@ def test_peer_preprocessing_is_resserves_exact_path(peer) -> None:
         np.testing.assert_allclose(theirs, ours, atol=1e-5)  # same decode, resize, crop, normalize
 
 
-def test_peer_classifies_through_http_like_a_direct_session(model_onnx: Path) -> None:
+def test_peer_classifies_through_http_like_a_direct_session(model_onnx: Path, tmp_path: Path) -> None:
     data = jpeg(500, 375, seed=1)
-    port = free_port()
-    process = subprocess.Popen([sys.executable, str(LOADTESTS / "peer_baseline.py"), str(model_onnx),
-                                "--port", str(port), "--threads", "1"])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(f"{url}/v2/health/ready", lambda: process.poll() is None, 60)
-        response = httpx.post(f"{url}/v2/models/peer/classify", content=data,
+    command = [sys.executable, str(LOADTESTS / "peer_baseline.py"), str(model_onnx), "--port", "{port}", "--threads", "1"]
+    with server_process(None, command=command, log_dir=tmp_path, ready_timeout_s=60) as server:
+        response = httpx.post(f"{server.url}/v2/models/peer/classify", content=data,
                               headers={"content-type": "image/jpeg"}, timeout=30)
-    finally:
-        process.terminate()
-        process.wait(30)
     assert response.status_code == 200, response.text
     predictions = response.json()["results"][0]["predictions"]
     session = ort.InferenceSession(str(model_onnx), providers=["CPUExecutionProvider"])

@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 import httpx
-from server_harness import jpeg, serve_in_thread, write_model
 
 from resserve.config import ServerSettings
+from tests.server_harness import jpeg, serve_in_thread, write_model
 
 
 async def test_latency_target_turns_on_adaptive_batching(model_onnx: Path, tmp_path: Path) -> None:

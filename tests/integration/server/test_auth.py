@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
 from resserve.perf.server_process import free_port, serve_command
 from resserve.config import ServerSettings
+from tests.server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a test dependency")
 from tritonclient.utils import InferenceServerException

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
 from resserve.config import ServerSettings
+from tests.server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
 TOKEN = "s3cret"
 JPEG = {"content-type": "image/jpeg"}

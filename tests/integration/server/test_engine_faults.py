@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import httpx
-from server_harness import jpeg, serve_in_thread, write_model
 
 from resserve.config import ServerSettings
+from tests.server_harness import jpeg, serve_in_thread, write_model
 
 
 def classify(url: str, model: str) -> httpx.Response:

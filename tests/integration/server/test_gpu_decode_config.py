@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from server_harness import jpeg, serve_in_thread, write_model
 
 from resserve.builder.build_pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.repository import ModelRepository
+from tests.server_harness import jpeg, serve_in_thread, write_model
 
 
 def _gpu_decode_possible() -> bool:

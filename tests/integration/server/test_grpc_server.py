@@ -16,8 +16,6 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from model_repo_fixtures import NUM_CLASSES, tiny_classifier
-from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -25,6 +23,8 @@ from resserve.perf.server_process import free_port
 from resserve.config import ServerSettings
 from resserve.contract import imagenet_contract
 from resserve.preprocess import preprocess
+from tests.model_repo_fixtures import NUM_CLASSES, tiny_classifier
+from tests.server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
 TOKEN = "control-secret"
 KEY = "api-key-1"

@@ -17,14 +17,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from model_repo_fixtures import two_conv_classifier
-from server_harness import jpeg, serve_in_thread, write_model
 
 from resserve.agreement import CheckSet
 from resserve.builder.build_pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.engines.hardware import isa_class
 from resserve.repository import ModelRepository
+from tests.model_repo_fixtures import two_conv_classifier
+from tests.server_harness import jpeg, serve_in_thread, write_model
 
 ELSEWHERE = "avx2" if isa_class() != "avx2" else "avx512_vnni"
 

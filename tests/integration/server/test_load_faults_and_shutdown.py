@@ -15,15 +15,15 @@ from pathlib import Path
 
 import httpx
 import onnx
-from server_harness import builder_for, jpeg, serve_in_thread, wait_until_ready, write_model
 
-from resserve.perf.server_process import free_port
+from resserve.perf.server_process import free_port, wait_until_ready
 from resserve.builder.build_pipeline import BuildPipeline
 from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
 from resserve.server.app import create_app
 from resserve.server.serve import DrainingServer, uvicorn_config
+from tests.server_harness import builder_for, jpeg, serve_in_thread, write_model
 
 JPEG = {"content-type": "image/jpeg"}
 
@@ -124,7 +124,7 @@ def test_graceful_shutdown_0_does_not_wait_for_a_stuck_batch(model_onnx: Path, t
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{settings.port}"
-    wait_until_ready(f"{url}/v2/health/ready", thread.is_alive, 60)
+    wait_until_ready(url, thread.is_alive, 60, poll_s=0.05)
     engine = app.state.resserve.manager.get("stuck").engines[0]
     closed: list[tuple[float, str]] = []
     close = engine.close

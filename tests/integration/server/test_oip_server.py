@@ -10,11 +10,11 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
 from resserve.config import ServerSettings
 from resserve.contract import imagenet_contract
 from resserve.preprocess import preprocess
+from tests.server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a test dependency")
 from tritonclient.utils import InferenceServerException

@@ -17,9 +17,9 @@ import numpy as np
 import orjson
 import pytest
 from PIL import Image
-from server_harness import RunningServer, encode, jpeg, serve_in_thread, write_model
 
 from resserve.config import ServerSettings
+from tests.server_harness import RunningServer, encode, jpeg, serve_in_thread, write_model
 
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a test dependency")
 from tritonclient.utils import InferenceServerException

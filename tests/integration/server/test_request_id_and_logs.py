@@ -15,12 +15,12 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from resserve.perf.server_process import free_port, server_process
 from resserve.config import ServerSettings
 from resserve.logs import RequestContext, json_formatter
+from tests.server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -11,13 +11,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
-from server_harness import RunningServer, encode, jpeg, serve_in_thread, write_model
 
 from resserve.config import ServerSettings
 from resserve.contract import imagenet_contract
 from resserve.preprocess import preprocess
 from resserve.server.scores import softmax
 from resserve.synthetic import synthetic_image
+from tests.server_harness import RunningServer, encode, jpeg, serve_in_thread, write_model
 
 
 @pytest.fixture(scope="module")

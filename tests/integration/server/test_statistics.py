@@ -12,7 +12,6 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from google.protobuf import json_format
-from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -21,6 +20,7 @@ from resserve.config import ServerSettings
 from resserve.contract import imagenet_contract
 from resserve.preprocess import preprocess
 from resserve.serving.statistics import ModelStatistics
+from tests.server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,12 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from server_harness import RunningServer, jpeg, serve_in_thread, write_model
 from tritonclient.utils import InferenceServerException
 
 from resserve.perf.server_process import free_port
 from resserve.config import ServerSettings
 from resserve.logs import RequestContext, json_formatter
+from tests.server_harness import RunningServer, jpeg, serve_in_thread, write_model
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"

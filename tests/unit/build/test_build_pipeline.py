@@ -8,12 +8,12 @@ from pathlib import Path
 
 import onnx
 import pytest
-from model_repo_fixtures import messages, tiny_classifier, write_config
 
 from resserve.builder.build_pipeline import BuildPipeline
 from resserve.errors import ConfigError, ExportError, ModelNotFoundError
 from resserve.metadata import read_metadata
 from resserve.repository import ARTIFACT, BUILD_RECORD, ModelRepository
+from tests.model_repo_fixtures import messages, tiny_classifier, write_config
 
 
 # ---- builds -------------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from model_repo_fixtures import tiny_classifier, two_conv_classifier
 
 from resserve.engines.hardware import EXACT_INT8_CLASSES, cpu_features, isa_class, ort_int8_kernels_saturate
+from tests.model_repo_fixtures import tiny_classifier, two_conv_classifier
 
 SAPPHIRE_RAPIDS = frozenset({"SSE2", "AVX2", "AVX512F", "AVX512VNNI", "AVX512BF16", "AVX512_SPR", "AMX_INT8"})
 ZEN4 = frozenset({"SSE2", "AVX2", "AVX512F", "AVX512VNNI", "AVX512BF16"})

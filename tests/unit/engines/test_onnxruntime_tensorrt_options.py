@@ -10,7 +10,6 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import pytest
-from model_repo_fixtures import tiny_classifier
 from onnx import TensorProto, helper
 
 from resserve.config import ModelConfig
@@ -23,6 +22,7 @@ from resserve.engines.onnxruntime import (
     tensorrt_provider_options,
 )
 from resserve.errors import ConfigError, EngineError, EngineUnavailableError
+from tests.model_repo_fixtures import tiny_classifier
 
 
 def test_the_profile_spans_every_batch_and_is_tuned_for_the_largest_preferred_size() -> None:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -51,39 +50,78 @@ def test_groups_follow_names_and_main_threads() -> None:
     assert group_of(thread(10, 13, "ort-pool"), 10, False) == "other threads"
 
 
+# Each spinner burns a fixed amount of its own CPU time (time.thread_time) between "go" and "done",
+# then stays alive (an ended thread or process leaves /proc, and its CPU with it): what each group
+# used is known however the machine is shared, with no wall-clock window.
+WORK_S = 0.25
+
+WORKER = textwrap.dedent("""
+    import sys, time
+    print("ready", flush=True)
+    assert sys.stdin.readline() == "go\\n"
+    end, deadline = time.thread_time() + float(sys.argv[1]), time.monotonic() + 60
+    while time.thread_time() < end and time.monotonic() < deadline:
+        sum(range(1000))
+    print("done", flush=True)
+    sys.stdin.read()  # until the supervisor closes it
+""")
+
 SPINNERS = textwrap.dedent("""
     import subprocess, sys, threading, time
     from resserve.threads import set_os_thread_name
 
-    def spin(name):
-        set_os_thread_name(name)
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            sum(range(1000))
+    work_s, worker = float(sys.argv[1]), sys.argv[2]
+    go, stop = threading.Event(), threading.Event()
 
+    def spin(name, done):
+        set_os_thread_name(name)
+        go.wait()
+        end, deadline = time.thread_time() + work_s, time.monotonic() + 60
+        while time.thread_time() < end and time.monotonic() < deadline:
+            sum(range(1000))
+        done.set()
+        stop.wait()
+
+    dones = []
     for name in ("rs-engine-0", "rs-preprocess"):
-        threading.Thread(target=spin, args=(name,), daemon=True).start()
-    child = subprocess.Popen([sys.executable, "-c", "import time\\nend = time.monotonic() + 30\\n"
-                              "while time.monotonic() < end: sum(range(1000))"])
+        dones.append(threading.Event())
+        threading.Thread(target=spin, args=(name, dones[-1]), daemon=True).start()
+    child = subprocess.Popen([sys.executable, "-c", worker, str(work_s)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\\n"
     print("ready", flush=True)
-    time.sleep(30)
+    assert sys.stdin.readline() == "go\\n"
+    go.set()
+    child.stdin.write("go\\n")
+    child.stdin.flush()
+    for done in dones:
+        done.wait()
+    assert child.stdout.readline() == "done\\n"
+    print("done", flush=True)
+    sys.stdin.read()  # until the test has measured and closes it
+    stop.set()
+    child.stdin.close()
+    child.wait(30)
 """)
 
 
 def test_cpu_of_a_process_tree_is_split_by_job() -> None:
-    """A 'supervisor' that sleeps, with an engine and a preprocessing thread spinning, and a child
-    process ('worker') spinning in its main thread: each lands in its group, the sleeper in none."""
-    root = subprocess.Popen([sys.executable, "-c", SPINNERS], stdout=subprocess.PIPE, text=True)
+    """A 'supervisor' that waits, with an engine and a preprocessing thread spinning, and a child
+    process ('worker') spinning in its main thread: each lands in its group, the waiter in none."""
+    root = subprocess.Popen([sys.executable, "-c", SPINNERS, str(WORK_S), WORKER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert root.stdin is not None and root.stdout is not None
     try:
-        assert root.stdout is not None and root.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 10
-        while len(process_tree(root.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert root.stdout.readline() == "ready\n"  # the worker is started and waits too
         assert len(process_tree(root.pid)) == 2
         cpu = ServerCpu(root.pid)
         cpu.start()
-        time.sleep(1.5)
+        root.stdin.write("go\n")
+        root.stdin.flush()
+        assert root.stdout.readline() == "done\n"
         used = cpu.stop()
+        root.stdin.close()
+        assert root.wait(30) == 0
     finally:
         for pid in process_tree(root.pid)[1:]:
             with contextlib.suppress(ProcessLookupError):
@@ -91,8 +129,8 @@ def test_cpu_of_a_process_tree_is_split_by_job() -> None:
         root.kill()
         root.wait(10)
         root.stdout.close()
-    # Three spinners share the cores: each gets a fair part of 1.5 s; the sleeping main thread none.
+    # /proc counts in clock ticks (10 ms): each spinner's WORK_S, to a tick or two; the waiters none.
     for group in ("engine threads", "preprocessing threads", "event loops"):
-        assert used[group] > 0.2, used
-    assert used["supervisor"] < 0.1 and used["other threads"] < 0.1, used
+        assert used[group] == pytest.approx(WORK_S, abs=0.05), used
+    assert used["supervisor"] < 0.05 and used["other threads"] < 0.05, used
     assert used["load generator"] < 0.2 and used["idle"] >= 0.0, used

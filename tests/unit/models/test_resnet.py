@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_weights import reference_input, seeded_state_dict
 
 from resserve.models.resnet import ARCHS, build_resnet
+from tests.reference_weights import reference_input, seeded_state_dict
 
 REFERENCE = json.loads((Path(__file__).parents[2] / "fixtures" / "torchvision_reference.json").read_text())
 

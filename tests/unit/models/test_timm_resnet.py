@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_weights import reference_input, seeded_state_dict
 from safetensors.torch import save_file
 
 from resserve.contract import imagenet_contract
@@ -23,6 +22,7 @@ from resserve.models.resnet import ResNet
 from resserve.models.timm_resnet import TIMM_ARCHS, TimmResNet, build_timm_resnet
 from resserve.models.timm_weights import parse_timm_name, timm_weight_names
 from resserve.models.weights import load_model, parse_torchvision_name
+from tests.reference_weights import reference_input, seeded_state_dict
 
 REFERENCE = json.loads((Path(__file__).parents[2] / "fixtures" / "timm_reference.json").read_text())
 

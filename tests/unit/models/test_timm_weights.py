@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_hub import Hub, serve_hub
 from safetensors.torch import save_file
 
 from resserve.errors import WeightsError
 from resserve.models.timm_resnet import TimmResNet, build_timm_resnet
 from resserve.models.timm_weights import parse_timm_name
 from resserve.models.weights import cached_named_weights, load_model, load_model_or_fallback
+from tests.fake_hub import Hub, serve_hub
 
 NAME = "resnet18d.ra2_in1k"
 
