@@ -103,7 +103,7 @@ def resize_crop_normalize(images: Sequence[Any], contract: PreprocessContract) -
     Resized in float32 and rounded back to 0..255 before the crop, as Pillow resizes an 8-bit image
     to 8 bits. Pillow also rounds between its horizontal and vertical passes and this path does
     not, so an element may sit one level (``1 / (255 * std)``) from the CPU path's
-    (tests/unit/engines/test_gpu_preprocess_math.py measures it).
+    (tests/unit/preprocess/test_gpu_preprocess_math.py measures it).
     """
     import torch
     import torch.nn.functional as F

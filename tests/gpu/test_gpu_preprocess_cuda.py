@@ -2,7 +2,7 @@
 
 Skipped with the reason where no GPU is present (tests/conftest.py) or torchvision is missing. The
 two decoders differ (IDCT and chroma upsampling), so the figures are bounded, not equal: the
-arithmetic alone stays within a level (tests/unit/engines/test_gpu_preprocess_math.py), the rest
+arithmetic alone stays within a level (tests/unit/preprocess/test_gpu_preprocess_math.py), the rest
 is decode. The bounds are loose first guesses (no GPU run had measured them when they were set);
 loadtests/gpu_check (its preprocess stage) prints the measured difference.
 """

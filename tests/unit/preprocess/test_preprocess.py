@@ -36,7 +36,7 @@ from resserve.preprocess import (
 )
 from resserve.synthetic import synthetic_image, synthetic_jpegs
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "preprocess"
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "preprocess"
 REFERENCE = json.loads((FIXTURES / "reference.json").read_text())
 CONTRACT = PreprocessContract()
 MEAN = np.asarray(CONTRACT.mean, dtype=np.float32)
