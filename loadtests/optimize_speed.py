@@ -34,7 +34,7 @@ from torch import nn
 from resserve.builder.onnx_fold import optimize_onnx
 from resserve.builder.onnx_fold.fold_parity import _input_shape
 from resserve.models.resnet import build_resnet
-from resserve.models.weights import randomize
+from resserve.models.random_init import randomize
 
 
 class _ConvNHWC(nn.Module):

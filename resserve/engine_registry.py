@@ -5,8 +5,8 @@ An entry names the engine, the precisions it builds, where its artifact sits in 
 folder, whether it can take uint8 pixels (normalizing inside the model), how to open it and how
 to compile it, and where ``engine: auto`` ranks it. The open and compile steps are named as
 ``module:function`` and imported only when used, so this table imports nothing heavy, and the
-serving side never imports the builder. Adding an engine is one entry here plus its own module
-(and its compile function in the builder). A leaf: no resserve imports.
+serving side never imports the builder. Adding an engine is one entry here plus its own modules
+(the engine, and its compile step in the builder). A leaf: no resserve imports.
 
 Example::
 
@@ -56,15 +56,15 @@ class EngineSpec:
 ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec("onnxruntime", ("fp32", "fp16", "int8"), "model.{precision}.onnx",
                opener="resserve.engines.onnxruntime:open_from_config",
-               compiler="resserve.builder.variants:compile_onnxruntime", pixel_input=True, auto_rank=90,
+               compiler="resserve.builder.ort_quant:compile_artifact", pixel_input=True, auto_rank=90,
                reference_precision="fp32"),
     EngineSpec("openvino", ("fp32", "bf16", "int8"), "openvino/model.xml",
                opener="resserve.engines.openvino:open_from_config",
-               compiler="resserve.builder.variants:compile_openvino", pixel_input=True, auto_rank=20,
+               compiler="resserve.builder.compile_openvino:compile_artifact", pixel_input=True, auto_rank=20,
                auto_probe="resserve.engines.select:openvino_runs"),
     EngineSpec("tensorrt", ("fp32", "fp16", "int8"), "tensorrt/model.plan",
                opener="resserve.engines.tensorrt:open_from_config",
-               compiler="resserve.builder.variants:compile_tensorrt", auto_rank=10,
+               compiler="resserve.builder.compile_tensorrt:compile_artifact", auto_rank=10,
                auto_probe="resserve.engines.select:tensorrt_runs"),
     # The torch engine runs the source model; its artifact (the weights) is written by the exporter.
     EngineSpec("torch", ("fp32", "bf16", "fp16"), "model.safetensors",

@@ -2,14 +2,15 @@
 
 The ONNX file's ``metadata_props`` (:class:`ModelMetadata`: keys prefixed ``resserve.`` so they sit
 beside other tools' metadata without clashing) and, for a reduced-precision variant, its
-``accuracy.json`` (:class:`AccuracyReport`). The server, the repository and ``resserve describe``
-read these; the build pipeline writes them.
+``accuracy.json`` (:class:`AccuracyReport`), and every version's ``build.json`` (:class:`BuildRecord`).
+The server, the repository and ``resserve describe`` read these; the builder writes them.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import onnx
 from pydantic import BaseModel, ConfigDict
@@ -130,3 +131,36 @@ class AccuracyReport(BaseModel):
     def read(cls, folder: Path) -> AccuracyReport | None:
         path = folder / REPORT_FILE
         return cls.model_validate(json.loads(path.read_text())) if path.is_file() else None
+
+
+BUILD_RECORD = "build.json"
+
+
+class BuildRecord(BaseModel):
+    """What built a version (``build.json``): the content hash the stale check compares, the engine
+    and precision (the server opens what was built, never what this machine would choose now),
+    whether it fell back to random weights, its accuracy report and the config it was built from."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    content_hash: str
+    engine: str
+    precision: str
+    random_fallback: bool = False
+    accuracy: AccuracyReport | None = None
+    resserve_version: str = ""
+    config: dict[str, Any] = {}
+
+    def write(self, folder: Path) -> Path:
+        path = folder / BUILD_RECORD
+        path.write_text(self.model_dump_json(indent=2))
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> BuildRecord | None:
+        """The folder's record, or None where there is none or it cannot be read (an older or
+        damaged build: the caller decides whether that means stale or an error)."""
+        try:
+            return cls.model_validate_json((folder / BUILD_RECORD).read_bytes())
+        except (OSError, ValueError):
+            return None

@@ -9,19 +9,19 @@ them, and ``build.json`` (what built it). Building and the stale check are
 
 from __future__ import annotations
 
-import json
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from resserve.config import ModelConfig, load_model_config
 from resserve.contract import PreprocessContract, imagenet_contract
 from resserve.engines.factory import REFERENCE, Variant
-from resserve.errors import ConfigError, ModelNotFoundError
+from resserve.errors import ConfigError, ModelNotFoundError, ResserveError
 from resserve.labels import default_labels, load_labels
-from resserve.metadata import AccuracyReport, ModelMetadata, read_metadata
+from resserve.metadata import BUILD_RECORD, AccuracyReport, BuildRecord, ModelMetadata, read_metadata
 
 ARTIFACT = REFERENCE  # every version has the folded fp32 ONNX; other artifacts sit beside it
-BUILD_RECORD = "build.json"
 
 
 @dataclass(frozen=True)
@@ -109,15 +109,15 @@ class ModelRepository:
         if chosen not in versions:
             raise ModelNotFoundError(f"model {name!r} has no version {chosen!r} (built: {', '.join(versions)})")
         folder = self.root / name / chosen
-        try:
-            record = json.loads((folder / BUILD_RECORD).read_text())
-            variant = Variant(record["engine"], record["precision"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        record = BuildRecord.read(folder)
+        if record is not None:
+            variant = Variant(record.engine, record.precision)
+        elif config.engine == "auto":
             # What was built is what build.json says; without it, only an explicit engine is known
             # (engine auto would resolve for this machine, not for the one that built the version).
-            if config.engine == "auto":
-                raise ConfigError(f"model {name!r} version {chosen}: no readable {BUILD_RECORD} says which engine "
-                                  "built it (engine: auto); rebuild it: resserve build --force") from exc
+            raise ConfigError(f"model {name!r} version {chosen}: no readable {BUILD_RECORD} says which engine "
+                              "built it (engine: auto); rebuild it: resserve build --force")
+        else:
             variant = Variant(config.engine, config.precision)
         return ModelVersion(config, folder, chosen, read_metadata(folder / ARTIFACT), variant)
 
@@ -125,3 +125,28 @@ class ModelRepository:
 def _safe_name(name: str) -> bool:
     """Model names are single path components: no traversal out of the repository."""
     return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
+def unbuilt(root: Path, names: Sequence[str] | None = None) -> list[str]:
+    """Models (all, or ``names``) with no built version yet; what is wrong, where the repository
+    cannot be read or has no models."""
+    try:
+        repository = ModelRepository(root)
+        wanted = list(names) if names else repository.names()
+        return [name for name in wanted if not repository.versions(name)] if wanted else ["(no models yet)"]
+    except ResserveError as exc:
+        return [str(exc)]
+
+
+def wait_for_builds(root: Path, names: Sequence[str] | None = None, *, timeout_s: float, interval_s: float,
+                    on_wait: Callable[[list[str]], None] = lambda missing: None) -> list[str]:
+    """Return the names once every model has a built version (an init container's wait: in
+    Kubernetes a Job builds the repository, and the serving pods must not start before it is done).
+    Raises ResserveError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while missing := unbuilt(root, names):
+        if time.monotonic() > deadline:
+            raise ResserveError(f"still not built after {timeout_s:g} s: {', '.join(missing)}")
+        on_wait(missing)
+        time.sleep(interval_s)
+    return list(names) if names else ModelRepository(root).names()

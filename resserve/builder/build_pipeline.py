@@ -30,8 +30,8 @@ from resserve.contract import imagenet_contract
 from resserve.engines.factory import resolve_variant
 from resserve.errors import ConfigError
 from resserve.files import sha256_file
-from resserve.metadata import read_metadata
-from resserve.repository import ARTIFACT, BUILD_RECORD, ModelRepository
+from resserve.metadata import BuildRecord, read_metadata
+from resserve.repository import ARTIFACT, ModelRepository
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +80,14 @@ class BuildPipeline:
         versions = self.repository.versions(name)
         if not versions:
             return True
-        record = self.root / name / versions[-1] / BUILD_RECORD
-        try:
-            built = json.loads(record.read_text())
-            built_hash, fell_back = built["content_hash"], built.get("random_fallback", False)
-        except (OSError, ValueError, KeyError, TypeError):
+        built = BuildRecord.read(self.root / name / versions[-1])
+        if built is None:
             return True
-        if fell_back and _weights_obtainable(config):
+        if built.random_fallback and _weights_obtainable(config):
             log.info("%s: weights %s are now available; rebuilding the random-weights fallback", name,
                      config.source.weights)
             return True
-        return built_hash != self.content_hash(config)
+        return built.content_hash != self.content_hash(config)
 
     def build(self, name: str, *, force: bool = False, progress: Progress | None = None) -> Path:
         """Build the newest version of ``name`` if stale (or ``force``); returns its folder."""
@@ -116,16 +113,9 @@ class BuildPipeline:
                 report = compile_variant(variant, config, staging, contract,
                                          self._source_path(name, images) if images else None,
                                          cache_dir=self.root / CACHE_FOLDER / name / variant.engine)
-            record = {
-                "content_hash": content_hash,
-                "engine": variant.engine,
-                "precision": variant.precision,
-                "random_fallback": fell_back,
-                "accuracy": report.model_dump() if report else None,
-                "resserve_version": __version__,
-                "config": config.model_dump(mode="json"),
-            }
-            (staging / BUILD_RECORD).write_text(json.dumps(record, indent=2))
+            BuildRecord(content_hash=content_hash, engine=variant.engine, precision=variant.precision,
+                        random_fallback=fell_back, accuracy=report, resserve_version=__version__,
+                        config=config.model_dump(mode="json")).write(staging)
             if target.exists():
                 shutil.rmtree(target)
             staging.rename(target)

@@ -12,12 +12,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from resserve.engines.factory import REFERENCE, Variant
 from resserve.engines.openvino import SIDECAR_FILE, Precision, require_precision
 from resserve.errors import ConfigError, ExportError
+
+if TYPE_CHECKING:
+    from resserve.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -134,3 +138,11 @@ def compile_openvino(
     (output_dir / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2))
     log.info("compiled %s to %s (%s)", onnx_path.name, xml, precision)
     return xml
+
+
+def compile_artifact(variant: Variant, config: ModelConfig, folder: Path, calibration: np.ndarray | None,
+                     cache_dir: Path | None) -> bool:
+    """The registry's compile step for openvino: the IR (and its sidecar) beside the reference."""
+    compile_openvino(folder / REFERENCE, variant.artifact(folder).parent, variant.precision,  # type: ignore[arg-type]
+                     calibration)
+    return True

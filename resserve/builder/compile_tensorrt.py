@@ -16,11 +16,12 @@ import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
+from resserve.engines.factory import REFERENCE, Variant
 from resserve.engines.hardware import gpu_identity, require_tensorrt
 from resserve.engines.onnxruntime import batch_profile, image_input
 from resserve.engines.tensorrt import (
@@ -35,6 +36,9 @@ from resserve.engines.tensorrt import (
 )
 from resserve.errors import ConfigError, EngineUnavailableError, ExportError
 from resserve.files import sha256_file
+
+if TYPE_CHECKING:
+    from resserve.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -357,3 +361,13 @@ def build_plan(onnx_path: Path, output_dir: Path, *, precision: Precision, max_b
     keep_in_cache(output_dir, cache_dir)
     log.info("wrote %s (%d bytes)", plan_path, plan_path.stat().st_size)
     return plan_path
+
+
+def compile_artifact(variant: Variant, config: ModelConfig, folder: Path, calibration: np.ndarray | None,
+                     cache_dir: Path | None) -> bool:
+    """The registry's compile step for tensorrt: a plan for this GPU, cached in ``cache_dir``."""
+    build_plan(folder / REFERENCE, variant.artifact(folder).parent, precision=variant.precision,  # type: ignore[arg-type]
+               max_batch_size=config.max_batch_size,
+               preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
+               calibration=calibration, cache_dir=cache_dir)
+    return True

@@ -20,7 +20,7 @@ import io
 import logging
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnx
@@ -33,7 +33,11 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from resserve.engines.factory import REFERENCE, Variant
 from resserve.errors import ExportError
+
+if TYPE_CHECKING:
+    from resserve.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -253,3 +257,17 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     _save_with_metadata(model, source, dst, precision="fp16")
     log.info("converted %s -> %s (fp16 weights, float32 input and output)", src, dst)
     return dst
+
+
+def compile_artifact(variant: Variant, config: ModelConfig, folder: Path, calibration: np.ndarray | None,
+                     cache_dir: Path | None) -> bool:
+    """The registry's compile step for onnxruntime: int8 by static QDQ quantization, fp16 by
+    conversion; False: no CPU accuracy report (fp16 runs on the CUDA provider)."""
+    target = variant.artifact(folder)
+    if variant.precision == "int8":
+        assert calibration is not None
+        quantize_int8(folder / REFERENCE, target, calibration)
+        return True
+    convert_fp16(folder / REFERENCE, target)
+    log.info("%s: fp16 runs on the CUDA provider; no CPU accuracy report", config.name)
+    return False

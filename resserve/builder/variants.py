@@ -49,43 +49,6 @@ def compile_variant(variant: Variant, config: ModelConfig, folder: Path, contrac
     return measure_accuracy(variant, config, folder, held_out, contract)
 
 
-def compile_onnxruntime(variant: Variant, config: ModelConfig, folder: Path, calibration: np.ndarray | None,
-                        cache_dir: Path | None) -> bool:
-    """int8 by static QDQ quantization, fp16 by conversion; False: no CPU accuracy report (fp16)."""
-    target = variant.artifact(folder)
-    if variant.precision == "int8":
-        from resserve.builder.ort_quant import quantize_int8
-
-        assert calibration is not None
-        quantize_int8(folder / REFERENCE, target, calibration)
-        return True
-    from resserve.builder.ort_quant import convert_fp16
-
-    convert_fp16(folder / REFERENCE, target)
-    log.info("%s: fp16 runs on the CUDA provider; no CPU accuracy report", config.name)
-    return False
-
-
-def compile_openvino(variant: Variant, config: ModelConfig, folder: Path, calibration: np.ndarray | None,
-                     cache_dir: Path | None) -> bool:
-    from resserve.builder.compile_openvino import compile_openvino as compile_ir
-
-    compile_ir(folder / REFERENCE, variant.artifact(folder).parent, variant.precision,  # type: ignore[arg-type]
-               calibration)
-    return True
-
-
-def compile_tensorrt(variant: Variant, config: ModelConfig, folder: Path, calibration: np.ndarray | None,
-                     cache_dir: Path | None) -> bool:
-    from resserve.builder.compile_tensorrt import build_plan
-
-    build_plan(folder / REFERENCE, variant.artifact(folder).parent, precision=variant.precision,  # type: ignore[arg-type]
-               max_batch_size=config.max_batch_size,
-               preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
-               calibration=calibration, cache_dir=cache_dir)
-    return True
-
-
 def measure_accuracy(variant: Variant, config: ModelConfig, folder: Path, held_out: np.ndarray,
                      contract: PreprocessContract) -> AccuracyReport:
     """Agreement of the built variant with the fp32 reference on held-out images (uint8 crops); enforce

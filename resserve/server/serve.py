@@ -74,3 +74,18 @@ def run_server(settings: ServerSettings, log_level: str = "info", shutdown_delay
     """Serve until a signal; returns after a clean drain. ``builds``: see :func:`create_app`."""
     app = create_app(settings, builds=builds)
     DrainingServer(uvicorn_config(app, settings, log_level), app.state.resserve, shutdown_delay_s).run()
+
+
+def serve(settings: ServerSettings, log_level: str = "info", shutdown_delay_s: float = 0.0) -> int:
+    """``resserve serve``: one process, or ``settings.workers`` processes on one socket (only worker 0
+    builds); missing models build in a child process (``resserve build --events``) behind the open
+    port, so the server answers at once and imports neither the build code nor torch. The exit code."""
+    from resserve.server.startup import BuildProcess
+    from resserve.server.supervisor import run_workers, worker_count
+
+    count = worker_count(settings.workers)
+    if count > 1:
+        return run_workers(settings, count, log_level=log_level, shutdown_delay_s=shutdown_delay_s)
+    builds = BuildProcess(settings.model_repo) if settings.build_missing else None
+    run_server(settings, log_level=log_level, shutdown_delay_s=shutdown_delay_s, builds=builds)
+    return 0

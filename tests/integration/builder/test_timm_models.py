@@ -35,7 +35,8 @@ from resserve.metadata import read_metadata
 from resserve.preprocess import preprocess
 from resserve.models.timm_resnet import Bottleneck, TimmArchSpec, TimmResNet, build_timm_resnet
 from resserve.models.timm_weights import parse_timm_name
-from resserve.models.weights import LoadedModel, WeightsSource, load_model, randomize
+from resserve.models.random_init import randomize
+from resserve.models.weights import LoadedModel, WeightsSource, load_model
 from resserve.repository import ModelRepository
 from tests.fake_hub import serve_hub
 from tests.server_harness import jpeg, serve_in_thread
