@@ -1,4 +1,4 @@
-"""The architecture table in README.md: parameters and multiply-accumulates of every ResNet resserve builds.
+"""The architecture table in docs/models-and-export.md: parameters and multiply-accumulates of every ResNet resserve builds.
 
 Counted by torch's own ``FlopCounterMode`` at batch 1 (FLOPs / 2 =
 multiply-accumulates, the "GFLOPS" column of torchvision's and timm's tables), at 224x224 and at

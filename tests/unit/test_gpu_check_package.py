@@ -73,3 +73,18 @@ def test_the_check_fails_on_a_third_party_import(tmp_path: Path) -> None:
     result = _import_isolated(tmp_path, _modules(tmp_path, package))
     assert list(result["failed"]) == ["loadtests.fake_check.numeric"]
     assert result["refused"] == ["yaml", "numpy"]
+
+
+def test_every_resserve_module_a_stage_names_exists() -> None:
+    """The stages name resserve's modules as strings (imported on the GPU machine only): a module
+    that moved would fail there, minutes into a lent machine's time, not here."""
+    import ast
+    import importlib.util
+
+    source = (PACKAGE / "resserve_modules.py").read_text()
+    names = [node.value.value for node in ast.parse(source).body
+             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+             and isinstance(node.value.value, str) and node.value.value.startswith("resserve")]
+    assert len(names) >= 10
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    assert not missing, f"gpu_check names modules that do not exist: {missing}"
