@@ -147,7 +147,8 @@ class BuildRecord(BaseModel):
     engine: str
     precision: str
     random_fallback: bool = False
-    accuracy: AccuracyReport | None = None
+    # As written; read loosely, so a report of another resserve's shape never invalidates the record.
+    accuracy: dict[str, Any] | None = None
     resserve_version: str = ""
     config: dict[str, Any] = {}
 

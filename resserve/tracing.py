@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -121,13 +121,15 @@ class Tracing:
         span.end(end_time=end_ns)
         return span.get_span_context()
 
-    def record_batch(self, links: list[SpanContext], start_ns: int, end_ns: int, **attributes: Any) -> None:
-        """``engine batch``, measured by the queue: its own trace, linked to every request span it served."""
+    @contextlib.contextmanager
+    def batch_span(self, links: list[SpanContext], **attributes: Any) -> Iterator[Span | None]:
+        """``engine batch``: its own trace, linked to every request span it served."""
         if self.tracer is None or not links:
+            yield None
             return
-        span = self.tracer.start_span("engine batch", context=Context(), links=[Link(c) for c in links],
-                                      start_time=start_ns, attributes=attributes)
-        span.end(end_time=end_ns)
+        with self.tracer.start_as_current_span("engine batch", context=Context(), links=[Link(c) for c in links],
+                                               attributes=attributes) as span:
+            yield span
 
 
 OFF = Tracing()

@@ -114,7 +114,8 @@ class BuildPipeline:
                                          self._source_path(name, images) if images else None,
                                          cache_dir=self.root / CACHE_FOLDER / name / variant.engine)
             BuildRecord(content_hash=content_hash, engine=variant.engine, precision=variant.precision,
-                        random_fallback=fell_back, accuracy=report, resserve_version=__version__,
+                        random_fallback=fell_back, accuracy=report.model_dump() if report else None,
+                        resserve_version=__version__,
                         config=config.model_dump(mode="json")).write(staging)
             if target.exists():
                 shutil.rmtree(target)

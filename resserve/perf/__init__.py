@@ -1,5 +1,4 @@
-"""Benchmarks without HTTP load: the bare engine (the reference), variant matrices, preprocessing.
-
-The server benchmark drives HTTP load, so it lives with the load generator in
-:mod:`resserve.perf.server_bench`; bench imports nothing from loadtest.
-"""
+"""Measuring resserve: benchmarks (the bare engine as the reference, variant matrices, preprocessing
+on one core, the server against its bound) and the load generator (closed and open loop, gRPC,
+max-rate search, sweeps, reports). Experiments and committed reports live outside the package, in
+``loadtests/``."""

@@ -1,6 +1,6 @@
 """The one request pipeline that every protocol adapter calls.
 
-An adapter (``classify``, OIP ``infer``, later gRPC) turns its wire format into encoded images or
+An adapter (``classify``, OIP ``infer`` over HTTP or gRPC) turns its wire format into encoded images or
 a tensor, and turns the outputs back. Everything between is here, written once: admission by
 images, the per-request image limit, deadlines, preprocessing image by image, the batch queue,
 the image counters and scores.
@@ -185,8 +185,6 @@ class RequestPipeline:
         """Queue rows on ``served``, or on its successor if a reload retired it meanwhile."""
         trace = self.tracing.current()
         try:
-            if served.watchdog.hung:
-                raise served.watchdog.not_answering()
             return await served.queue.submit(rows, deadline, received, trace)
         except ModelNotReadyError:
             successor = self.manager.successor(served)

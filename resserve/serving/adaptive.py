@@ -138,16 +138,16 @@ class SloBatchPolicy:
     def ran(self, rows: int, seconds: float) -> None:
         self.engine.observe(rows, seconds)
 
-    async def hold(self, queue: QueueView) -> int:
-        """Re-decide on every arrival until the decision says go; the cap it settled on."""
-        decision = Decision(self.max_batch_size, 0.0, "empty")
-        while (oldest := queue.oldest()) is not None:  # None: another instance took them meanwhile
+    async def hold(self, queue: QueueView) -> int | None:
+        """Re-decide on every arrival until the decision says go; the cap it settled on, or None
+        when another instance's worker took what was waiting meanwhile."""
+        while (oldest := queue.oldest()) is not None:
             decision = self.decide(time.monotonic(), oldest[1], queue.queued_rows())
             if queue.closed or decision.wait_s <= 0 or queue.queued_rows(decision.cap) >= decision.cap:
-                break
+                return decision.cap
             if not await queue.wait_for_arrival(decision.wait_s):
-                break
-        return decision.cap
+                return decision.cap
+        return None
 
     def cap(self, oldest_age_s: float) -> int:
         """The largest batch whose predicted engine time fits what is left of the oldest's budget.

@@ -40,8 +40,9 @@ class BatchPolicy(Protocol):
 
     def ran(self, rows: int, seconds: float) -> None: ...
 
-    async def hold(self, queue: QueueView) -> int:
-        """Hold until the batch should go; the most rows it may carry."""
+    async def hold(self, queue: QueueView) -> int | None:
+        """Hold until the batch should go; the most rows it may carry (None: the queue emptied
+        meanwhile, another instance took what was waiting)."""
         ...
 
 
@@ -63,10 +64,10 @@ class FixedDelay:
     def ran(self, rows: int, seconds: float) -> None:
         pass
 
-    async def hold(self, queue: QueueView) -> int:
+    async def hold(self, queue: QueueView) -> int | None:
         oldest = queue.oldest()
         if oldest is None:
-            return self.max_batch_size
+            return None
         dispatch_at = oldest[0] + self.max_queue_delay_s
         while not queue.closed:
             rows = queue.queued_rows()

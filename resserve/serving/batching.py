@@ -75,6 +75,7 @@ class BatchQueue:
         self.policy: BatchPolicy = policy or FixedDelay(max_batch_size, max_queue_delay_ms, preferred_batch_sizes)
         self.observer = observer
         self._labels = (model, version)
+        self.watchdog = watchdog
         self._instances = [EngineThread(runner, model, index, watchdog) for index, runner in enumerate(runners)]
         # Only live entries: one whose caller gave up (deadline, disconnect) leaves at once, so it
         # counts against neither max_queue_size nor the depth, and its rows are freed.
@@ -110,6 +111,8 @@ class BatchQueue:
         """
         if self._closed:
             raise ModelNotReadyError(f"model {self._labels[0]} is draining or unloaded")
+        if self.watchdog is not None and self.watchdog.hung:  # nothing would run it: 503 now, not 504 later
+            raise self.watchdog.not_answering()
         if self._pending_rows + rows.shape[0] > self.max_queue_size:
             raise QueueFullError(
                 f"model {self._labels[0]}: queue full ({self._pending_rows} of {self.max_queue_size} rows waiting)",
@@ -235,6 +238,8 @@ class BatchQueue:
             await self._arrived.wait()
         held_from = time.monotonic()
         cap = await self.policy.hold(self)
+        if cap is None:  # another instance's worker took them while this one held
+            return []
         if self.policy.reports:
             self.observer.batch_planned(cap, time.monotonic() - held_from)
         batch: list[_Pending] = []
@@ -272,21 +277,22 @@ class BatchQueue:
         run = BatchRun(rows=tuple(i.rows.shape[0] for i in batch), waited_s=tuple(started - i.enqueued for i in batch),
                        traces=tuple(i.trace for i in batch), started_ns=now_ns())
         self.observer.batch_started(run)
-        try:
-            ran = await instance.run([i.rows for i in batch])
-        except EngineHungError as hung:
-            _fail(batch, hung)
-            self.observer.batch_failed(replace(run, elapsed_s=time.monotonic() - started), hung=True)
-            return
-        except Exception as exc:  # a failed batch fails only its own requests
-            log.error("engine failed on a batch of %d requests: %s", len(batch), exc, exc_info=True)
-            # The answer says what failed, never the engine's own words (paths, internals): the log has those.
-            error = EngineError(f"model {self._labels[0]} version {self._labels[1]}: the engine failed on this "
-                                f"request's batch ({len(batch)} requests); the server log has the details")
-            error.__cause__ = exc
-            _fail(batch, error)
-            self.observer.batch_failed(replace(run, elapsed_s=time.monotonic() - started), hung=False)
-            return
+        with self.observer.batch_scope(run):  # the batch's span is current: its log lines carry the trace id
+            try:
+                ran = await instance.run([i.rows for i in batch])
+            except EngineHungError as hung:
+                _fail(batch, hung)
+                self.observer.batch_failed(replace(run, elapsed_s=time.monotonic() - started), hung=True)
+                return
+            except Exception as exc:  # a failed batch fails only its own requests
+                log.error("engine failed on a batch of %d requests: %s", len(batch), exc, exc_info=True)
+                # The answer says what failed, never the engine's own words (paths, internals): the log has those.
+                error = EngineError(f"model {self._labels[0]} version {self._labels[1]}: the engine failed on "
+                                    f"this request's batch ({len(batch)} requests); the server log has the details")
+                error.__cause__ = exc
+                _fail(batch, error)
+                self.observer.batch_failed(replace(run, elapsed_s=time.monotonic() - started), hung=False)
+                return
         elapsed = time.monotonic() - started
         self._batch_s_ewma = 0.8 * self._batch_s_ewma + 0.2 * elapsed
         self.policy.ran(run.total_rows, elapsed)

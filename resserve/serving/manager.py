@@ -71,7 +71,7 @@ class ServedModel:
 
     @property
     def engine_healthy(self) -> bool:
-        """False while the watchdog sees every engine instance stuck (the queue's own verdict)."""
+        """False while the watchdog sees every engine instance stuck."""
         return not self.watchdog.hung
 
     @property

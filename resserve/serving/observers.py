@@ -13,9 +13,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from opentelemetry.trace import SpanContext
@@ -51,10 +53,16 @@ class Observer:
         """A queued request's deadline passed before the engine ran it."""
 
     def batch_planned(self, cap: int, held_s: float) -> None:
-        """The adaptive policy let a batch go: at most ``cap`` rows, after holding ``held_s``."""
+        """A reporting policy (``reports``: the SLO-aware one) let a batch go: at most ``cap`` rows,
+        after holding ``held_s``."""
 
     def batch_started(self, batch: BatchRun) -> None:
         """A batch left the queue for the engine."""
+
+    def batch_scope(self, batch: BatchRun) -> AbstractContextManager[object]:
+        """Entered around the engine call (a span that is current meanwhile, so the batch's log
+        lines carry its trace id, and that ends however the call ends)."""
+        return contextlib.nullcontext()
 
     def batch_done(self, batch: BatchRun) -> None:
         """The engine answered a batch (timings filled in)."""
@@ -83,12 +91,15 @@ class Observers(Observer):
             try:
                 getattr(sink, hook)(*args)
             except Exception:
-                key = (type(sink).__name__, hook)
-                self._failures[key] += 1
-                count = self._failures[key]
-                if str(count).strip("0") == "1":  # 1, 10, 100, ...
-                    log.exception("observer %s failed in %s (%d times so far); requests are unaffected",
-                                  key[0], hook, count)
+                self._failed(sink, hook)
+
+    def _failed(self, sink: Observer, hook: str) -> None:
+        key = (type(sink).__name__, hook)
+        self._failures[key] += 1
+        count = self._failures[key]
+        if str(count).strip("0") == "1":  # 1, 10, 100, ...
+            log.exception("observer %s failed in %s (%d times so far); requests are unaffected",
+                          key[0], hook, count)
 
     def queue_depth(self, rows: int) -> None:
         self._each("queue_depth", rows)
@@ -101,6 +112,16 @@ class Observers(Observer):
 
     def batch_started(self, batch: BatchRun) -> None:
         self._each("batch_started", batch)
+
+    @contextlib.contextmanager
+    def batch_scope(self, batch: BatchRun) -> Iterator[object]:
+        with contextlib.ExitStack() as stack:
+            for sink in self.sinks:
+                try:
+                    stack.enter_context(sink.batch_scope(batch))
+                except Exception:
+                    self._failed(sink, "batch_scope")
+            yield None
 
     def batch_done(self, batch: BatchRun) -> None:
         self._each("batch_done", batch)

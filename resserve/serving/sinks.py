@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import time
+from contextlib import AbstractContextManager
 
 from PIL import Image
 
@@ -80,8 +81,8 @@ class StatisticsSink(Observer):
 
 
 class TracingSink(Observer):
-    """Spans for work measured off the request's task: ``preprocess`` and ``decode`` (timed in a
-    worker thread), ``queue wait`` per request and ``engine batch`` (timed by the queue)."""
+    """Spans: ``preprocess`` and ``decode`` (timed in a worker thread), ``queue wait`` per request
+    (timed by the queue), and ``engine batch`` around the engine call."""
 
     def __init__(self, tracing: Tracing, model: str, version: str) -> None:
         self.tracing = tracing
@@ -102,20 +103,14 @@ class TracingSink(Observer):
                                      version=self.version, image_width=width, image_height=height)
         self.tracing.record("decode", start_ns, decoded_ns, parent, image_width=width, image_height=height)
 
-    def batch_done(self, batch: BatchRun) -> None:
-        self._record(batch)
-
-    def batch_failed(self, batch: BatchRun, hung: bool) -> None:
-        self._record(batch)
-
-    def _record(self, batch: BatchRun) -> None:
-        links = [trace for trace in batch.traces if trace is not None]
-        if not links:
-            return
+    def batch_started(self, batch: BatchRun) -> None:
         for rows, waited, trace in zip(batch.rows, batch.waited_s, batch.traces, strict=True):
             if trace is not None:
                 self.tracing.record("queue wait", batch.started_ns - int(waited * 1e9), batch.started_ns, trace,
                                     rows=rows)
-        self.tracing.record_batch(links, batch.started_ns, batch.started_ns + int(batch.elapsed_s * 1e9),
-                                  model=self.model, version=self.version, batch_size=batch.total_rows,
-                                  requests=len(batch.rows))
+
+    def batch_scope(self, batch: BatchRun) -> AbstractContextManager[object]:
+        """``engine batch``, current while the engine runs: its own trace, linked to every request
+        span it served; the batch's log lines (a failure, the watchdog) carry its trace id."""
+        return self.tracing.batch_span([t for t in batch.traces if t is not None], model=self.model,
+                                       version=self.version, batch_size=batch.total_rows, requests=len(batch.rows))

@@ -3,8 +3,9 @@
 An engine call cannot be interrupted (a thread cannot be killed), so a stuck call is answered
 instead: after ``engine_timeout_s`` its batch fails with :class:`EngineHungError`, the instance
 takes no new batch until the call returns, and while every instance of a model is stuck the
-:class:`Watchdog` reports the model unhealthy (not ready, requests refused with 503) until one
-answers again.
+:class:`Watchdog` says so (``hung``; its health callback tells the model's lifecycle record, so
+the model reads not ready, and the batch queue refuses new requests with 503) until one answers
+again.
 
 Example::
 
@@ -50,8 +51,12 @@ class Watchdog:
         self.model = model
         self.timeout_s = timeout_s
         self.on_health = on_health  # told when every instance gets stuck, and when one answers again
-        self.instances = 0  # counted by the EngineThreads it watches
+        self.instances = 0  # the EngineThreads it watches register themselves
         self._stuck = 0
+
+    def register(self) -> None:
+        """One more instance to watch (an EngineThread's constructor calls it)."""
+        self.instances += 1
 
     @property
     def hung(self) -> bool:
@@ -85,7 +90,7 @@ class EngineThread:
         self.index = index
         self.watchdog = watchdog
         if watchdog is not None:
-            watchdog.instances += 1
+            watchdog.register()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{model}-{index}",
                                             initializer=set_os_thread_name, initargs=(f"{ENGINE_PREFIX}-{index}",))
         self._stuck: asyncio.Task[None] | None = None
@@ -112,8 +117,8 @@ class EngineThread:
         assert self.watchdog is not None
         log.error("model %s: engine instance %d has not finished a batch in %.1f s; it takes no batch until "
                   "it does", self.model, self.index, self.watchdog.timeout_s)
-        self.watchdog.stuck()
         try:
+            self.watchdog.stuck()  # inside: whatever its health callback does, recovered() follows
             await call
         except Exception as exc:  # the batch is already answered; only the recovery matters
             log.warning("model %s: the stuck batch ended with %s", self.model, exc)

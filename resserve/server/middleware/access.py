@@ -19,6 +19,17 @@ METRICS_PATH = "/metrics"
 CONTROL_PREFIX = "/v2/repository/"
 
 
+def route_path(scope: Scope) -> str:
+    """The path the router matches: ``scope["path"]`` without the ``root_path`` a proxy prefix or a
+    ``Mount`` put in front (Starlette routes on this; classifying the raw path would let
+    ``/prefix/v2/repository/...`` pass as inference and still reach the control routes)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root):]
+    return path
+
+
 def endpoint_of(path: str) -> Endpoint:
     if path in HEALTH_PATHS:
         return "health"
@@ -41,7 +52,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            self.policy.check(endpoint_of(scope["path"]), scope["headers"])
+            self.policy.check(endpoint_of(route_path(scope)), scope["headers"])
         except (UnauthorizedError, ForbiddenError) as refused:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})  # before accept: the server answers 403

@@ -3,7 +3,7 @@ extension), with the stubs ``tritonclient[grpc]`` ships: the same service, packa
 
 Every RPC goes through :func:`_rpc`: the request id (``x-request-id`` metadata, echoed in the
 initial metadata, on every log record), API keys from the call's metadata (as HTTP reads headers),
-errors mapped once (:mod:`.status`), and a counter and a duration per method, model and code.
+errors mapped once (:mod:`.grpc_status`), and a counter and a duration per method, model and code.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from resserve.server.oip.infer import (
 )
 from resserve.server.middleware.request_id import HEADER, request_id_from
 from resserve.server.app_state import AppState
+from resserve.serving.manager import ServedModel
 
 Reply = TypeVar("Reply")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Reply]]
@@ -45,7 +46,9 @@ SERVICE = "inference.GRPCInferenceService"
 # Codes that are the server's fault (OpenTelemetry's rule for SERVER spans); a client's bad input is not an error.
 SERVER_FAULTS = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
                            grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS})
-HEALTH_METHODS = frozenset({"ServerLive", "ServerReady", "ModelReady"})
+# Open as HTTP's /v2/health/* are (unless auth_health); ModelReady, like HTTP's /v2/models/{name}/ready,
+# says which models exist, so it needs a key where keys are set.
+HEALTH_METHODS = frozenset({"ServerLive", "ServerReady"})
 REPOSITORY_METHODS = frozenset({"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})
 
 
@@ -166,9 +169,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         pipeline = self.state.pipeline
         remaining = context.time_remaining()
         deadline_ms = None if remaining is None else max(remaining, 0.0) * 1000.0
-        if deadline_ms is not None and deadline_ms <= 0:
-            raise DeadlineExceededError("the call's deadline had passed when it arrived")
-        with pipeline.request(request.model_name, request.model_version or None, "grpc") as ticket:
+
+        def found(_served: ServedModel) -> None:  # an unknown model is NOT_FOUND even past the deadline
+            if deadline_ms is not None and deadline_ms <= 0:
+                raise DeadlineExceededError("the call's deadline had passed when it arrived")
+
+        with pipeline.request(request.model_name, request.model_version or None, "grpc", found=found) as ticket:
             served = ticket.served
             # Framing BYTES and converting typed contents is CPU work: off the event loop.
             parsed = await asyncio.to_thread(decode_request, request, max_images=pipeline.max_images(served))

@@ -31,6 +31,7 @@ from resserve.server.oip.infer import (
     tensor_input,
 )
 from resserve.server.app_state import get_state, labelled
+from resserve.serving.manager import ServedModel
 
 router = APIRouter()
 
@@ -125,10 +126,15 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     """OIP v2 inference with the binary tensor data and classification extensions."""
     state = get_state(request)
     pipeline = state.pipeline
-    with pipeline.request(name, version, "http", found=labelled(request)) as ticket:
+    framing: list[Any] = []
+
+    def found(served: ServedModel) -> None:  # the framing headers: checked once the model is found, before admission
+        labelled(request)(served)
+        framing[:] = [oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH)), content_encoding(request)]
+
+    with pipeline.request(name, version, "http", found=found) as ticket:
         served = ticket.served
-        header_length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH))
-        encoding = content_encoding(request)
+        header_length, encoding = framing
         with pipeline.tracing.span("read"):
             raw = await read_raw(request)
         parsed = await asyncio.to_thread(_parse, raw, encoding, header_length,

@@ -10,13 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from resserve.server.app_state import get_state
 from resserve.server.model_operations import load_model, repository_index, unload_model
 
-router = APIRouter()
+
+
+def require_control(request: Request) -> None:
+    """The access policy again, inside the routes: control must never be open because a path
+    reached them in a way the middleware classified otherwise."""
+    get_state(request).access.check("control", request.headers.raw)
+
+
+router = APIRouter(dependencies=[Depends(require_control)])
 
 
 def _json(body: Any, status: int = 200) -> Response:

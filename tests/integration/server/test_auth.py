@@ -219,3 +219,24 @@ def test_serve_refuses_blank_secrets(tmp_path: Path, var: str, value: str, messa
     assert done.returncode != 0
     assert "bad server settings" in output and message in output, output[-2000:]
     assert "k1" not in output
+
+
+@pytest.mark.parametrize(("settings", "status"), [
+    ({}, 403),  # control disabled, no keys
+    ({"api_keys": [OLD_KEY]}, 401),  # no key offered
+    ({"control_token": CONTROL_TOKEN}, 401),  # no token offered
+])
+async def test_control_stays_closed_behind_a_root_path(tmp_path: Path, settings: dict[str, Any], status: int) -> None:
+    """Behind a proxy prefix (uvicorn --root-path, a Mount) the router strips root_path; the access
+    check must classify the same path, or /prefix/v2/repository/... would pass as inference."""
+    from resserve.metrics import Metrics
+    from resserve.server.app import create_app
+
+    app = create_app(ServerSettings(model_repo=tmp_path, **settings), Metrics())
+    transport = httpx.ASGITransport(app=app, root_path="/prefix")
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for path in ("/prefix/v2/repository/index", "/prefix/v2/repository/models/r18/unload"):
+            assert (await client.post(path)).status_code == status, path
+        headers = {"authorization": f"Bearer {OLD_KEY}"}  # an API key never opens control with a token set
+        if "control_token" in settings:
+            assert (await client.post("/prefix/v2/repository/index", headers=headers)).status_code == 401

@@ -254,6 +254,10 @@ def test_api_keys_are_read_from_metadata(model_onnx: Path, tmp_path: Path) -> No
     with serve_in_thread(settings) as running:
         client = grpcclient.InferenceServerClient(running.grpc_target)
         assert client.is_server_ready()  # health needs no key (kubelet probes send none)
+        with pytest.raises(InferenceServerException) as refused:  # which models exist: a key, as over HTTP
+            client.is_model_ready("tiny")
+        assert _code(refused.value) == "StatusCode.UNAUTHENTICATED"
+        assert client.is_model_ready("tiny", headers={"x-api-key": KEY})
         with pytest.raises(InferenceServerException) as refused:
             client.get_model_metadata("tiny")
         assert _code(refused.value) == "StatusCode.UNAUTHENTICATED"

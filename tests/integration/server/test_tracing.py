@@ -46,7 +46,9 @@ def server(model_onnx: Path, tmp_path_factory: pytest.TempPathFactory,
     write_model(repo, "r18", model_onnx)
     # "pair" dispatches only once two rows wait (or after 10 s): two requests share a batch.
     write_model(repo, "pair", model_onnx, max_batch_size=2, dynamic_batching={"max_queue_delay_ms": 10_000, "default_timeout_ms": 60_000})
-    with serve_in_thread(ServerSettings(model_repo=repo, models=["r18", "pair"], first_models=[],
+    write_model(repo, "flaky", model_onnx, fault_injection={"fail_every_n_batches": 1},
+                dynamic_batching={"max_queue_delay_ms": 0})
+    with serve_in_thread(ServerSettings(model_repo=repo, models=["r18", "pair", "flaky"], first_models=[],
                                         grpc_port=free_port()),
                          tracer_provider=provider) as running:
         yield running
@@ -171,3 +173,24 @@ def test_the_access_line_names_the_requests_trace(server: RunningServer, exporte
         access.setLevel(previous)
     [line] = [json.loads(t) for t in stream.getvalue().splitlines() if "traced-access" in t]
     assert line["trace_id"] == f"{root.context.trace_id:032x}" and line["span_id"] == f"{root.context.span_id:016x}"
+
+
+def test_an_engine_failure_is_logged_inside_its_batch_span(server: RunningServer,
+                                                           exporter: InMemorySpanExporter) -> None:
+    """The engine batch span is current while the engine runs, so the failure's log line leads to it."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(json_formatter())
+    handler.addFilter(RequestContext())
+    batching = logging.getLogger("resserve.serving.batching")
+    batching.addHandler(handler)
+    try:
+        exporter.clear()
+        assert _classify(server, "flaky").status_code == 500
+        _server_spans(exporter, 1)
+    finally:
+        batching.removeHandler(handler)
+    [line] = [json.loads(t) for t in stream.getvalue().splitlines() if "engine failed on a batch" in t]
+    [batch] = [s for s in exporter.get_finished_spans() if s.name == "engine batch"]
+    assert batch.attributes["model"] == "flaky"
+    assert line["trace_id"] == f"{batch.context.trace_id:032x}" and line["span_id"] == f"{batch.context.span_id:016x}"

@@ -165,3 +165,26 @@ def test_presented_keys_reads_both_headers() -> None:
 def test_no_or_blank_keys_are_refused(keys: list[str]) -> None:
     with pytest.raises(ValueError, match="no blank"):
         ApiKeys(keys)
+
+
+async def test_the_path_is_classified_as_the_router_sees_it_behind_a_root_path() -> None:
+    """uvicorn --root-path and Mount keep the prefix in scope["path"]; the router strips it."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    inner = Echo()
+    app = AccessMiddleware(inner, AccessPolicy(KEYS))
+    for path in ("/x/v2/repository/index", "/x/v2/models/r18/infer"):
+        sent.clear()
+        await app({"type": "http", "method": "POST", "path": path, "root_path": "/x", "headers": [],
+                   "query_string": b""}, receive, send)
+        assert sent[0]["status"] == 401, path
+    sent.clear()  # the probes stay open behind the prefix too
+    await app({"type": "http", "method": "GET", "path": "/x/v2/health/ready", "root_path": "/x", "headers": [],
+               "query_string": b""}, receive, send)
+    assert sent[0]["status"] == 200 and inner.calls == 1
