@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from resserve.engine_registry import ENGINE_NAMES, ENGINES, PRECISION_NAMES
+from resserve.engine_registry import ENGINE_NAMES, ENGINES, PRECISION_NAMES, SOURCE_WEIGHT_ENGINES
 from resserve.contract import PreprocessContract
 from resserve.errors import ConfigError
 
@@ -198,8 +198,8 @@ class ModelConfig(_Strict):
                 f"engine {self.engine} does not build precision {self.precision}; "
                 f"it builds {', '.join(sorted(ENGINE_PRECISIONS[self.engine]))}"
             )
-        if self.engine == "torch" and self.source.arch is None:
-            raise ValueError("engine torch needs source.arch (it runs the PyTorch model, not an ONNX file)")
+        if self.engine in SOURCE_WEIGHT_ENGINES and self.source.arch is None:
+            raise ValueError(f"engine {self.engine} needs source.arch (it runs the PyTorch model, not an ONNX file)")
         if self.uint8_input and self.engine not in ("auto", *PIXEL_INPUT_ENGINES):
             raise ValueError(f"uint8_input needs the {' or '.join(PIXEL_INPUT_ENGINES)} engine, not {self.engine}")
         if self.engine == "onnxruntime" and self.precision == "int8" and self.device == "tensorrt":

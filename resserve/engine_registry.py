@@ -45,6 +45,8 @@ class EngineSpec:
     auto_rank: int = 100
     auto_probe: str | None = None
     reference_precision: str | None = None  # the precision whose artifact is the reference itself
+    # Runs the source model itself: needs ``source.arch``, and the exporter writes its artifact (the weights).
+    runs_source_weights: bool = False
 
     def artifact(self, folder: Path, precision: str) -> Path:
         """Where this engine's artifact for ``precision`` lives inside a version folder."""
@@ -68,11 +70,12 @@ ENGINES: tuple[EngineSpec, ...] = (
                auto_probe="resserve.engines.select:tensorrt_runs"),
     # The torch engine runs the source model; its artifact (the weights) is written by the exporter.
     EngineSpec("torch", ("fp32", "bf16", "fp16"), "model.safetensors",
-               opener="resserve.engines.torch_engine:open_from_config"),
+               opener="resserve.engines.torch_engine:open_from_config", runs_source_weights=True),
 )
 ENGINE_NAMES: tuple[str, ...] = tuple(spec.name for spec in ENGINES)
 PRECISION_NAMES: tuple[str, ...] = tuple(dict.fromkeys(p for spec in ENGINES for p in spec.precisions))
 FALLBACK_ENGINE = "onnxruntime"  # engine auto's answer where no probe says yes
+SOURCE_WEIGHT_ENGINES: tuple[str, ...] = tuple(spec.name for spec in ENGINES if spec.runs_source_weights)
 
 
 def engine_spec(name: str) -> EngineSpec:

@@ -27,6 +27,7 @@ from resserve import __version__
 from resserve.builder.variants import compile_variant
 from resserve.config import ModelConfig, is_weights_name
 from resserve.contract import imagenet_contract
+from resserve.engine_registry import engine_spec
 from resserve.engines.factory import resolve_variant
 from resserve.errors import ConfigError
 from resserve.files import sha256_file
@@ -103,7 +104,7 @@ class BuildPipeline:
         variant = resolve_variant(config)
         try:
             say(f"{name}: building {config.source.arch or config.source.onnx} (folded fp32 reference) -> {target}")
-            fell_back = self._build_reference(config, staging, with_weights=variant.engine == "torch")
+            fell_back = self._build_reference(config, staging, with_weights=engine_spec(variant.engine).runs_source_weights)
             report = None
             if not variant.is_reference:
                 say(f"{name}: compiling {variant.name}")

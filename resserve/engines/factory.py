@@ -46,7 +46,8 @@ class Variant:
 
     @property
     def is_reference(self) -> bool:
-        return self.engine == "onnxruntime" and self.precision == "fp32"
+        """This variant's artifact is the folded fp32 reference itself (nothing to compile or measure)."""
+        return engine_spec(self.engine).reference_precision == self.precision
 
     def artifact(self, folder: Path) -> Path:
         """Where this variant's artifact lives inside a version folder (the registry says)."""
