@@ -39,6 +39,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def metric_families(url: str) -> set[str]:
+    """The metric names the server exports: which code runs shows in them."""
+    return {family.name for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text)}
+
+
 def requests_served(url: str, model: str) -> float:
     """Every classify request the server has answered, from its own counter."""
     text = httpx.get(f"{url}/metrics", timeout=5).text
@@ -67,11 +72,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for round_index in range(args.rounds):
         order = ["old", "new"] if round_index % 2 == 0 else ["new", "old"]
         for label in order:
-            env = {"PYTHONPATH": str(checkouts[label])}
+            # PYTHONSAFEPATH: the working directory (this checkout) does not go first on the path.
+            env = {"PYTHONPATH": str(checkouts[label]), "PYTHONSAFEPATH": "1"}
             with server_process(Path(args.repo), "--model", args.model, "--no-build-missing", env=env) as server:
                 point = asyncio.run(one_point(server.url, args.model, server.process.pid, args.concurrency,
                                               settings, tuple(args.image_size)))
+                families = metric_families(server.url)
             point.update(round=round_index, checkout=label)
+            if args.marker_metric and (args.marker_metric in families) != (label == "new"):
+                raise RuntimeError(f"the {label} server's metrics say it runs the other checkout "
+                                   f"({args.marker_metric} {'present' if args.marker_metric in families else 'absent'})")
             points.append(point)
             print(json.dumps(point))
     summary = {}
@@ -81,10 +91,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           "p99_ms_median": statistics.median(p["p99_ms"] for p in mine),
                           "server_cpu_ms_per_request_median": statistics.median(
                               p["server_cpu_ms_per_request"] for p in mine)}
+    # Per round, the two servers ran back to back: their ratio cancels the machine's drift between rounds.
+    by_round = {r: {p["checkout"]: p for p in points if p["round"] == r} for r in range(args.rounds)}
+    summary["per_round_new_over_old_img_s"] = [by_round[r]["new"]["img_s"] / by_round[r]["old"]["img_s"]
+                                               for r in range(args.rounds)]
+    summary["per_round_new_over_old_cpu_per_request"] = [
+        by_round[r]["new"]["server_cpu_ms_per_request"] / by_round[r]["old"]["server_cpu_ms_per_request"]
+        for r in range(args.rounds)]
+    summary["median_round_new_over_old_img_s"] = statistics.median(summary["per_round_new_over_old_img_s"])
+    summary["median_round_new_over_old_cpu_per_request"] = statistics.median(
+        summary["per_round_new_over_old_cpu_per_request"])
     summary["new_over_old_img_s"] = summary["new"]["img_s_median"] / summary["old"]["img_s_median"]
     summary["new_over_old_cpu_per_request"] = (summary["new"]["server_cpu_ms_per_request_median"]
                                                / summary["old"]["server_cpu_ms_per_request_median"])
-    return {"environment": environment(), "settings": vars(args), "points": points, "summary": summary}
+    settings_out = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    return {"environment": environment(), "settings": settings_out, "points": points, "summary": summary}
 
 
 def main() -> None:
@@ -98,6 +119,7 @@ def main() -> None:
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--window-s", type=float, default=5.0)
     parser.add_argument("--image-size", type=int, nargs=2, default=(224, 224), metavar=("W", "H"))
+    parser.add_argument("--marker-metric", help="a metric only the new checkout exports: proves which code served")
     parser.add_argument("--json", type=Path, help="write every point and the summary here")
     args = parser.parse_args()
     result = run(args)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from opentelemetry.trace import SpanContext
 
 log = logging.getLogger(__name__)
+_NULL: AbstractContextManager[object] = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class Observer:
         """A request admitted on the model answered (``ok``) or failed, ``seconds`` after arrival."""
 
 
+HOOKS = ("queue_depth", "expired", "batch_planned", "batch_started", "batch_scope", "batch_done", "batch_failed",
+         "image_preprocessed", "request_done")
+
+
 class Observers(Observer):
     """Every sink, each called in turn; a sink that raises is logged (at its 1st, 10th, 100th...
     failure of that hook, with the traceback) and the rest still run."""
@@ -85,11 +90,16 @@ class Observers(Observer):
     def __init__(self, sinks: Sequence[Observer] = ()) -> None:
         self.sinks = list(sinks)
         self._failures: Counter[tuple[str, str]] = Counter()
+        # Per hook, the sinks that record it, bound once: an event costs a call per interested sink.
+        self._calls: dict[str, list[tuple[Observer, Callable[..., object]]]] = {
+            hook: [(sink, getattr(sink, hook)) for sink in self.sinks
+                   if getattr(type(sink), hook) is not getattr(Observer, hook)]
+            for hook in HOOKS}
 
     def _each(self, hook: str, *args: object) -> None:
-        for sink in self.sinks:
+        for sink, call in self._calls[hook]:
             try:
-                getattr(sink, hook)(*args)
+                call(*args)
             except Exception:
                 self._failed(sink, hook)
 
@@ -113,12 +123,15 @@ class Observers(Observer):
     def batch_started(self, batch: BatchRun) -> None:
         self._each("batch_started", batch)
 
+    def batch_scope(self, batch: BatchRun) -> AbstractContextManager[object]:
+        return self._scoped(batch) if self._calls["batch_scope"] else _NULL  # tracing off: nothing to enter
+
     @contextlib.contextmanager
-    def batch_scope(self, batch: BatchRun) -> Iterator[object]:
+    def _scoped(self, batch: BatchRun) -> Iterator[object]:
         with contextlib.ExitStack() as stack:
-            for sink in self.sinks:
+            for sink, scope in self._calls["batch_scope"]:
                 try:
-                    stack.enter_context(sink.batch_scope(batch))
+                    stack.enter_context(scope(batch))  # type: ignore[arg-type]
                 except Exception:
                     self._failed(sink, "batch_scope")
             yield None
