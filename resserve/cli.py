@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -203,7 +202,7 @@ def serve(
              "KServe's onnx format")] = None,
     model_name: Annotated[str | None, typer.Option(help="the --model-file's model name (default: its stem)")] = None,
     work_dir: Annotated[Path | None, typer.Option(
-        help="where --model-file's repository is written (default: $TMPDIR/resserve-repo)")] = None,
+        help="where --model-file's repository is written, a folder of this user's (default: $TMPDIR/resserve-repo-<uid>)")] = None,
     workers: Annotated[str | None, typer.Option(
         help="server processes on the same port(s), each with its own engines and batcher; a number, or "
              "auto (one per core) [RESSERVE_WORKERS]")] = None,
@@ -220,11 +219,11 @@ def serve(
     if model_file is not None:
         if model_repo is not None:
             raise _fail(ResserveError("give --model-repo or --model-file, not both"))
-        from resserve.model_file import find_onnx, one_model_repository
+        from resserve.model_file import default_work_dir, find_onnx, one_model_repository
 
         try:
             name = model_name or find_onnx(model_file).stem
-            model_repo = one_model_repository(model_file, name, work_dir or Path(tempfile.gettempdir()) / "resserve-repo")
+            model_repo = one_model_repository(model_file, name, work_dir or default_work_dir())
         except ResserveError as exc:
             raise _fail(exc) from exc
         build_missing, model = True, [name]

@@ -163,7 +163,8 @@ class ModelConfig(_Strict):
     dynamic_batching: DynamicBatchingConfig = Field(default_factory=DynamicBatchingConfig,
                                                     json_schema_extra=_build_input("nested"))
     instance_count: int = Field(1, ge=1, le=64)
-    labels: str | None = Field(None, description="label file relative to the model folder; default: from the model")
+    labels: str | None = Field(None, description="label file inside the model folder (a relative path); "
+                                                 "default: from the model")
     preprocess: PreprocessContract | None = Field(None, description="default: the contract the model records")
     softmax_in_model: bool = Field(False, description="the model already ends in softmax")
     fast_jpeg_decode: bool = Field(
@@ -190,6 +191,14 @@ class ModelConfig(_Strict):
         build's content hash covers. Everything else (batching delays, instances, labels, threads,
         the agreement floor) is read at load: changing it needs a reload, never a rebuild."""
         return _build_spec(self, engine, self.precision != "fp32")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_inside_the_folder(cls, value: str | None) -> str | None:
+        if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts or not value.strip()):
+            raise ValueError(f"labels must be a file inside the model folder (a relative path without '..'), "
+                             f"not {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -250,6 +259,9 @@ class ServerSettings(BaseSettings):
     preprocess_threads: int | None = Field(None, ge=1, description="default: the cores")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    # A progressive JPEG's decode cost grows with its scans, not its pixels: one 469 KiB 6000x6000
+    # file with a scan repeated 5,000 times cost 20 s of CPU. Encoders write about 10.
+    max_jpeg_scans: int = Field(100, ge=1, description="most scans a JPEG may have (counted in its bytes before decoding)")
     max_multipart_files: int = Field(64, ge=1)
     max_top_k: int = Field(1000, ge=1)
     max_images_per_request: int = Field(

@@ -14,7 +14,7 @@ from typing import Literal, TextIO
 from rich.console import Console
 from rich.logging import RichHandler
 
-from resserve.logs import RequestContext, json_formatter
+from resserve.logs import RequestContext, TextFormatter, json_formatter
 
 # Wide enough that no table of ours is ever squeezed; Rich draws tables at their natural width.
 PIPED_WIDTH = 10_000
@@ -61,10 +61,10 @@ def configure_logging(level: str, log_format: LogFormat = "auto") -> None:
         handler.setFormatter(json_formatter())
     elif on_terminal:
         handler = RichHandler(console=make_console(stderr=True), show_path=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(TextFormatter("%(message)s"))
     else:
         handler = StderrHandler()
-        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+        handler.setFormatter(TextFormatter(PLAIN_FORMAT))
     handler.addFilter(RequestContext())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # uvicorn's own, through ours

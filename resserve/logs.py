@@ -9,6 +9,7 @@ traceback, a warning deep in the pipeline) carries ``request_id`` without being 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from contextvars import ContextVar
 from opentelemetry import trace
@@ -45,3 +46,23 @@ def json_formatter() -> logging.Formatter:
     formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
     formatter.default_msec_format = "%s.%03dZ"
     return formatter
+
+
+# C0 and C1 control characters and DEL: a newline in a client's path would forge a log line, an
+# ANSI escape would repaint the operator's terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``): one line, inert."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1] if m.group() in "\n\r\t" else f"\\x{ord(m.group()):02x}",
+                        text)
+
+
+class TextFormatter(logging.Formatter):
+    """Text lines whose message cannot hold a control character: what a client sent (a path, a
+    header) is logged escaped. A traceback, which the server writes itself, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_control(record.message)
+        return super().formatMessage(record)

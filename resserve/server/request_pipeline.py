@@ -27,7 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 from resserve.config import ServerSettings
 from resserve.engines.hardware import available_cores
-from resserve.errors import InvalidRequestError, ModelNotReadyError, QueueFullError, TooManyImagesError
+from resserve.errors import (
+    DeadlineExceededError,
+    InvalidRequestError,
+    ModelNotReadyError,
+    QueueFullError,
+    TooManyImagesError,
+)
 from resserve.metrics import Metrics
 from resserve.preprocess import preprocess_timed
 from resserve.server.scores import softmax
@@ -140,7 +146,7 @@ class RequestPipeline:
 
         async def one(data: bytes) -> np.ndarray:
             async with window:
-                tensor = await self._preprocess(served, data)
+                tensor = await self._preprocess(served, data, deadline)
             return await self._submit(served, tensor[np.newaxis], deadline, ticket.received)
 
         async def every() -> np.ndarray:
@@ -173,11 +179,24 @@ class RequestPipeline:
             return outputs.astype(np.float32, copy=False)
         return softmax(outputs)
 
-    async def _preprocess(self, served: ServedModel, data: bytes) -> np.ndarray:
-        """One encoded image to the model's input tensor (no batch axis), with stage metrics."""
+    async def _preprocess(self, served: ServedModel, data: bytes, deadline: float) -> np.ndarray:
+        """One encoded image to the model's input tensor (no batch axis), with stage metrics.
+
+        The deadline bounds the wait as well as the decode: an image whose deadline passes while it
+        waits for a preprocessing thread is answered 504 then and never decoded, and one whose
+        decode outlives it is answered at the deadline (the thread finishes it for nobody).
+        """
         loop = asyncio.get_running_loop()
         queued = time.perf_counter()
-        tensor, decode_s, transform_s, started = await loop.run_in_executor(self.pool, _timed, data, served)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceededError(f"model {served.name}: deadline passed before the image was decoded")
+        work = loop.run_in_executor(self.pool, _timed, data, served, deadline)
+        try:
+            tensor, decode_s, transform_s, started = await asyncio.wait_for(work, remaining)
+        except TimeoutError:
+            raise DeadlineExceededError(f"model {served.name}: deadline passed while the image was "
+                                        "waiting for or in preprocessing") from None
         served.observers.image_preprocessed(data, started - queued, decode_s, transform_s, started)
         return tensor
 
@@ -208,7 +227,9 @@ def _first(group_error: BaseExceptionGroup) -> BaseException:  # type: ignore[ty
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def _timed(data: bytes, served: ServedModel) -> tuple[np.ndarray, float, float, float]:
+def _timed(data: bytes, served: ServedModel, deadline: float) -> tuple[np.ndarray, float, float, float]:
+    if time.monotonic() >= deadline:  # it waited in the pool past its deadline: no decode for nobody
+        raise DeadlineExceededError(f"model {served.name}: deadline passed before the image was decoded")
     started = time.perf_counter()
     if served.gpu_decoder is not None and (on_gpu := served.gpu_decoder(data)) is not None:
         return (*on_gpu, started)

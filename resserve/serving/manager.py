@@ -123,7 +123,7 @@ class ModelManager:
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """The served model, or ModelNotFoundError / ModelNotReadyError."""
         if self.lifecycle.current(name) is None:
-            if name in self.repository.names():
+            if self.repository.has(name):
                 raise ModelNotReadyError(f"model {name!r} is not loaded")
             raise ModelNotFoundError(f"unknown model {name!r}")
         return self.lifecycle.served(name, version)
@@ -231,7 +231,8 @@ class ModelManager:
         """Create, load and warm every instance (runs in a worker thread)."""
         config = model_version.config
         # Before any engine is opened: a machine without a GPU fails this model at once, nothing to release.
-        gpu = (gpu_decoder(model_version.contract, DecodeOptions(max_pixels=self.settings.max_image_pixels))
+        gpu = (gpu_decoder(model_version.contract, DecodeOptions(max_pixels=self.settings.max_image_pixels,
+                                                                        max_jpeg_scans=self.settings.max_jpeg_scans))
                if config.gpu_decode else None)
         engines: list[Engine] = []
         try:
@@ -296,6 +297,7 @@ class ModelManager:
             observers=observers,
             watchdog=watchdog,
             decode_options=DecodeOptions(max_pixels=self.settings.max_image_pixels,
+                                         max_jpeg_scans=self.settings.max_jpeg_scans,
                                          fast_jpeg_draft=config.fast_jpeg_decode,
                                          fast_transform=config.fast_preprocess,
                                          # What the engine takes, not what was asked: engine auto

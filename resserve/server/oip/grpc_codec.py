@@ -37,6 +37,8 @@ def decode_request(request: service_pb2.ModelInferRequest, *, max_images: int,
         raise InvalidRequestError("'inputs' must be a non-empty list")
     if len(request.inputs) > max_inputs:
         raise InvalidRequestError(f"{len(request.inputs)} inputs, at most {max_inputs} are accepted")
+    oip.check_output_count(len(request.outputs))
+    oip.check_unique_outputs([wanted.name for wanted in request.outputs])
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidRequestError(f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents: give every "

@@ -69,22 +69,29 @@ def _rpc(method: Handler[Reply]) -> Handler[Reply]:
         if model:
             attributes["model"] = model
         try:
-            # The abort below raises; it comes after the span ends, so a refusal is not recorded
-            # as the server's exception.
-            with self.state.pipeline.tracing.server_span(f"{SERVICE}/{name}", metadata, attributes) as span:
-                try:
-                    await context.send_initial_metadata(((HEADER.decode(), rid),))
-                    self.authenticate(name, context)
-                    reply = await method(self, request, context)
-                    _end_span(span, grpc.StatusCode.OK)
-                    return reply
-                except asyncio.CancelledError:
-                    code = "CANCELLED"
-                    raise
-                except Exception as exc:
-                    status, message, trailers = grpc_status(exc)
-                    code = status.name
-                    _end_span(span, status, message)
+            await context.send_initial_metadata(((HEADER.decode(), rid),))
+            try:
+                # Before any span: an unauthenticated call neither joins the trace its traceparent
+                # names nor forces one to be exported.
+                self.authenticate(name, context)
+            except Exception as exc:
+                status, message, trailers = grpc_status(exc)
+                code = status.name
+            else:
+                # The abort below raises; it comes after the span ends, so a refusal is not recorded
+                # as the server's exception.
+                with self.state.pipeline.tracing.server_span(f"{SERVICE}/{name}", metadata, attributes) as span:
+                    try:
+                        reply = await method(self, request, context)
+                        _end_span(span, grpc.StatusCode.OK)
+                        return reply
+                    except asyncio.CancelledError:
+                        code = "CANCELLED"
+                        raise
+                    except Exception as exc:
+                        status, message, trailers = grpc_status(exc)
+                        code = status.name
+                        _end_span(span, status, message)
             # Counted before abort, which sends the status at once: a client that has it sees it counted.
             self.count(name, model, code, started)
             counted = True
@@ -122,7 +129,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     def count(self, method: str, model: str, code: str, started: float) -> None:
         """One call in ``resserve_grpc_requests_total`` and its duration."""
-        known = model if model in self.state.repository.names() else ""  # no label per made-up name
+        known = model if self.state.repository.has(model) else ""  # no label per made-up name
         self.state.metrics.grpc_requests.labels(method, known, code).inc()
         self.state.metrics.grpc_duration.labels(method, known, code).observe(time.perf_counter() - started)
 

@@ -34,6 +34,7 @@ NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {name: np.dtype(code) for name, code 
 BYTES = "BYTES"
 DATATYPES: tuple[str, ...] = (*NUMERIC_DTYPES, BYTES)
 DEFAULT_MAX_INPUTS = 8
+DEFAULT_MAX_OUTPUTS = 8  # a classifier has one output; the count is checked before any output is read
 # 2**26 elements = 256 MiB of FP32, ~445 images at 3x224x224: far above any sane batch, far below
 # what would hurt the process. Checked on the declared shapes, before anything is allocated.
 DEFAULT_MAX_ELEMENTS = 1 << 26
@@ -157,6 +158,7 @@ def parse_infer_request(
     if len(raw_inputs) > max_inputs:
         raise InvalidRequestError(f"{len(raw_inputs)} inputs, at most {max_inputs} are accepted")
     # Validate every header, shape and size before decoding anything: a bad request allocates nothing.
+    outputs = _requested_outputs(doc.get("outputs"), binary_output)
     specs = [_input_spec(raw, i) for i, raw in enumerate(raw_inputs)]
     _check_unique([s.name for s in specs], "input")
     for spec in specs:
@@ -184,7 +186,6 @@ def parse_infer_request(
             data = _decode_binary(spec, binary[offset : offset + spec.binary_size])
             offset += spec.binary_size
         inputs.append(InputTensor(spec.name, spec.datatype, spec.shape, data))
-    outputs = _requested_outputs(doc.get("outputs"), binary_output)
     return InferRequest(request_id, inputs, outputs, binary_output, parameters)
 
 
@@ -338,6 +339,7 @@ def _requested_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput]:
         return []
     if not isinstance(raw, list):
         raise InvalidRequestError("'outputs' must be a list")
+    check_output_count(len(raw))
     outputs: list[RequestedOutput] = []
     for index, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
@@ -475,9 +477,23 @@ def _check_count(what: str, spec: _InputSpec, got: int) -> None:
 
 
 def _check_unique(names: list[str], kind: str) -> None:
-    if len(set(names)) != len(names):
-        duplicate = next(n for i, n in enumerate(names) if n in names[:i])
-        raise InvalidRequestError(f"{kind} '{duplicate}' appears more than once")
+    """One pass with a set: the first name seen twice is the error (a quadratic search here let
+    one 771 KiB body of 40,000 outputs cost 14 s of parsing)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InvalidRequestError(f"{kind} '{name}' appears more than once")
+        seen.add(name)
+
+
+def check_output_count(count: int, limit: int = DEFAULT_MAX_OUTPUTS) -> None:
+    """Refuse more requested outputs than any model here has, before reading one of them."""
+    if count > limit:
+        raise InvalidRequestError(f"{count} outputs requested, at most {limit} are accepted")
+
+
+def check_unique_outputs(names: list[str]) -> None:
+    _check_unique(names, "output")
 
 
 def finite_number(value: Any) -> float | None:

@@ -240,3 +240,46 @@ async def test_control_stays_closed_behind_a_root_path(tmp_path: Path, settings:
         headers = {"authorization": f"Bearer {OLD_KEY}"}  # an API key never opens control with a token set
         if "control_token" in settings:
             assert (await client.post("/prefix/v2/repository/index", headers=headers)).status_code == 401
+
+
+async def test_a_header_flood_is_431_before_any_key_is_hashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attack (issue 30): 4.5 million X-API-Key lines were each hashed (6.6 s) before the 431
+    check, which sat inside the access middleware. The header limit is the outermost layer now."""
+    from resserve.metrics import Metrics
+    from resserve.server import access_policy
+    from resserve.server.app import create_app
+
+    def hashed(*_args: object) -> bool:
+        raise AssertionError("a key was hashed before the header limit refused the request")
+
+    monkeypatch.setattr(access_policy.ApiKeys, "_valid", hashed)
+    app = create_app(ServerSettings(model_repo=tmp_path, api_keys=[OLD_KEY], max_header_bytes=16 * 1024), Metrics())
+    headers = [("x-api-key", f"guess-{i:06d}") for i in range(2000)]  # about 36 kB of headers
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        refused = await client.post("/v2/models/r18/infer", headers=headers, content=b"{}")
+    assert refused.status_code == 431 and "exceed the limit of 16384" in refused.json()["error"]
+
+
+async def test_an_unauthenticated_traceparent_starts_no_trace(tmp_path: Path) -> None:
+    """A client's traceparent with sampled=01 chose the trace id of an unauthenticated request and
+    forced its export (issue 30): trace context is read only after the access check."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from resserve.metrics import Metrics
+    from resserve.server.app import create_app
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = create_app(ServerSettings(model_repo=tmp_path, api_keys=[OLD_KEY]), Metrics(), tracer_provider=provider)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        assert (await client.get("/v2", headers=parent)).status_code == 401
+        assert not exporter.get_finished_spans()
+        answered = await client.get("/v2", headers={**parent, "x-api-key": OLD_KEY})
+    assert answered.status_code == 200
+    assert [f"{s.context.trace_id:032x}" for s in exporter.get_finished_spans()] == [trace_id]
+    provider.shutdown()

@@ -21,6 +21,7 @@ from PIL import Image
 
 from resserve.contract import PreprocessContract, imagenet_contract
 from resserve.errors import ImageTooLargeError
+from resserve.preprocess import read_header
 from resserve.preprocess.cpu import (
     DecodeOptions,
     _to_rgb,
@@ -209,3 +210,26 @@ def test_a_16_bit_image_at_the_pixel_limit_preprocesses_in_bounded_memory(wide_1
     assert wide_16_bit_png.stat().st_size < 200_000
     imports, peak = peak_rss_mib(wide_16_bit_png, fast)
     assert peak < PEAK_BUDGET_MIB, f"peak RSS {peak:.0f} MiB (imports {imports:.0f} MiB)"
+
+
+def _progressive_jpeg_with_scans(scans: int, size: int = 64) -> bytes:
+    """A valid progressive JPEG whose last scan is repeated until it has ``scans`` scans (the attack:
+    decode cost linear in scans, pixels within the limit)."""
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+        buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last:end] * (scans - data.count(b"\xff\xda")) + data[end:]
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
+    contract = imagenet_contract()
+    within = _progressive_jpeg_with_scans(90)
+    assert within.count(b"\xff\xda") == 90
+    assert decode_image(within, contract).size == (64, 64)  # a valid file: only its cost is refused
+    with pytest.raises(ImageTooLargeError, match=r"JPEG has 150 scans; the limit is 100 \(max_jpeg_scans\)"):
+        decode_image(_progressive_jpeg_with_scans(150), contract)
+    with pytest.raises(ImageTooLargeError, match="limit is 80"):
+        read_header(within, DecodeOptions(max_jpeg_scans=80))  # nvJPEG's path makes the same check

@@ -125,3 +125,17 @@ def test_encode_response_puts_outputs_in_raw_output_contents() -> None:
     assert (response.model_name, response.model_version, response.id) == ("m", "1", "r1")
     assert list(response.outputs[0].shape) == [1, 2] and not response.outputs[0].contents.fp32_contents
     np.testing.assert_array_equal(np.frombuffer(response.raw_output_contents[0], "<f4").reshape(1, 2), logits)
+
+
+def test_outputs_are_counted_and_unique_before_the_inputs_are_decoded() -> None:
+    request = service_pb2.ModelInferRequest(model_name="m")
+    request.inputs.add(name="x", datatype="FP32", shape=[1]).contents.fp32_contents.append(1.0)
+    for i in range(40_000):
+        request.outputs.add(name=f"y{i}")
+    with pytest.raises(errors.InvalidRequestError, match="40000 outputs requested, at most 8"):
+        decode_request(request, max_images=4)
+    del request.outputs[:]
+    request.outputs.add(name="y")
+    request.outputs.add(name="y")
+    with pytest.raises(errors.InvalidRequestError, match="output 'y' appears more than once"):
+        decode_request(request, max_images=4)

@@ -474,3 +474,17 @@ def test_tritonclient_decodes_our_responses() -> None:
         # Binary BYTES come back as bytes, JSON ones as str: that is tritonclient's behaviour.
         assert [v if isinstance(v, bytes) else v.encode() for v in got.reshape(-1)] == top
         assert result.get_response()["id"] == "id7"
+
+
+def test_forty_thousand_outputs_are_refused_by_their_count_before_any_is_read() -> None:
+    """The attack (issue 30): 40,000 outputs with one duplicate (771 KiB) cost 14 s of parsing, the
+    duplicate search being quadratic; now the count is refused first, and duplicates are one pass."""
+    one = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
+    outputs = [{"name": f"y{i}"} for i in range(40_000)] + [{"name": "y0"}]
+    _rejects(r"40001 outputs requested, at most 8 are accepted", _json({"inputs": [one], "outputs": outputs}))
+    # Within the limit a duplicate is still found, wherever it is.
+    _rejects(r"output 'y3' appears more than once",
+             _json({"inputs": [one], "outputs": [{"name": f"y{i}"} for i in range(7)] + [{"name": "y3"}]}))
+    # The outputs are checked before the inputs are decoded: a bad output list allocates nothing.
+    huge = {"name": "x", "shape": [1 << 20], "datatype": "FP32", "data": [1] * 3}
+    _rejects(r"9 outputs requested", _json({"inputs": [huge], "outputs": [{"name": f"y{i}"} for i in range(9)]}))

@@ -90,3 +90,35 @@ async def test_tensor_rows_count_as_images(pipeline: RequestPipeline) -> None:
         await pipeline.run_tensor(ticket, np.zeros((5, 3), dtype=np.float32), None)
     with pipeline.admit(served, 0.0) as ticket, pytest.raises(InvalidRequestError, match="holds no images"):
         await pipeline.run_images(ticket, [], None)
+
+
+async def test_the_deadline_bounds_each_images_wait_and_decode(pipeline: RequestPipeline) -> None:
+    """The attack (issue 30): slow decodes ahead of a request made it wait 85 s for a 504 with a
+    30 s deadline, checked only when its tensor reached the queue. Now the deadline is checked
+    before each image's decode and bounds the wait: 504 at the deadline, the other images never
+    decoded (one preprocessing thread here, each decode 1 s)."""
+    import threading
+    import time
+
+    from resserve.errors import DeadlineExceededError
+    from resserve.serving.observers import NO_OBSERVER
+
+    decoded: list[int] = []
+    release = threading.Event()
+
+    def slow_decoder(data: bytes) -> tuple[np.ndarray, float, float]:
+        decoded.append(len(data))
+        release.wait(1.0)
+        return np.zeros((3, 4, 4), np.float32), 1.0, 0.0
+
+    served = served_model(max_queue_size=8)
+    served.gpu_decoder, served.observers = slow_decoder, NO_OBSERVER
+    with pipeline.admit(served, time.monotonic()) as ticket, pytest.raises(DeadlineExceededError,
+                                                                           match="deadline passed"):
+        await pipeline.run_images(ticket, [b"a", b"bb", b"ccc"], timeout_ms=200)
+    release.set()
+    assert decoded == [1]  # the first image's decode began; the two behind it never did
+    with pipeline.admit(served, time.monotonic() - 1.0) as ticket, pytest.raises(DeadlineExceededError,
+                                                                                 match="before the image"):
+        await pipeline.run_images(ticket, [b"d"], timeout_ms=500)  # arrived 1 s ago: past before any decode
+    assert decoded == [1]
