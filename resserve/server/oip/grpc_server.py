@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
+from resserve.server.oip.grpc_access import AccessInterceptor
 from resserve.server.oip.grpc_servicer import InferenceServicer
 from resserve.server.app_state import AppState
 
@@ -62,7 +63,8 @@ class GrpcServer:
             # Off: a second server on a taken port fails rather than sharing it unseen; on only
             # between workers, which share it on purpose (the kernel spreads connections).
             ("grpc.so_reuseport", int(state.worker is not None and state.worker.count > 1)),
-        ], maximum_concurrent_rpcs=settings.max_connections)
+        ], maximum_concurrent_rpcs=settings.max_connections,
+           interceptors=[AccessInterceptor(state.access, state.metrics)])  # refuses before a message is read
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), self.server)
         self.health = ReadinessHealth(state)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -23,7 +23,7 @@ from resserve import __version__
 from resserve.errors import DeadlineExceededError, ResserveError
 from resserve.logs import request_id
 from resserve.server.oip import wire as oip
-from resserve.server.access_policy import Endpoint
+from resserve.server.oip.grpc_access import endpoint_of
 from resserve.server.model_operations import load_model, model_statistics, repository_index, unload_model
 from resserve.server.oip.grpc_codec import decode_request, encode_response
 from resserve.server.oip.grpc_status import grpc_status
@@ -46,10 +46,6 @@ SERVICE = "inference.GRPCInferenceService"
 # Codes that are the server's fault (OpenTelemetry's rule for SERVER spans); a client's bad input is not an error.
 SERVER_FAULTS = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
                            grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS})
-# Open as HTTP's /v2/health/* are (unless auth_health); ModelReady, like HTTP's /v2/models/{name}/ready,
-# says which models exist, so it needs a key where keys are set.
-HEALTH_METHODS = frozenset({"ServerLive", "ServerReady"})
-REPOSITORY_METHODS = frozenset({"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})
 
 
 def _rpc(method: Handler[Reply]) -> Handler[Reply]:
@@ -134,10 +130,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self.state.metrics.grpc_duration.labels(method, known, code).observe(time.perf_counter() - started)
 
     def authenticate(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        """The access policy HTTP's middleware asks, with the call's metadata for headers."""
-        endpoint: Endpoint = ("health" if method in HEALTH_METHODS else
-                              "control" if method in REPOSITORY_METHODS else "inference")
-        self.state.access.check(endpoint, _metadata(context), carrier="metadata")
+        """The access policy again, inside the method (the interceptor asked it first, before the
+        message was read): a servicer mounted without the interceptor is never open."""
+        self.state.access.check(endpoint_of(f"/{SERVICE}/{method}"), _metadata(context), carrier="metadata")
 
     @_rpc
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
