@@ -72,6 +72,16 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def port_is_free(host: str, port: int) -> None:
+    """Raise OSError (EADDRINUSE) when anything holds ``host:port``, another resserve's workers
+    included: a bind without ``SO_REUSEPORT`` fails where a reuse-port group exists, where joining
+    that group would succeed and the kernel would split connections between two unrelated servers."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are no owner
+        probe.bind((host, port))
+
+
 def listening_socket(host: str, port: int, listen: bool = True) -> socket.socket:
     """A TCP socket on ``host:port`` in the port's ``SO_REUSEPORT`` group: the workers' listening
     sockets, and the supervisor's reservation (bound, never listening, so it takes no connection)."""
@@ -182,6 +192,8 @@ class Supervisor:
         # Held until the end: the port stays this server's while workers restart (and port 0
         # becomes one port for all).
         try:
+            if self.settings.port:
+                port_is_free(self.settings.host, self.settings.port)
             reserved = listening_socket(self.settings.host, self.settings.port, listen=False)
         except OSError as exc:
             raise ResserveError(f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror}") from exc

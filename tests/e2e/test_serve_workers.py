@@ -151,3 +151,17 @@ async def test_sigterm_drains_every_worker_losing_nothing(workers) -> None:
     code = await asyncio.to_thread(workers.process.wait, 90)
     assert code == 0, workers.output()
     assert "every worker drained and exited" in workers.output()
+
+
+def test_a_second_server_on_the_same_port_is_refused(workers, tmp_path: Path) -> None:
+    """The attack (issue 30): a second ``serve --workers`` on a taken port joined the first one's
+    SO_REUSEPORT group silently, and the kernel split connections between two unrelated servers."""
+    import subprocess
+    import sys
+
+    port = workers.url.rsplit(":", 1)[1]
+    second = subprocess.run([sys.executable, "-m", "resserve.cli", "serve", "--model-repo", str(tmp_path / "repo"),
+                             "--host", "127.0.0.1", "--port", port, "--workers", "2"],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in second.stdout + second.stderr
+    assert classify(workers.url) == 200  # the first one goes on, alone on its port
