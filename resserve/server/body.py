@@ -36,19 +36,37 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     if not encoding:
         return body
     for wbits in (_WBITS[encoding], -zlib.MAX_WBITS) if encoding == "deflate" else (_WBITS[encoding],):
-        inflater = zlib.decompressobj(wbits)
         try:
+            # Measured first, a chunk at a time and kept nowhere: a bomb is refused having held one
+            # chunk, not the limit's worth of output (whose buffer grows by copies as it inflates).
+            _check_inflated_size(body, wbits, encoding, limit)
+            inflater = zlib.decompressobj(wbits)
             out = inflater.decompress(body, limit + 1)
         except zlib.error as exc:
             error = exc
             continue
-        if len(out) > limit or inflater.unconsumed_tail:
-            raise PayloadTooLargeError(f"the {encoding} body inflates past the limit of {limit} bytes "
-                                       "(max_decompressed_bytes)")
         if not inflater.eof:
             raise InvalidRequestError(f"the {encoding} body is truncated")
         return out
     raise InvalidRequestError(f"cannot decompress the {encoding} body: {error}")
+
+
+def _check_inflated_size(body: bytes, wbits: int, encoding: str, limit: int, chunk: int = 1 << 20) -> None:
+    """Raise PayloadTooLargeError once ``body`` inflates past ``limit`` bytes (zlib.error if it is
+    not that encoding), holding at most ``chunk`` bytes of output at a time."""
+    inflater = zlib.decompressobj(wbits)
+    total, data = 0, body
+    while True:
+        total += len(inflater.decompress(data, chunk))
+        if total > limit:
+            raise PayloadTooLargeError(f"the {encoding} body inflates past the limit of {limit} bytes "
+                                       "(max_decompressed_bytes)")
+        data = inflater.unconsumed_tail
+        if not data:
+            break
+    if total + len(inflater.flush()) > limit:
+        raise PayloadTooLargeError(f"the {encoding} body inflates past the limit of {limit} bytes "
+                                   "(max_decompressed_bytes)")
 
 
 async def read_raw(request: Request) -> bytes:
