@@ -8,7 +8,6 @@ and runs in a worker thread, away from the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 import zlib
 
 from starlette.requests import Request
@@ -75,13 +74,10 @@ async def read_raw(request: Request) -> bytes:
     return b"".join([chunk async for chunk in request.stream()])
 
 
-async def read_body(request: Request, max_decompressed_bytes: int,
-                    offload: Callable[..., Awaitable[bytes]] | None = None) -> bytes:
-    """The whole body, decompressed off the loop (on ``offload``: the request pipeline's parse pool)."""
+async def read_body(request: Request, max_decompressed_bytes: int) -> bytes:
+    """The whole body, decompressed off the loop."""
     body = await read_raw(request)
     encoding = content_encoding(request)
     if not encoding:
         return body
-    if offload is not None:
-        return await offload(decompress, body, encoding, max_decompressed_bytes)
     return await asyncio.to_thread(decompress, body, encoding, max_decompressed_bytes)

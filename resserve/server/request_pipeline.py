@@ -21,8 +21,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from functools import partial
-from typing import Any, TypeVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -46,7 +44,6 @@ from resserve.tracing import OFF, Tracing
 # A request may ask for a longer deadline than the model's default, but not an unbounded one:
 # float("1e400") is inf, and a deadline of inf keeps an entry alive for ever.
 MAX_TIMEOUT_MS = 3_600_000.0
-T = TypeVar("T")
 
 
 @dataclass
@@ -75,18 +72,9 @@ class RequestPipeline:
         self.threads = settings.preprocess_threads or available_cores()
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="preprocess",
                                        initializer=set_os_thread_name, initargs=(PREPROCESS_PREFIX,))
-        self.parse_pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="parse")
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-        self.parse_pool.shutdown(wait=True, cancel_futures=True)
-
-    async def parse(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a request's parsing (JSON, base64, framing, inflating) on the parse pool: its own
-        threads, so a flood of costly bodies queues behind itself, never behind or in front of model
-        loads and the rest of asyncio's default executor (issue 30: six 40,000-output bodies made
-        another client's infer wait 47 s)."""
-        return await asyncio.get_running_loop().run_in_executor(self.parse_pool, partial(function, *args, **kwargs))
 
     def max_images(self, served: ServedModel) -> int:
         """Images (or tensor rows) one request may carry: the setting, never above the queue."""

@@ -8,6 +8,7 @@ classification extension (``parameters: {classification: k}``) the top-k as
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -136,7 +137,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         header_length, encoding = framing
         with pipeline.tracing.span("read"):
             raw = await read_raw(request)
-        parsed = await pipeline.parse(_parse, raw, encoding, header_length,
+        parsed = await asyncio.to_thread(_parse, raw, encoding, header_length,
                                          state.settings.max_decompressed_bytes, pipeline.max_images(served))
         del raw  # the parsed request holds what it needs (binary tensors are views of it)
         requested = requested_outputs(served, parsed)

@@ -70,11 +70,10 @@ async def read_images(request: Request, state: AppState, max_images: int) -> lis
     limits = state.settings
     if media_type != "multipart/form-data":
         check_media_type(media_type)
-        return [await read_body(request, limits.max_decompressed_bytes, state.pipeline.parse)]
+        return [await read_body(request, limits.max_decompressed_bytes)]
     source = request
     if content_encoding(request):  # the parser streams raw bytes: inflate first, then parse
-        source = Request(request.scope, _replay(await read_body(request, limits.max_decompressed_bytes,
-                                                                 state.pipeline.parse)))
+        source = Request(request.scope, _replay(await read_body(request, limits.max_decompressed_bytes)))
     max_files = min(max_images, limits.max_multipart_files)
     try:
         form = await source.form(max_files=max_files, max_fields=limits.max_multipart_files)

@@ -122,12 +122,3 @@ async def test_the_deadline_bounds_each_images_wait_and_decode(pipeline: Request
                                                                                  match="before the image"):
         await pipeline.run_images(ticket, [b"d"], timeout_ms=500)  # arrived 1 s ago: past before any decode
     assert decoded == [1]
-
-
-async def test_parsing_runs_on_its_own_pool_not_asyncios_default(pipeline: RequestPipeline) -> None:
-    """Costly bodies queue behind each other on the parse pool; model loads and everything else on
-    asyncio's default executor never wait behind them (issue 30)."""
-    import threading
-
-    assert (await pipeline.parse(lambda: threading.current_thread().name)).startswith("parse")
-    assert await pipeline.parse(int, "7", base=8) == 7
