@@ -4,6 +4,7 @@ served."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -152,25 +153,32 @@ def test_a_grpc_refusal_is_traced_with_its_code_and_is_not_a_server_error(server
     assert root.status.status_code == StatusCode.UNSET and not root.events  # the client's mistake, no exception
 
 
-def test_the_access_line_names_the_requests_trace(server: RunningServer, exporter: InMemorySpanExporter) -> None:
+@contextlib.contextmanager
+def _json_log(logger_name: str) -> Iterator[io.StringIO]:
+    """JSON log lines of ``logger_name`` (INFO and up, with request and trace ids) while the block runs."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(json_formatter())
     handler.addFilter(RequestContext())
-    access = logging.getLogger("resserve.access")
-    access.addHandler(handler)
-    previous = access.level
-    access.setLevel(logging.INFO)
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
     try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+def test_the_access_line_names_the_requests_trace(server: RunningServer, exporter: InMemorySpanExporter) -> None:
+    with _json_log("resserve.access") as stream:
         exporter.clear()
         assert _classify(server, "r18", **{"x-request-id": "traced-access"}).status_code == 200
         [root] = _server_spans(exporter, 1)
         deadline = time.monotonic() + 10
         while "traced-access" not in stream.getvalue() and time.monotonic() < deadline:
             time.sleep(0.02)
-    finally:
-        access.removeHandler(handler)
-        access.setLevel(previous)
     [line] = [json.loads(t) for t in stream.getvalue().splitlines() if "traced-access" in t]
     assert line["trace_id"] == f"{root.context.trace_id:032x}" and line["span_id"] == f"{root.context.span_id:016x}"
 
@@ -178,18 +186,10 @@ def test_the_access_line_names_the_requests_trace(server: RunningServer, exporte
 def test_an_engine_failure_is_logged_inside_its_batch_span(server: RunningServer,
                                                            exporter: InMemorySpanExporter) -> None:
     """The engine batch span is current while the engine runs, so the failure's log line leads to it."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(json_formatter())
-    handler.addFilter(RequestContext())
-    batching = logging.getLogger("resserve.serving.batching")
-    batching.addHandler(handler)
-    try:
+    with _json_log("resserve.serving.batching") as stream:
         exporter.clear()
         assert _classify(server, "flaky").status_code == 500
         _server_spans(exporter, 1)
-    finally:
-        batching.removeHandler(handler)
     [line] = [json.loads(t) for t in stream.getvalue().splitlines() if "engine failed on a batch" in t]
     [batch] = [s for s in exporter.get_finished_spans() if s.name == "engine batch"]
     assert batch.attributes["model"] == "flaky"
