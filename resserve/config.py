@@ -271,11 +271,16 @@ class ServerSettings(BaseSettings):
         60.0, gt=0, description="a request body must arrive whole within this from the request's start; beyond: 408")
     max_decompressed_bytes: int = Field(
         20 * 1024 * 1024, ge=1024, description="a gzip/deflate body may inflate to this; beyond: 413")
-    max_header_bytes: int = Field(16 * 1024, ge=1024, description="request headers above this: 431")
-    max_connections: int = Field(512, ge=1, description="concurrent connections and requests; beyond: 503")
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="a request's line and headers above this: 431, counted as they arrive")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's line and headers must arrive within this of its first byte (the "
+                                "connection's start, for its first request); beyond: 408 and close")
+    max_connections: int = Field(
+        512, ge=1, description="concurrent connections and requests; beyond: 503 (never for /v2/health/*)")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
     http_parser: Literal["httptools", "h11"] = Field(
-        "httptools", description="httptools is faster; h11 also caps header bytes while parsing")
+        "httptools", description="httptools is faster; both are held to max_header_bytes and header_timeout_s")
     control_token: str | None = Field(None, description="bearer token for repository control endpoints")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

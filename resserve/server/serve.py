@@ -16,6 +16,7 @@ import uvicorn
 
 from resserve.config import ServerSettings
 from resserve.server.app import create_app
+from resserve.server.connection_guard import GuardedConfig
 from resserve.server.startup import BuildSource
 from resserve.server.app_state import AppState
 
@@ -53,9 +54,13 @@ class DrainingServer(uvicorn.Server):
 
 def uvicorn_config(app: Any, settings: ServerSettings, log_level: str = "info") -> uvicorn.Config:
     """uvicorn's settings for ``app``. ``graceful_shutdown_s`` bounds the wait for requests in
-    flight, and 0 waits for none (never uvicorn's None, which waits for ever)."""
-    return uvicorn.Config(
+    flight, and 0 waits for none (never uvicorn's None, which waits for ever). The protocols are
+    uvicorn's under :mod:`resserve.server.connection_guard` (head timeout and size, probes exempt
+    from the connection limit)."""
+    return GuardedConfig(
         app,
+        header_timeout_s=settings.header_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
@@ -63,7 +68,6 @@ def uvicorn_config(app: Any, settings: ServerSettings, log_level: str = "info") 
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=settings.keep_alive_timeout_s,
         http=settings.http_parser,
-        h11_max_incomplete_event_size=settings.max_header_bytes,
         access_log=False,  # metrics count requests; a log line per request costs CPU at 300 rps
         log_config=None,  # keep resserve's logging setup
     )
