@@ -255,6 +255,13 @@ class ServerSettings(BaseSettings):
     grpc_port: int | None = Field(
         None, ge=0, le=65535, description="serve OIP v2 over gRPC on this port too (Triton's 8001); default: off")
     grpc_host: str | None = Field(None, description="address gRPC listens on; default: host")
+    grpc_max_streams_per_connection: int = Field(
+        100, ge=1, description="concurrent calls one gRPC connection may open (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)")
+    grpc_max_connection_idle_s: float = Field(
+        300.0, gt=0, description="a gRPC connection without calls for this long is closed (GOAWAY)")
+    grpc_max_connection_age_s: float = Field(
+        1800.0, gt=0, description="a gRPC connection is closed after this long (calls in flight get graceful_shutdown_s), "
+                                  "so clients reconnect and spread over new pods")
     models: list[str] | None = Field(None, description="load only these models (default: all)")
     preprocess_threads: int | None = Field(None, ge=1, description="default: the cores")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
@@ -268,7 +275,8 @@ class ServerSettings(BaseSettings):
         64, ge=1, description="images (or tensor rows) in one request, on every protocol; never above a model's "
         "max_queue_size; beyond: 413, checked before any decode")
     body_timeout_s: float = Field(
-        60.0, gt=0, description="a request body must arrive whole within this from the request's start; beyond: 408")
+        60.0, gt=0, description="a request body (a gRPC call's message) must arrive whole within this from the "
+                                "request's start; beyond: 408 (gRPC: DEADLINE_EXCEEDED)")
     max_decompressed_bytes: int = Field(
         20 * 1024 * 1024, ge=1024, description="a gzip/deflate body may inflate to this; beyond: 413")
     max_header_bytes: int = Field(

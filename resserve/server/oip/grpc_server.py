@@ -16,9 +16,11 @@ import logging
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from tritonclient.grpc import service_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from resserve.server.oip.grpc_access import AccessInterceptor
+from resserve.server.oip.grpc_limits import CallLimitInterceptor, server_options
 from resserve.server.oip.grpc_servicer import InferenceServicer
 from resserve.server.app_state import AppState
 
@@ -49,25 +51,26 @@ class ReadinessHealth(health.aio.HealthServicer):  # type: ignore[misc]
 
 
 class GrpcServer:
-    """OIP v2 over gRPC on ``settings.grpc_host or host``:``grpc_port``; messages up to ``max_body_bytes``."""
+    """OIP v2 over gRPC on ``settings.grpc_host or host``:``grpc_port``; messages up to ``max_body_bytes``;
+    the limits per call and per connection in :mod:`resserve.server.oip.grpc_limits`."""
 
     def __init__(self, state: AppState) -> None:
         settings = state.settings
         assert settings.grpc_port is not None
         self.state = state
-        limit = settings.max_body_bytes
-        self.server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.max_concurrent_streams", settings.max_connections),
-            # Off: a second server on a taken port fails rather than sharing it unseen; on only
-            # between workers, which share it on purpose (the kernel spreads connections).
-            ("grpc.so_reuseport", int(state.worker is not None and state.worker.count > 1)),
-        ], maximum_concurrent_rpcs=settings.max_connections,
-           interceptors=[AccessInterceptor(state.access, state.metrics)])  # refuses before a message is read
+        reuse_port = state.worker is not None and state.worker.count > 1
+        self.server = grpc.aio.server(
+            options=server_options(settings, reuse_port),
+            # Both before a message is read: refusals cost no message; health is never counted.
+            interceptors=[AccessInterceptor(state.access, state.metrics),
+                          CallLimitInterceptor(settings.max_connections, settings.body_timeout_s, state.metrics)])
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), self.server)
         self.health = ReadinessHealth(state)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # Server reflection: grpcurl and other tools list and describe the services unaided.
+        reflection.enable_server_reflection(
+            (service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
         self.host = settings.grpc_host or settings.host
         self.port = self.server.add_insecure_port(f"{self.host}:{settings.grpc_port}")
         if self.port == 0:
