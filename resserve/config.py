@@ -255,6 +255,9 @@ class ServerSettings(BaseSettings):
     grpc_port: int | None = Field(
         None, ge=0, le=65535, description="serve OIP v2 over gRPC on this port too (Triton's 8001); default: off")
     grpc_host: str | None = Field(None, description="address gRPC listens on; default: host")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve /metrics and the health probes on this port (Triton's 8002) "
+                                          "and no longer /metrics on port; default: off (/metrics on port)")
     grpc_max_streams_per_connection: int = Field(
         100, ge=1, description="concurrent calls one gRPC connection may open (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)")
     grpc_max_connection_idle_s: float = Field(

@@ -91,6 +91,11 @@ class AccessPolicy:
     def needs_keys(self) -> bool:
         return self._keys is not None
 
+    def identifies(self, headers: Headers) -> bool:
+        """Whether these headers carry a valid API key, or no key is needed anywhere: who may read
+        details an open endpoint (readiness) leaves out for anyone else (model names, error types)."""
+        return self._keys is None or self._keys.accepts(presented_keys(headers))
+
     def check(self, endpoint: Endpoint, headers: Headers, carrier: str = "header") -> None:
         """Raise UnauthorizedError (401) or ForbiddenError (403) unless these headers (or gRPC
         metadata: ``carrier="metadata"``) may call ``endpoint``."""

@@ -96,9 +96,14 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         # The port opens now; models build and load behind it, each served once ready.
         starting = asyncio.create_task(start_models(state, order, builds), name="start-models")
         log.info("resserve %s listening; starting %s", __version__, ", ".join(order))
-        grpc_server = None
+        grpc_server = metrics_listener = None
         heartbeat = asyncio.create_task(_heartbeat(state), name="worker-heartbeat") if worker else None
-        try:  # a gRPC port that cannot be bound still releases what started above
+        try:  # a port that cannot be bound still releases what started above
+            if settings.metrics_port is not None:
+                from resserve.server.metrics_listener import MetricsListener
+
+                metrics_listener = MetricsListener(state, reuse_port=worker is not None and worker.count > 1)
+                await metrics_listener.start()
             if settings.grpc_port is not None:
                 from resserve.server.oip.grpc_server import GrpcServer  # grpcio only where gRPC is on
 
@@ -113,6 +118,8 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
                 publish_ready(worker, False)
             if grpc_server is not None:  # its calls in flight finish before the queues drain
                 await grpc_server.stop(settings.graceful_shutdown_s)
+            if metrics_listener is not None:  # probes and scrapes end with the server
+                await metrics_listener.stop()
             if builds is not None:
                 builds.stop()
             starting.cancel()
@@ -129,6 +136,8 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     # statistics first: /v2/models/stats would otherwise be model "stats"'s metadata.
     for module in (health, classify, statistics_route, oip_routes, control):
         app.include_router(module.router)
+    if settings.metrics_port is None:
+        app.include_router(health.metrics_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s)
     if tracing.enabled:  # off: not installed, no cost per request
         # Inside the access check: an unauthenticated request neither joins the trace its

@@ -48,16 +48,21 @@ class AppState:
             return []
         return [i for i in peers_not_ready(self.worker) if i != self.worker.index]
 
-    def not_ready_reason(self) -> str:
+    def not_ready_reason(self, detailed: bool = True) -> str:
+        """Why the server is not ready. ``detailed=False`` for a caller the access policy cannot
+        identify: the kind of reason, never a model's name or an error's type."""
         lifecycle = self.manager.lifecycle
         if self.draining:
             return "draining"
         if not self.started:
-            return "starting: " + "; ".join(f"model {r.name} {r.describe()}" for r in lifecycle.pending())
+            pending = "; ".join(f"model {r.name} {r.describe()}" for r in lifecycle.pending())
+            return "starting: " + pending if detailed else "models are starting"
         if failed := lifecycle.unserved_failures():
+            if not detailed:
+                return f"{len(failed)} model(s) failed to load"
             return "; ".join(f"model {name} failed to load: {why}" for name, why in failed.items())
         if stuck := lifecycle.not_answering():
-            return "; ".join(stuck)
+            return "; ".join(stuck) if detailed else f"{len(stuck)} model(s) not answering"
         if peers := self._workers_not_ready():
             assert self.worker is not None
             return f"worker {', '.join(map(str, peers))} of {self.worker.count} not ready"

@@ -23,6 +23,7 @@ import yaml
 from resserve.config import ModelConfig, ServerSettings
 from resserve.metrics import Metrics
 from resserve.server.app import create_app
+from resserve.server.metrics_listener import metrics_app
 
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"
@@ -54,9 +55,16 @@ def metric_names() -> set[str]:
     return names
 
 
-def app_paths(tmp_path: Path) -> set[str]:
-    """Every HTTP path the server answers, from its OpenAPI schema."""
-    return set(create_app(ServerSettings(model_repo=tmp_path)).openapi()["paths"])
+def app_paths(tmp_path: Path, metrics_port: int | None = None) -> set[str]:
+    """Every HTTP path the server answers on its inference port, from its OpenAPI schema."""
+    return set(create_app(ServerSettings(model_repo=tmp_path, metrics_port=metrics_port)).openapi()["paths"])
+
+
+def metrics_port_paths(tmp_path: Path) -> set[str]:
+    """Every HTTP path the metrics port answers."""
+    app = create_app(ServerSettings(model_repo=tmp_path, metrics_port=8002))
+    state = app.state.resserve
+    return set(metrics_app(state, state.access).openapi()["paths"])
 
 
 @needs_kubectl
@@ -93,15 +101,19 @@ def test_deployment_is_what_an_operator_accepts(overlay: str, tmp_path: Path) ->
 
     # Ports: the container's, the server's, the Service's and the probes' agree.
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
-    assert ports == {"http": settings.port, "grpc": settings.grpc_port}
-    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {"http": "http", "grpc": "grpc"}
+    assert ports == {"http": settings.port, "grpc": settings.grpc_port, "metrics": settings.metrics_port}
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {
+        "http": "http", "grpc": "grpc", "metrics": "metrics"}
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
-    # Probes point at real routes of the app.
+    # Probes point at real routes of the metrics port's app; the inference port has no /metrics.
     paths = app_paths(tmp_path)
-    assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert server["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    side = metrics_port_paths(tmp_path)
+    assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "metrics"}
+    assert server["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "metrics"}
+    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "metrics"}
+    assert {"/v2/health/ready", "/v2/health/live", "/metrics"} == side
+    assert "/metrics" not in app_paths(tmp_path, metrics_port=settings.metrics_port)
     assert {"/v2/health/ready", "/v2/health/live", "/metrics"} <= paths
 
     # Shutdown: the grace period outlasts the preStop pause plus the server's drain.
@@ -186,8 +198,9 @@ def test_autoscaling_disruption_network_and_monitoring_fit_together(overlay: str
     for kind in ("PodDisruptionBudget", "NetworkPolicy"):
         selector = one(docs, kind)["spec"].get("selector") or one(docs, kind)["spec"]["podSelector"]
         assert selector["matchLabels"].items() <= pod_labels.items()
-    ingress = one(docs, "NetworkPolicy")["spec"]["ingress"][0]["ports"]
-    assert ingress == [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]
+    public, monitoring = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert public == {"ports": [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]}
+    assert monitoring["ports"] == [{"port": "metrics", "protocol": "TCP"}] and monitoring["from"]
 
     monitor, service = one(docs, "ServiceMonitor"), one(docs, "Service")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()

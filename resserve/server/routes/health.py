@@ -1,4 +1,4 @@
-"""Liveness, readiness, server metadata and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from resserve.server.error_responses import error_response
 from resserve.server.app_state import get_state
 
 router = APIRouter()
+metrics_router = APIRouter()  # on the metrics port alone when ``metrics_port`` is set
 
 
 @router.get("/v2/health/live")
@@ -23,14 +24,16 @@ async def live() -> Response:
 
 @router.get("/v2/health/ready")
 async def ready(request: Request) -> Response:
-    """Every configured model is loaded and the server is not draining."""
+    """Every configured model is loaded and the server is not draining. The reason names models
+    and errors only to a caller with a valid API key (where keys are set): the probe is open."""
     state = get_state(request)
     if state.ready:
         return Response(status_code=200)
-    return error_response(503, f"server not ready: {state.not_ready_reason()}")
+    detailed = state.access.identifies(request.headers.raw)
+    return error_response(503, f"server not ready: {state.not_ready_reason(detailed)}")
 
 
-@router.get("/metrics")
+@metrics_router.get("/metrics")
 async def metrics(request: Request) -> Response:
     """This process's metrics; with workers, every worker's, summed (prometheus-client's
     multiprocess files), whichever worker answers the scrape."""

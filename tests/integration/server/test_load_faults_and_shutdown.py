@@ -95,6 +95,21 @@ def test_corrupt_artifacts_fail_only_their_models(model_onnx: Path, tmp_path: Pa
         assert str(tmp_path) not in answers and "/tmp" not in answers  # where the repository lives stays private
 
 
+def test_readiness_names_models_only_to_a_caller_with_a_key(model_onnx: Path, tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    built_copies(root, model_onnx, ["secret-model"])
+    truncate(root / "secret-model" / "1" / "model.onnx")
+    settings = ServerSettings(model_repo=root, api_keys=["key-1"])
+    with serve_in_thread(settings, wait_for="/v2/health/live") as server:
+        anonymous = httpx.get(f"{server.url}/v2/health/ready")
+        assert anonymous.status_code == 503
+        assert anonymous.json()["error"] == "server not ready: 1 model(s) failed to load"
+        wrong = httpx.get(f"{server.url}/v2/health/ready", headers={"x-api-key": "nope"})
+        assert "secret-model" not in wrong.text and "DecodeError" not in wrong.text
+        keyed = httpx.get(f"{server.url}/v2/health/ready", headers={"x-api-key": "key-1"})
+        assert keyed.status_code == 503 and "model secret-model failed to load: DecodeError" in keyed.json()["error"]
+
+
 def test_loading_a_corrupt_new_version_keeps_the_old_one_serving(model_onnx: Path, tmp_path: Path) -> None:
     root = tmp_path / "repo"
     built_copies(root, model_onnx, [])
