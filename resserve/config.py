@@ -277,6 +277,11 @@ class ServerSettings(BaseSettings):
     max_images_per_request: int = Field(
         64, ge=1, description="images (or tensor rows) in one request, on every protocol; never above a model's "
         "max_queue_size; beyond: 413, checked before any decode")
+    max_body_memory_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1024 * 1024,
+        description="memory that request bodies in flight and their parse copies may hold, across HTTP, gRPC and "
+                    "multipart (a JSON body counts 18 times its size, others 3); reserved before a body is read; "
+                    "beyond: 503 with Retry-After (gRPC waits for room); never below one JSON body of max_body_bytes")
     body_timeout_s: float = Field(
         60.0, gt=0, description="a request body (a gRPC call's message) must arrive whole within this from the "
                                 "request's start; beyond: 408 (gRPC: DEADLINE_EXCEEDED)")

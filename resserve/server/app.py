@@ -29,6 +29,7 @@ from resserve.repository import ModelRepository
 from resserve.server.oip import http_routes as oip_routes
 from resserve.server.routes import classify, control, health, statistics_route
 from resserve.server.access_policy import AccessPolicy
+from resserve.server.body_budget import BodyBudget
 from resserve.server.middleware.access import AccessMiddleware
 from resserve.server.error_responses import install_error_handlers
 from resserve.server.middleware.body_limits import BodyLimitMiddleware, HeaderLimitMiddleware
@@ -81,6 +82,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         manager=manager,
         pipeline=RequestPipeline(settings, metrics, manager, tracing),
         access=AccessPolicy.from_settings(settings),
+        body_budget=BodyBudget(settings.max_body_memory_bytes),
         worker=worker,
     )
     if not settings.build_missing:
@@ -138,7 +140,8 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         app.include_router(module.router)
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
+                       budget=state.body_budget)
     if tracing.enabled:  # off: not installed, no cost per request
         # Inside the access check: an unauthenticated request neither joins the trace its
         # traceparent names nor forces one to be exported.

@@ -11,6 +11,7 @@ from resserve.config import ServerSettings
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
 from resserve.server.access_policy import AccessPolicy
+from resserve.server.body_budget import BodyBudget
 from resserve.server.request_pipeline import RequestPipeline
 from resserve.server.workers import WorkerIdentity, peers_not_ready
 from resserve.serving.manager import ModelManager, ServedModel
@@ -27,6 +28,7 @@ class AppState:
     manager: ModelManager
     pipeline: RequestPipeline
     access: AccessPolicy  # who may call what, HTTP and gRPC alike
+    body_budget: BodyBudget  # bytes the bodies in flight may hold, HTTP and gRPC alike
     started: bool = False  # every configured model has been built and loaded, or has failed
     draining: bool = False
     worker: WorkerIdentity | None = None  # one of ``resserve serve --workers N``; None: the only process

@@ -13,6 +13,7 @@ import zlib
 from starlette.requests import Request
 
 from resserve.errors import InvalidRequestError, PayloadTooLargeError
+from resserve.server.body_budget import RESERVATION, Reservation, copies_for
 
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -27,32 +28,42 @@ def content_encoding(request: Request) -> str:
     return encoding
 
 
-def decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """gzip/deflate bodies (tritonclient's request compression) inflated to at most ``limit`` bytes.
-
-    Raw deflate streams (no zlib header), which some clients send as "deflate", are accepted too.
-    """
-    if not encoding:
-        return body
+def inflated_size(body: bytes, encoding: str, limit: int) -> tuple[int, int]:
+    """``(wbits, bytes)``: the zlib format ``body`` is in and the size it inflates to, counted a
+    chunk at a time and kept nowhere (a bomb is refused having held one chunk, not the limit's
+    worth of a growing buffer). Raw deflate streams (no zlib header), which some clients send as
+    "deflate", are accepted too."""
     for wbits in (_WBITS[encoding], -zlib.MAX_WBITS) if encoding == "deflate" else (_WBITS[encoding],):
         try:
-            # Measured first, a chunk at a time and kept nowhere: a bomb is refused having held one
-            # chunk, not the limit's worth of output (whose buffer grows by copies as it inflates).
-            _check_inflated_size(body, wbits, encoding, limit)
-            inflater = zlib.decompressobj(wbits)
-            out = inflater.decompress(body, limit + 1)
+            return wbits, _check_inflated_size(body, wbits, encoding, limit)
         except zlib.error as exc:
             error = exc
-            continue
-        if not inflater.eof:
-            raise InvalidRequestError(f"the {encoding} body is truncated")
-        return out
     raise InvalidRequestError(f"cannot decompress the {encoding} body: {error}")
 
 
-def _check_inflated_size(body: bytes, wbits: int, encoding: str, limit: int, chunk: int = 1 << 20) -> None:
-    """Raise PayloadTooLargeError once ``body`` inflates past ``limit`` bytes (zlib.error if it is
-    not that encoding), holding at most ``chunk`` bytes of output at a time."""
+def inflate(body: bytes, wbits: int, encoding: str, size: int) -> bytes:
+    """``body`` inflated, once :func:`inflated_size` has said it is ``size`` bytes."""
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, size + 1)
+    except zlib.error as exc:
+        raise InvalidRequestError(f"cannot decompress the {encoding} body: {exc}") from exc
+    if not inflater.eof:
+        raise InvalidRequestError(f"the {encoding} body is truncated")
+    return out
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """gzip/deflate bodies (tritonclient's request compression) inflated to at most ``limit`` bytes."""
+    if not encoding:
+        return body
+    wbits, size = inflated_size(body, encoding, limit)
+    return inflate(body, wbits, encoding, size)
+
+
+def _check_inflated_size(body: bytes, wbits: int, encoding: str, limit: int, chunk: int = 1 << 20) -> int:
+    """The size ``body`` inflates to; PayloadTooLargeError once past ``limit`` bytes (zlib.error if
+    it is not that encoding), holding at most ``chunk`` bytes of output at a time."""
     inflater = zlib.decompressobj(wbits)
     total, data = 0, body
     while True:
@@ -63,9 +74,13 @@ def _check_inflated_size(body: bytes, wbits: int, encoding: str, limit: int, chu
         data = inflater.unconsumed_tail
         if not data:
             break
-    if total + len(inflater.flush()) > limit:
+    total += len(inflater.flush())
+    if total > limit:
         raise PayloadTooLargeError(f"the {encoding} body inflates past the limit of {limit} bytes "
                                    "(max_decompressed_bytes)")
+    if not inflater.eof:
+        raise InvalidRequestError(f"the {encoding} body is truncated")
+    return total
 
 
 async def read_raw(request: Request) -> bytes:
@@ -75,9 +90,15 @@ async def read_raw(request: Request) -> bytes:
 
 
 async def read_body(request: Request, max_decompressed_bytes: int) -> bytes:
-    """The whole body, decompressed off the loop."""
+    """The whole body, decompressed off the loop. An encoded body's inflated size is counted first
+    and reserved in the request's share of the body budget (:mod:`resserve.server.body_budget`)
+    before it is inflated."""
     body = await read_raw(request)
     encoding = content_encoding(request)
     if not encoding:
         return body
-    return await asyncio.to_thread(decompress, body, encoding, max_decompressed_bytes)
+    wbits, size = await asyncio.to_thread(inflated_size, body, encoding, max_decompressed_bytes)
+    reservation: Reservation | None = request.scope.get("state", {}).get(RESERVATION)
+    if reservation is not None:
+        reservation.grow(size * copies_for(request.scope["headers"]))
+    return await asyncio.to_thread(inflate, body, wbits, encoding, size)

@@ -17,6 +17,8 @@ import uvicorn
 from resserve.config import ServerSettings
 from resserve.server.app import create_app
 from resserve.server.connection_guard import GuardedConfig
+from resserve.server.memory_plan import check, memory_limit, plan, process_rss
+from resserve.engines.hardware import available_cores
 from resserve.server.startup import BuildSource
 from resserve.server.app_state import AppState
 
@@ -80,6 +82,14 @@ def run_server(settings: ServerSettings, log_level: str = "info", shutdown_delay
     DrainingServer(uvicorn_config(app, settings, log_level), app.state.resserve, shutdown_delay_s).run()
 
 
+def check_memory(settings: ServerSettings, workers: int) -> None:
+    """Refuse to start when the request path's worst case is more than the process may use."""
+    cores = available_cores()
+    per_worker = max(1, cores // workers) if workers > 1 and settings.pin_workers else cores
+    limit, source = memory_limit()
+    check(plan(settings, workers, settings.preprocess_threads or per_worker, process_rss(), limit, source), settings)
+
+
 def serve(settings: ServerSettings, log_level: str = "info", shutdown_delay_s: float = 0.0) -> int:
     """``resserve serve``: one process, or ``settings.workers`` processes on one socket (only worker 0
     builds); missing models build in a child process (``resserve build --events``) behind the open
@@ -88,6 +98,7 @@ def serve(settings: ServerSettings, log_level: str = "info", shutdown_delay_s: f
     from resserve.server.supervisor import run_workers, worker_count
 
     count = worker_count(settings.workers)
+    check_memory(settings, count)
     if count > 1:
         return run_workers(settings, count, log_level=log_level, shutdown_delay_s=shutdown_delay_s)
     builds = BuildProcess(settings.model_repo) if settings.build_missing else None

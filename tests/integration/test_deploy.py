@@ -23,6 +23,8 @@ import yaml
 from resserve.config import ModelConfig, ServerSettings
 from resserve.metrics import Metrics
 from resserve.server.app import create_app
+from resserve.server.memory_plan import check, plan
+from resserve.server.supervisor import worker_count
 from resserve.server.metrics_listener import metrics_app
 
 ROOT = Path(__file__).parents[2]
@@ -136,6 +138,32 @@ def test_deployment_is_what_an_operator_accepts(overlay: str, tmp_path: Path) ->
     assert volumes[mounts[str(settings.model_repo)]["name"]]["persistentVolumeClaim"]["claimName"] == "resserve-models"
     init = pod["initContainers"][0]
     assert init["command"][:3] == ["resserve", "wait-models", str(settings.model_repo)]
+
+
+def quantity_bytes(quantity: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(quantity.removesuffix(suffix)) * factor
+    return int(quantity)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_request_paths_worst_case_fits_the_pods_memory_limit(overlay: str) -> None:
+    """The server's start-up check (resserve.server.memory_plan) passes with the manifests' settings,
+    with 300 MiB for the process before models, and leaves at least 1 GiB for the models."""
+    docs = render(overlay)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    server = next(c for c in pod["containers"] if c["name"] == "server")
+    env_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("resserve-server"))
+    settings = ServerSettings(**{k.removeprefix("RESSERVE_").lower(): v for k, v in env_map["data"].items()})
+    assert settings.preprocess_threads is not None  # not the node's cores: the pod has no CPU limit
+    limit = quantity_bytes(server["resources"]["limits"]["memory"])
+    memory = plan(settings, worker_count(settings.workers, cores=2), settings.preprocess_threads,
+                  300 * 1024 * 1024, limit, "the pod's memory limit")
+    check(memory, settings)
+    assert limit - memory.total >= 1 << 30, memory.arithmetic()
 
 
 @needs_kubectl

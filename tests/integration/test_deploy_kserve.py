@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from resserve.cli import app as cli_app
 from resserve.config import ServerSettings
 from resserve.server.app import create_app
+from resserve.server.memory_plan import check, plan
 
 ROOT = Path(__file__).parents[2]
 KSERVE = ROOT / "deploy" / "kserve"
@@ -101,6 +102,9 @@ def test_runtimes_run_what_the_server_accepts(tmp_path: Path) -> None:
         assert set(env) <= fields, set(env) - fields
         settings = ServerSettings(**{k.removeprefix("RESSERVE_").lower(): v for k, v in env.items()})
         assert settings.grpc_port == 9000
+        limit = int(container["resources"]["limits"]["memory"].removesuffix("Gi")) << 30
+        check(plan(settings, 1, settings.preprocess_threads or 0, 300 << 20, limit, "the pod's limit"), settings)
+        assert settings.preprocess_threads == 2
         for probe, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready"),
                             ("livenessProbe", "/v2/health/live")):
             assert container[probe]["httpGet"] == {"path": path, "port": 8080} and path in paths

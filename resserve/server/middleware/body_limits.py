@@ -13,7 +13,8 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resserve.errors import PayloadTooLargeError, RequestTimeoutError
-from resserve.server.error_responses import error_response
+from resserve.server.body_budget import RESERVATION, BodyBudget, BodyBudgetFullError, copies_for
+from resserve.server.error_responses import error_response, response_for
 
 
 class HeaderLimitMiddleware:
@@ -39,17 +40,23 @@ class HeaderLimitMiddleware:
 class BodyLimitMiddleware:
     """Answer 413 for bodies over ``max_bytes``: at once from Content-Length, else while reading;
     408 for a body not received whole within ``body_timeout_s`` of the request's start (a client
-    trickling a body holds a connection and a read, never for ever)."""
+    trickling a body holds a connection and a read, never for ever); 503 with Retry-After when the
+    body budget (:mod:`resserve.server.body_budget`) cannot cover the body and its parse copies:
+    from Content-Length before a byte is read, else chunk by chunk. The reservation lasts until the
+    request is answered."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout_s: float | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout_s: float | None = None,
+                 budget: BodyBudget | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.body_timeout_s = body_timeout_s
+        self.budget = budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -60,6 +67,15 @@ class BodyLimitMiddleware:
                     response = error_response(413, f"body of {declared} bytes exceeds the limit of {self.max_bytes}")
                     await response(scope, receive, send)
                     return
+        copies = copies_for(scope["headers"])
+        reservation = None
+        if self.budget is not None:
+            try:
+                reservation = self.budget.take(max(declared or 0, 0) * copies)
+            except BodyBudgetFullError as busy:
+                await response_for(busy)(scope, receive, send)
+                return
+            scope.setdefault("state", {})[RESERVATION] = reservation
         received = 0
         limit = self.max_bytes
         timeout_s = self.body_timeout_s
@@ -81,7 +97,13 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise PayloadTooLargeError(f"body exceeds the limit of {limit} bytes")
+                if reservation is not None and received * copies > reservation.size:
+                    reservation.resize(received * copies)  # a chunked body, or one longer than declared
                 body_done = not message.get("more_body", False)
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            if reservation is not None:
+                reservation.release()

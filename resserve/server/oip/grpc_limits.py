@@ -8,7 +8,10 @@ connection made every new call wait, the kubelet's health check included (issue 
   (``grpc.health.v1.Health/Check``, ``ServerLive``, ``ServerReady``), which are never counted and
   never refused; beyond it RESOURCE_EXHAUSTED with ``retry-after``, before the message is read;
 - **the message must arrive**: within ``body_timeout_s`` of the call's start (HTTP's limit for a
-  body), else DEADLINE_EXCEEDED; the call's place is given back either way.
+  body), else DEADLINE_EXCEEDED; the call's place is given back either way;
+- **the body budget** (:mod:`resserve.server.body_budget`): before its message is read a call
+  waits (within that deadline) until the budget has room for ``max_body_bytes``, then keeps what
+  its message needs.
 
 Per-connection limits (streams per connection, keepalive, idle, age) are the server's channel
 options (:func:`server_options`).
@@ -24,6 +27,7 @@ import grpc
 
 from resserve.config import ServerSettings
 from resserve.metrics import Metrics
+from resserve.server.body_budget import GRPC_COPIES, BodyBudget, BodyBudgetFullError, Reservation
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 UNCOUNTED = frozenset({HEALTH_CHECK, "/inference.GRPCInferenceService/ServerLive",
@@ -54,10 +58,13 @@ def server_options(settings: ServerSettings, reuse_port: bool) -> list[tuple[str
 class CallLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Count calls in flight and bound the wait for each call's message (see the module)."""
 
-    def __init__(self, max_calls: int, message_timeout_s: float, metrics: Metrics) -> None:
+    def __init__(self, max_calls: int, message_timeout_s: float, metrics: Metrics,
+                 budget: BodyBudget | None = None, max_message_bytes: int = 0) -> None:
         self.max_calls = max_calls
         self.message_timeout_s = message_timeout_s
         self.metrics = metrics
+        self.budget = budget
+        self.max_message_bytes = max_message_bytes
         self.in_flight = 0
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
@@ -90,50 +97,74 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _bounded(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The handler, as a stream handler that waits for the first message at most
-        ``message_timeout_s``; streaming methods are counted only."""
-        timeout_s = self.message_timeout_s
-        release = self._release
+        ``message_timeout_s``, within the body budget; client-streaming methods are counted only."""
+        if handler.unary_unary is None and handler.unary_stream is None:
+            self._release()  # none of ours; not held here
+            return handler
+        sizes: list[int] = []
+        deserialize = handler.request_deserializer
+
+        def measured(raw: bytes) -> Any:
+            sizes.append(len(raw))
+            return deserialize(raw) if deserialize is not None else raw
 
         if handler.unary_unary is not None:
             behaviour = handler.unary_unary
 
             async def unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                reservation = None
                 try:
-                    request = await self._first(requests, context, timeout_s)
+                    request, reservation = await self._first(requests, context, sizes)
                     return await behaviour(request, context)
                 finally:
-                    release()
+                    self._done(reservation)
 
             return grpc.stream_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            streaming = handler.unary_stream
+                unary, request_deserializer=measured, response_serializer=handler.response_serializer)
+        streaming = handler.unary_stream
 
-            async def unary_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    request = await self._first(requests, context, timeout_s)
-                    async for response in streaming(request, context):
-                        yield response
-                finally:
-                    release()
+        async def unary_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            reservation = None
+            try:
+                request, reservation = await self._first(requests, context, sizes)
+                async for response in streaming(request, context):
+                    yield response
+            finally:
+                self._done(reservation)
 
-            return grpc.stream_stream_rpc_method_handler(
-                unary_stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        release()  # client-streaming methods: none of ours; not held here
-        return handler
+        return grpc.stream_stream_rpc_method_handler(
+            unary_stream, request_deserializer=measured, response_serializer=handler.response_serializer)
 
     def _release(self) -> None:
         self.in_flight -= 1
 
-    @staticmethod
-    async def _first(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, timeout_s: float) -> Any:
+    def _done(self, reservation: Reservation | None) -> None:
+        self.in_flight -= 1
+        if reservation is not None:
+            reservation.release()
+
+    async def _first(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+                     sizes: list[int]) -> tuple[Any, Reservation | None]:
+        """The call's message and its share of the budget (the message's size times its copies)."""
+        timeout_s = self.message_timeout_s
+        reservation = None
         try:
             async with asyncio.timeout(timeout_s):  # no task of its own, unlike wait_for
-                return await anext(aiter(requests))
+                if self.budget is not None:
+                    reservation = await self.budget.wait_take(self.max_message_bytes)
+                request = await anext(aiter(requests))
         except TimeoutError:
+            if reservation is not None:
+                reservation.release()
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                 f"request message not received within {timeout_s:g} s (body_timeout_s)")
         except StopAsyncIteration:
+            if reservation is not None:
+                reservation.release()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended without a request message")
+        if reservation is not None:
+            try:
+                reservation.resize(sizes[-1] * GRPC_COPIES if sizes else 0)
+            except BodyBudgetFullError:
+                pass  # the message is here already: keep what was reserved for it
+        return request, reservation

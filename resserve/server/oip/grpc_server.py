@@ -63,7 +63,8 @@ class GrpcServer:
             options=server_options(settings, reuse_port),
             # Both before a message is read: refusals cost no message; health is never counted.
             interceptors=[AccessInterceptor(state.access, state.metrics),
-                          CallLimitInterceptor(settings.max_connections, settings.body_timeout_s, state.metrics)])
+                          CallLimitInterceptor(settings.max_connections, settings.body_timeout_s, state.metrics,
+                                               state.body_budget, settings.max_body_bytes)])
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), self.server)
         self.health = ReadinessHealth(state)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from resserve import __version__
 from resserve.redact import public_config
 from resserve.server.oip import wire as oip
-from resserve.server.body import content_encoding, decompress, read_raw
+from resserve.server.body import content_encoding, read_body
 from resserve.server.disconnect import CancelOnDisconnect
 from resserve.server.oip.infer import (
     EXTENSIONS,
@@ -113,11 +113,9 @@ async def model_config(request: Request, name: str, version: str | None = None) 
     return _json(config)
 
 
-def _parse(body: bytes, encoding: str, header_length: int | None, max_decompressed_bytes: int,
-           max_images: int) -> oip.InferRequest:
-    """Inflate and decode a request (runs in a worker thread: JSON, base64 and framing are CPU work)."""
-    return oip.parse_infer_request(decompress(body, encoding, max_decompressed_bytes), header_length,
-                                   max_images=max_images)
+def _parse(body: bytes, header_length: int | None, max_images: int) -> oip.InferRequest:
+    """Decode a request (runs in a worker thread: JSON, base64 and framing are CPU work)."""
+    return oip.parse_infer_request(body, header_length, max_images=max_images)
 
 
 @router.post("/v2/models/{name}/infer", openapi_extra=OPENAPI_INFER)
@@ -134,11 +132,10 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
 
     with pipeline.request(name, version, "http", found=found) as ticket:
         served = ticket.served
-        header_length, encoding = framing
+        header_length = framing[0]
         with pipeline.tracing.span("read"):
-            raw = await read_raw(request)
-        parsed = await asyncio.to_thread(_parse, raw, encoding, header_length,
-                                         state.settings.max_decompressed_bytes, pipeline.max_images(served))
+            raw = await read_body(request, state.settings.max_decompressed_bytes)
+        parsed = await asyncio.to_thread(_parse, raw, header_length, pipeline.max_images(served))
         del raw  # the parsed request holds what it needs (binary tensors are views of it)
         requested = requested_outputs(served, parsed)
         async with CancelOnDisconnect(request.receive):
