@@ -316,6 +316,9 @@ class ServerSettings(BaseSettings):
     workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
         1, description="server processes sharing the HTTP (and gRPC) port, each with its own engines, batcher "
                        "and preprocessing; auto: one per core")
+    worker_timeout_s: float = Field(
+        30.0, gt=0, description="with several workers, a worker whose heartbeat stopped this long after it was "
+                                "ready (a stuck event loop) is killed and restarted, as gunicorn's timeout does")
     pin_workers: bool = Field(
         True, description="with several workers, give each its own share of the cores, so that engine and "
                           "preprocessing threads (which default to the cores a process may use) never oversubscribe them")

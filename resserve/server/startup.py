@@ -110,10 +110,27 @@ class SharedBuilds:
         self.identity = identity
 
     async def events(self, names: list[str]) -> AsyncIterator[BuildEvent]:
-        async for event in self.inner.events(names):
-            with self.identity.build_log.open("a") as log:
-                log.write(event.line())
-            yield event
+        """The inner events; then a ``failed`` for every model the builder left without an outcome
+        (its process died first), so the other workers, which follow the log until every model is
+        settled, stop waiting and agree with this one."""
+        settled: set[str] = set()
+        try:
+            async for event in self.inner.events(names):
+                self._append(event)
+                if event.event in ("done", "failed"):
+                    settled.add(event.model)
+                yield event
+        except Exception as exc:  # the builder itself broke: what it did not settle fails below
+            log.error("the build source failed: %s", exc, exc_info=exc)
+        for name in names:
+            if name not in settled:
+                event = build_failed(name, RuntimeError("the build process ended before building this model"))
+                self._append(event)
+                yield event
+
+    def _append(self, event: BuildEvent) -> None:
+        with self.identity.build_log.open("a") as shared_log:
+            shared_log.write(event.line())
 
     def stop(self) -> None:
         self.inner.stop()

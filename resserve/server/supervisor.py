@@ -158,6 +158,25 @@ class Supervisor:
                     os.kill(process.pid, signal.SIGTERM)
         log.info("signal %d: passed to %d workers%s", sig, self.count, "" if self.signals == 1 else " (stop now)")
 
+    def _kill_hung(self, identity: WorkerIdentity) -> None:
+        """Kill a worker whose heartbeat stopped for ``worker_timeout_s`` (its event loop is stuck: it
+        cannot beat, nor take its heartbeat away as a loading or draining worker does); it is
+        restarted as a dead one is. Before, it stayed unready and was never restarted."""
+        timeout_s = self.settings.worker_timeout_s
+        now = time.time()
+        for index, process in enumerate(self.processes):
+            if process is None or process.exitcode is not None:
+                continue
+            try:
+                silent_s = now - identity.heartbeat(index).stat().st_mtime
+            except FileNotFoundError:
+                continue  # not ready on purpose (loading, draining): not hung
+            if silent_s > timeout_s:
+                log.error("worker %d (pid %s) stopped answering: no heartbeat for %.0f s (worker_timeout_s); "
+                          "killing it", index, process.pid, silent_s)
+                process.kill()
+                forget(identity, index)
+
     def _reap(self, identity: WorkerIdentity, port: int) -> int | None:
         """Restart the workers that died; an exit code for the server when it must stop."""
         from prometheus_client import multiprocess
@@ -204,6 +223,7 @@ class Supervisor:
             for index in range(self.count):
                 self._start(index, identity, port)
             while not self.stopping:
+                self._kill_hung(identity)
                 failed = self._reap(identity, port)
                 if failed is not None:
                     self._on_signal(signal.SIGTERM, None)

@@ -20,6 +20,8 @@ from resserve.server.workers import STALE_AFTER_S
 from tests.server_harness import jpeg, write_model
 
 TOKEN = "control-secret"
+# Longer than the SIGSTOP of the readiness test below lasts, short enough for the hung-worker test.
+WORKER_TIMEOUT_S = 15.0
 
 
 def make_repo(tmp_path: Path, model_onnx: Path) -> Path:
@@ -37,7 +39,8 @@ def make_repo(tmp_path: Path, model_onnx: Path) -> Path:
 def workers(model_onnx: Path, tmp_path: Path) -> Iterator:
     # The model is not built yet: worker 0 builds it, worker 1 loads it from worker 0's build log.
     with server_process(make_repo(tmp_path, model_onnx), "--workers", "2", log_dir=tmp_path, kill=True,
-                        env={"RESSERVE_CONTROL_TOKEN": TOKEN, "RESSERVE_LOG_FORMAT": "text"}) as server:
+                        env={"RESSERVE_CONTROL_TOKEN": TOKEN, "RESSERVE_LOG_FORMAT": "text",
+                             "RESSERVE_WORKER_TIMEOUT_S": str(WORKER_TIMEOUT_S)}) as server:
         yield server
 
 
@@ -121,6 +124,20 @@ def test_readiness_needs_every_worker_and_a_killed_one_comes_back(workers) -> No
     after = metric(workers.url, "resserve_http_requests_total", endpoint="classify", status="200")
     assert after == before + 5
     assert "exited with code -9; restarting it" in workers.output()
+
+
+def test_a_hung_worker_is_killed_and_restarted(workers) -> None:
+    """A worker whose event loop is stuck (here: stopped) is killed after worker_timeout_s and
+    restarted; before, it stayed unready for ever and the pod with it."""
+    assert wait_for(lambda: httpx.get(f"{workers.url}/v2/health/ready", timeout=5).status_code == 200)
+    hung = worker_pids(workers.process.pid)[1]
+    os.kill(hung, signal.SIGSTOP)
+    restarted = wait_for(lambda: len(p := worker_pids(workers.process.pid)) == 2 and hung not in p and p,
+                         timeout_s=WORKER_TIMEOUT_S + 30)
+    assert restarted, workers.output()
+    assert "stopped answering: no heartbeat for" in workers.output()
+    assert wait_for(lambda: httpx.get(f"{workers.url}/v2/health/ready", timeout=5).status_code == 200)
+    assert [classify(workers.url, seed) for seed in range(4)] == [200] * 4
 
 
 def test_repository_control_is_refused_with_workers(workers) -> None:

@@ -101,3 +101,18 @@ async def test_a_peer_waits_for_lines_still_being_written(identity: WorkerIdenti
     assert (await asyncio.wait_for(first, 5)).event == "done"
     with pytest.raises(StopAsyncIteration):
         await anext(events)  # every model settled: the peer stops following
+
+
+async def test_models_the_build_process_left_unsettled_fail_for_every_worker(identity: WorkerIdentity) -> None:
+    """The build child died after one step (issue 30): worker 1 used to follow the log for ever."""
+    shared = SharedBuilds(ListedBuilds([BuildEvent(model="a", event="step", message="building")]), identity)
+    seen = [(e.model, e.event) async for e in shared.events(["a", "b"])]
+    assert seen == [("a", "step"), ("a", "failed"), ("b", "failed")]
+    peer = PeerBuilds(identity.model_copy(update={"index": 1}), poll_s=0.01)
+    followed = await asyncio.wait_for(_collect(peer.events(["a", "b"])), 5)  # ends: every model settled
+    assert [(e.model, e.event) for e in followed] == seen
+    assert "the build process ended before building this model" in followed[-1].reason
+
+
+async def _collect(events: AsyncIterator[BuildEvent]) -> list[BuildEvent]:
+    return [event async for event in events]
