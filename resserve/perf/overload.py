@@ -36,13 +36,36 @@ class OverloadResult(BaseModel):
 
 
 def rss_mib(pid: int | None) -> float | None:
-    """Resident memory of a local process (Linux /proc), in MiB."""
+    """Resident memory of a local process and its descendants (Linux /proc), in MiB: with
+    ``--workers`` the server is the supervisor and its workers, and the supervisor alone holds
+    almost nothing."""
     if pid is None:
         return None
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return None
+    total, found = 0, False
+    for member in _process_tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:  # exited meanwhile
+            continue
+        for line in lines:
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+                found = True
+    return total / 1024 if found else None
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:
+                continue
+    return tree
 
 
 async def run_overload(url: str, payloads: list[Payload], *, factor: float = 3.0, duration_s: float = 10.0,
