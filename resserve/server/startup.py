@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
@@ -97,9 +99,15 @@ class BuildProcess:
         if code != 0:
             log.warning("the build process exited with code %d", code)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()  # builds stage in a temporary folder: nothing half-written stays
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM (the child removes its staging folder and exits), SIGKILL after ``grace_s`` if it
+        is inside a call that does not return (a kill leaves the staging folder to the next build)."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        if not _exits_within(process.pid, grace_s):  # asyncio's child watcher reaps it either way
+            process.kill()
 
 
 class SharedBuilds:
@@ -230,3 +238,16 @@ async def start_models(state: AppState, names: list[str], builds: BuildSource | 
         failed = list(lifecycle.unserved_failures())
         log.info("startup finished: %s ready%s", ", ".join(ready) or "no model",
                  f"; failed: {', '.join(failed)}" if failed else "")
+
+
+def _exits_within(pid: int, seconds: float) -> bool:
+    """Whether process ``pid`` (a child) has exited within ``seconds``, without reaping it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:
+            return True
+        time.sleep(0.05)
+    return False
