@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constra
 MODEL_REPO ?= model_repo
 DEFAULT_MODEL := $(MODEL_REPO)/resnet50/1/model.onnx
 
-.PHONY: install serve build test test-slow bench gpu-wheels gpu-check image-smoke k8s-validate clean
+.PHONY: install serve build test test-slow bench gpu-wheels gpu-check image-smoke k8s-validate lock clean
 
 $(BIN)/resserve: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,20 @@ gpu-check:
 # classify one image, SIGTERM it and require exit 0. Needs root (installs podman when missing).
 image-smoke: install
 	bash deploy/container/smoke.sh
+
+# The CPU runtime image's hashed lock file (its Dockerfile installs it with --require-hashes): the
+# runtime dependencies and the otlp extra, plus the build backend, at the versions this venv's
+# tests ran (pip freeze as constraints), for CPython 3.11 on x86_64 manylinux, hashes from PyPI.
+# Run it after changing pyproject.toml's dependencies; tests/integration/test_deploy.py checks that
+# every dependency is in it.
+RUNTIME_LOCK := deploy/container/requirements-cpu.lock
+lock: install
+	$(BIN)/pip install --quiet --disable-pip-version-check 'uv>=0.5'
+	constraints=$$(mktemp) && $(BIN)/pip freeze --exclude-editable | grep -v ' @ ' >$$constraints && \
+	printf 'setuptools>=68\nwheel\n' | $(BIN)/uv pip compile pyproject.toml - --extra otlp -c $$constraints \
+	  --generate-hashes --no-annotate --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --index-url https://pypi.org/simple --custom-compile-command 'make lock' -o $(RUNTIME_LOCK); \
+	  status=$$?; rm -f $$constraints; exit $$status
 
 # Render every kustomize overlay and validate it offline against the Kubernetes schemas (KServe's
 # objects against KServe's CRD schemas, deploy/kserve/schemas).

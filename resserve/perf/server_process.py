@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,16 +30,18 @@ def free_port() -> int:
 
 
 def wait_until_ready(base_url: str, alive: Callable[[], bool], timeout_s: float,
-                     output: Callable[[], str] = lambda: "", path: str = READY_PATH, poll_s: float = 0.1) -> None:
+                     output: Callable[[], str] = lambda: "", path: str = READY_PATH, poll_s: float = 0.1,
+                     headers: Mapping[str, str] | None = None) -> None:
     """Poll ``path`` of a server until it answers 200: a subprocess (``alive``: ``lambda:
     process.poll() is None``) or a server in a thread (``thread.is_alive``). RuntimeError, with
-    ``output()`` (its log), once ``alive()`` is false or ``timeout_s`` has passed."""
+    ``output()`` (its log), once ``alive()`` is false or ``timeout_s`` has passed. ``headers``: a
+    key, where health needs one."""
     deadline = time.monotonic() + timeout_s
     while True:
         if not alive():
             raise RuntimeError(f"server stopped before it was ready:\n{output()}")
         try:
-            if httpx.get(f"{base_url}{path}", timeout=1).status_code == 200:
+            if httpx.get(f"{base_url}{path}", timeout=1, headers=headers).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -91,7 +93,8 @@ def serve_command(model_repo: Path, port: int, *extra: str, log_level: str | Non
 def server_process(model_repo: Path | None, *extra: str, log_dir: Path | None = None,
                    env: dict[str, str] | None = None, ready_timeout_s: float = 120.0,
                    command: Sequence[str] | None = None, ready_path: str = READY_PATH,
-                   kill: bool = False, log_level: str | None = None) -> Iterator[ServerProcess]:
+                   kill: bool = False, log_level: str | None = None,
+                   ready_headers: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
     """Run ``resserve serve`` (or ``command``, formatted with ``{port}``) until the block ends.
 
     The log goes to a file, not a pipe: a pipe nobody reads fills up and blocks the server.
@@ -112,7 +115,8 @@ def server_process(model_repo: Path | None, *extra: str, log_dir: Path | None = 
                                    env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     running = ServerProcess(process, f"http://127.0.0.1:{port}", log)
     try:
-        wait_until_ready(running.url, running.alive, ready_timeout_s, running.report, ready_path)
+        wait_until_ready(running.url, running.alive, ready_timeout_s, running.report, ready_path,
+                         headers=ready_headers)
         yield running
     finally:
         if kill and process.poll() is None:

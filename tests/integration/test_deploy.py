@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +291,29 @@ def test_runtime_image_runs_the_server_as_non_root_with_a_readiness_healthcheck(
     text = (ROOT / "Dockerfile").read_text()
     runtime = text[text.index("AS runtime"):]
     assert re.search(r"^USER 10001", runtime, re.M)
-    assert "/v2/health/ready" in runtime[runtime.index("HEALTHCHECK"):]
+    # stdlib-only readiness that sends a configured key and asks the metrics port when set
+    assert 'CMD ["python3", "-m", "resserve.healthcheck"]' in runtime[runtime.index("HEALTHCHECK"):]
     assert f"EXPOSE {ServerSettings().port}" in runtime
     assert 'ENTRYPOINT ["resserve", "serve"]' in runtime
     assert "torch" not in runtime.split("COPY --from=install")[0]  # nothing installed into the runtime base
+
+
+def test_runtime_lock_is_hashed_and_covers_every_dependency() -> None:
+    """The CPU image installs deploy/container/requirements-cpu.lock with --require-hashes and
+    --no-deps: a dependency missing from it would be missing from the image (make lock)."""
+    lock = (ROOT / "deploy/container/requirements-cpu.lock").read_text()
+    pins: dict[str, str] = {}
+    for block in re.split(r"\n(?=[a-z0-9])", lock.split("make lock", 1)[1].strip()):
+        name, _, rest = block.partition("==")
+        assert "--hash=sha256:" in rest, f"{name} has no hash"
+        pins[re.sub(r"[-_.]+", "-", name.strip().lower())] = rest.split()[0]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["otlp"], "setuptools", "wheel"]
+    for requirement in wanted:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower())
+        assert name in pins, f"{name} (pyproject.toml) is not in the lock: run make lock"
+    assert "torch" not in pins  # the runtime image carries no torch
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install --require-hashes --no-deps -r requirements-cpu.lock" in dockerfile
+    assert re.search(r"^ARG BASE_IMAGE=\S+@sha256:[0-9a-f]{64}$", dockerfile, re.M)  # the base by digest
+

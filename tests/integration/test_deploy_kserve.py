@@ -100,7 +100,19 @@ def test_runtimes_run_what_the_server_accepts(tmp_path: Path) -> None:
         assert args["--port"] == "8080" and args["--host"] == "0.0.0.0"
         env = {e["name"]: e["value"] for e in container["env"]}
         assert set(env) <= fields, set(env) - fields
+        # The API keys come from the Secret resserve-api-keys, mounted where the setting reads them.
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        keys_dir, keys_file = env["RESSERVE_API_KEYS_FILE"].rsplit("/", 1)
+        assert mounts[keys_dir]["readOnly"] is True
+        secret = volumes[mounts[keys_dir]["name"]]["secret"]
+        assert secret["secretName"] == "resserve-api-keys" and secret["items"] == [{"key": "api-keys", "path": keys_file}]
+        assert not secret.get("optional", False)  # no Secret, no pod: it never serves without keys
+        keys = tmp_path / "api-keys"
+        keys.write_text("a-key\n")
+        env["RESSERVE_API_KEYS_FILE"] = str(keys)
         settings = ServerSettings(**{k.removeprefix("RESSERVE_").lower(): v for k, v in env.items()})
+        assert settings.api_keys == ["a-key"]
         assert settings.grpc_port == 9000
         limit = int(container["resources"]["limits"]["memory"].removesuffix("Gi")) << 30
         check(plan(settings, 1, settings.preprocess_threads or 0, 300 << 20, limit, "the pod's limit"), settings)
