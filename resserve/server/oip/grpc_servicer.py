@@ -178,8 +178,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
         with pipeline.request(request.model_name, request.model_version or None, "grpc", found=found) as ticket:
             served = ticket.served
-            # Framing BYTES and converting typed contents is CPU work: off the event loop.
-            parsed = await asyncio.to_thread(decode_request, request, max_images=pipeline.max_images(served))
+            # The model's places for what the inputs declare, before any is decoded; then framing
+            # BYTES and converting typed contents, CPU work, off the event loop on the parse slots.
+            pipeline.reserve(ticket, sum(oip.declared_images(tensor.datatype, tensor.shape)
+                                         for tensor in request.inputs[:oip.DEFAULT_MAX_INPUTS + 1]))
+            parsed = await pipeline.parse(decode_request, request, max_images=pipeline.max_images(served))
             requested = requested_outputs(served, parsed)
             outputs = await run_request(pipeline, ticket, parsed, deadline_ms)
         results = output_tensors(pipeline, served, requested, outputs)

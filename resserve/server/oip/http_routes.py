@@ -8,7 +8,6 @@ classification extension (``parameters: {classification: k}``) the top-k as
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -113,11 +112,6 @@ async def model_config(request: Request, name: str, version: str | None = None) 
     return _json(config)
 
 
-def _parse(body: bytes, header_length: int | None, max_images: int) -> oip.InferRequest:
-    """Decode a request (runs in a worker thread: JSON, base64 and framing are CPU work)."""
-    return oip.parse_infer_request(body, header_length, max_images=max_images)
-
-
 @router.post("/v2/models/{name}/infer", openapi_extra=OPENAPI_INFER)
 @router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=OPENAPI_INFER)
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
@@ -135,8 +129,11 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         header_length = framing[0]
         with pipeline.tracing.span("read"):
             raw = await read_body(request, state.settings.max_decompressed_bytes)
-        parsed = await asyncio.to_thread(_parse, raw, header_length, pipeline.max_images(served))
-        del raw  # the parsed request holds what it needs (binary tensors are views of it)
+        # JSON, base64 and framing are CPU work: off the event loop, on the pipeline's parse slots.
+        header = await pipeline.parse(oip.read_infer_header, raw, header_length, max_images=pipeline.max_images(served))
+        pipeline.reserve(ticket, header.images)  # the model's places, before any element is converted
+        parsed = await pipeline.parse(oip.decode_inputs, header)
+        del raw, header  # the parsed request holds what it needs (binary tensors are views of it)
         requested = requested_outputs(served, parsed)
         async with CancelOnDisconnect(request.receive):
             outputs = await run_request(pipeline, ticket, parsed)

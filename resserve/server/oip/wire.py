@@ -116,6 +116,21 @@ def parse_header_length(value: str | None) -> int | None:
         raise InvalidRequestError(f"{HEADER_LENGTH} must be an integer, got {value!r}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class InferHeader:
+    """A request whose JSON header is read and checked and whose inputs are not yet decoded:
+    ``images`` is what they declare, so admission can take its places before any element is
+    converted (:func:`read_infer_header`, then :func:`decode_inputs`)."""
+
+    id: str | None
+    specs: list[_InputSpec]
+    outputs: list[RequestedOutput]
+    binary_output: bool
+    parameters: dict[str, Any]
+    binary: memoryview
+    images: int
+
+
 def parse_infer_request(
     body: bytes,
     header_length: int | None,
@@ -124,7 +139,21 @@ def parse_infer_request(
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     max_images: int | None = None,
 ) -> InferRequest:
-    """Decode an infer request body; InvalidRequestError says exactly what is wrong.
+    """Decode an infer request body; InvalidRequestError says exactly what is wrong."""
+    return decode_inputs(read_infer_header(body, header_length, max_inputs=max_inputs, max_elements=max_elements,
+                                           max_images=max_images))
+
+
+def read_infer_header(
+    body: bytes,
+    header_length: int | None,
+    *,
+    max_inputs: int = DEFAULT_MAX_INPUTS,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_images: int | None = None,
+) -> InferHeader:
+    """Read and check a request's JSON header: every input's name, datatype, shape and size, the
+    outputs, and the binary framing. Nothing is decoded yet.
 
     ``max_images`` caps the images of an input: the elements of a BYTES input (encoded images,
     each of which costs a decode), the first (batch) dimension of a numeric one. Checked on the
@@ -176,17 +205,33 @@ def parse_infer_request(
     if sum(sizes) != len(binary):
         msg = f"inputs declare {sum(sizes)} bytes of binary data (binary_data_size), body has {len(binary)}"
         raise InvalidRequestError(msg)
+    return InferHeader(request_id, specs, outputs, binary_output, parameters, binary,
+                       sum(_images(spec) for spec in specs))
 
+
+def decode_inputs(header: InferHeader) -> InferRequest:
+    """The inputs of a checked header as arrays (or encoded images): base64, framing, conversion."""
     inputs: list[InputTensor] = []
     offset = 0
-    for spec in specs:
+    for spec in header.specs:
         if spec.binary_size is None:
             data = _decode_json(spec)
         else:
-            data = _decode_binary(spec, binary[offset : offset + spec.binary_size])
+            data = _decode_binary(spec, header.binary[offset : offset + spec.binary_size])
             offset += spec.binary_size
         inputs.append(InputTensor(spec.name, spec.datatype, spec.shape, data))
-    return InferRequest(request_id, inputs, outputs, binary_output, parameters)
+    return InferRequest(header.id, inputs, header.outputs, header.binary_output, header.parameters)
+
+
+def declared_images(datatype: str, shape: Sequence[int]) -> int:
+    """The images an input declares (BYTES: its elements; a tensor: its first dimension), from its
+    shape alone; 0 for a shape that decoding refuses anyway (too many dimensions, a negative or
+    huge one), so the caller's error comes from the decoder."""
+    if len(shape) > MAX_RANK or any(d < 0 or d > MAX_DIMENSION for d in shape):
+        return 0
+    if datatype == BYTES:
+        return math.prod(shape)
+    return shape[0] if shape else 1
 
 
 def decode_tensor(name: str, datatype: str, shape: Sequence[int], *, raw: bytes | None = None,

@@ -47,6 +47,8 @@ def server(model_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     write_model(repo, "tiny_queue", model_onnx, max_batch_size=1, fault_injection=HANG,
                 dynamic_batching={"max_queue_delay_ms": 0, "max_queue_size": 1})
     write_model(repo, "slow", model_onnx, max_batch_size=1, fault_injection=HANG)
+    write_model(repo, "tiny_room", model_onnx, max_batch_size=1, fault_injection=HANG,
+                dynamic_batching={"max_queue_delay_ms": 0, "max_queue_size": 3})  # 4 places, 3 a request
     write_model(repo, "flaky", model_onnx, fault_injection={"fail_every_n_batches": 1})
     settings = ServerSettings(model_repo=repo, grpc_port=free_port(), max_images_per_request=4,
                               control_token=TOKEN, max_body_bytes=4 * 1024 * 1024)
@@ -154,6 +156,37 @@ def test_errors_map_to_grpc_codes(server: RunningServer) -> None:
     assert client.is_server_live()
 
 
+def test_places_are_taken_for_the_declared_rows_before_the_tensor_is_decoded(
+        server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call whose declared rows do not fit the model's room now is RESOURCE_EXHAUSTED before its
+    contents are decoded (issue 30), though admission let it in (one place was free)."""
+    from resserve.server.oip import grpc_servicer
+
+    decoded: list[str] = []
+    decode = grpc_servicer.decode_request
+    monkeypatch.setattr(grpc_servicer, "decode_request",
+                        lambda request, **kwargs: decoded.append(request.model_name) or decode(request, **kwargs))
+
+    def rows(count: int) -> service_pb2.ModelInferRequest:
+        request = service_pb2.ModelInferRequest(model_name="tiny_room")
+        request.inputs.add(name="input", datatype="FP32", shape=[count, 3, 224, 224])
+        request.raw_input_contents.append(np.zeros((count, 3, 224, 224), np.float32).tobytes())
+        return request
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        held = [stub.ModelInfer.future(rows(1), timeout=60) for _ in range(2)]  # one running 1.5 s, one queued
+        deadline = time.monotonic() + 10
+        while len(decoded) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert decoded == ["tiny_room"] * 2
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(rows(3), timeout=30)  # 2 + 3 > 4 places
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue full" in refused.value.details()
+        assert decoded == ["tiny_room"] * 2  # refused on the declared shape, never decoded
+        assert all(call.result().outputs for call in held)
+
+
 def test_a_full_queue_is_resource_exhausted_with_a_retry_hint(server: RunningServer) -> None:
     request = service_pb2.ModelInferRequest(model_name="tiny_queue")
     request.inputs.add(name="image", datatype="BYTES", shape=[1])
@@ -203,7 +236,7 @@ def test_repository_extension_needs_the_control_token(server: RunningServer) -> 
     assert _code(refused.value) == "StatusCode.UNAUTHENTICATED"
     headers = {"authorization": f"Bearer {TOKEN}"}
     index = client.get_model_repository_index(headers=headers)
-    assert {m.name: m.state for m in index.models} == dict.fromkeys(("flaky", "slow", "tiny", "tiny_queue"), "READY")
+    assert {m.name: m.state for m in index.models} == dict.fromkeys(("flaky", "slow", "tiny", "tiny_queue", "tiny_room"), "READY")
     client.unload_model("tiny_queue", headers=headers)
     assert not client.is_model_ready("tiny_queue")
     client.load_model("tiny_queue", headers=headers)

@@ -223,6 +223,37 @@ def test_deadline_counts_from_arrival(server: RunningServer) -> None:
     worker.join(30)
 
 
+def test_a_tensor_without_room_is_refused_before_its_numbers_are_converted(
+        server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's places are taken for what a request's header declares, before any element is
+    converted (issue 30: a JSON tensor was parsed, every number turned into an array, and only
+    then refused 503 for want of room)."""
+    from resserve.server.oip import wire
+
+    converted: list[str] = []
+    convert = wire._decode_json
+    monkeypatch.setattr(wire, "_decode_json", lambda spec: converted.append(spec.name) or convert(spec))
+    dequeued = server.metric("resserve_batcher_queue_wait_seconds_count", {"model": "slow", "version": "1"})
+    send = lambda seed: httpx.post(f"{server.url}/v2/models/slow/classify", content=jpeg(seed=seed),  # noqa: E731
+                                   headers={"content-type": "image/jpeg"}, timeout=30)
+    workers = [threading.Thread(target=send, args=(seed,)) for seed in (1, 2)]
+    workers[0].start()  # in the engine for 1.5 s ...
+    assert _wait(lambda: server.metric("resserve_batcher_queue_wait_seconds_count",
+                                       {"model": "slow", "version": "1"}) > dequeued)
+    workers[1].start()  # ... and one queued behind it: 2 of the model's 9 places (8 queued + 1 batch)
+    assert _wait(lambda: _queue_depth(server) == 1)
+    rows = {"inputs": [{"name": "input", "shape": [8, 3, 224, 224], "datatype": "FP32",
+                        "data": [0] * (8 * 3 * 224 * 224)}]}
+    r = infer(server, "slow", orjson.dumps(rows))
+    assert r.status_code == 503 and "queue full" in r.json()["error"] and r.headers["retry-after"]
+    assert converted == []  # refused on the declared shape: no number was converted
+    for worker in workers:
+        worker.join(30)
+    one = {"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [0] * (3 * 224 * 224)}]}
+    assert infer(server, "r18", orjson.dumps(one)).status_code == 200
+    assert converted == ["input"]  # with room, the same path converts and serves
+
+
 def test_server_stays_live_during_a_large_parse(server: RunningServer) -> None:
     """A 4 MiB JSON body of numbers parses in a worker thread; liveness answers meanwhile."""
     data = np.zeros(3 * 224 * 224 * 4).tolist()

@@ -122,3 +122,35 @@ async def test_the_deadline_bounds_each_images_wait_and_decode(pipeline: Request
                                                                                  match="before the image"):
         await pipeline.run_images(ticket, [b"d"], timeout_ms=500)  # arrived 1 s ago: past before any decode
     assert decoded == [1]
+
+
+async def test_parsing_takes_at_most_threads_workers_and_leaves_the_rest(pipeline: RequestPipeline) -> None:
+    """Costly bodies parse at most ``threads`` at once (issue 30: six 40,000-output bodies held
+    asyncio's default executor and another client's infer waited 47 s); what else runs on that
+    executor (model loads, inflating) still gets a thread meanwhile."""
+    import asyncio
+    import threading
+
+    release = threading.Event()
+    running: list[int] = []
+    most = 0
+
+    def costly_parse(i: int) -> int:
+        nonlocal most
+        running.append(i)
+        most = max(most, len(running))
+        release.wait(5.0)
+        running.remove(i)
+        return i
+
+    parses = [asyncio.create_task(pipeline.parse(costly_parse, i)) for i in range(4)]
+    for _ in range(100):
+        if running:
+            break
+        await asyncio.sleep(0.01)
+    assert await asyncio.wait_for(asyncio.to_thread(lambda: "loaded"), 2.0) == "loaded"
+    assert len(running) == pipeline.threads == 1  # the other three wait for a slot, not a thread
+    release.set()
+    assert await asyncio.gather(*parses) == [0, 1, 2, 3]
+    assert most == 1
+
