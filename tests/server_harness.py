@@ -7,10 +7,10 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 import yaml
@@ -108,3 +108,18 @@ def encode(image: Image.Image, fmt: str, **params: Any) -> bytes:
 
 def jpeg(width: int = 320, height: int = 240, seed: int = 0) -> bytes:
     return synthetic_jpegs(1, ((width, height),), seed)[0]
+
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float = 10.0, every_s: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something true or ``timeout_s`` has passed: its last
+    value (assert on it, so a failure shows what was seen)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every_s)
+

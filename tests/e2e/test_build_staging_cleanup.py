@@ -8,27 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from resserve.perf.server_process import free_port
+from tests.server_harness import wait_for
 
 pytest.importorskip("torch", reason="a build from PyTorch weights (the export extra) takes long enough to stop")
 
 
 def staging(folder: Path) -> list[Path]:
     return sorted(folder.glob(".big-build-*"))
-
-
-def wait_for(condition, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["server-stopped", "server-killed"])

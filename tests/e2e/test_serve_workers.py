@@ -8,7 +8,6 @@ import asyncio
 import os
 import re
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from resserve.perf.server_process import server_process
 from resserve.server.workers import STALE_AFTER_S
 from tests.server_harness import jpeg, write_model
+from tests.server_harness import wait_for as harness_wait_for
 
 TOKEN = "control-secret"
 # Longer than the SIGSTOP of the readiness test below lasts, short enough for the hung-worker test.
@@ -49,13 +49,9 @@ def worker_pids(supervisor: int) -> list[int]:
     return [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
 
 
-def wait_for(predicate, timeout_s: float = 60.0, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every_s)
+def wait_for(predicate, timeout_s: float = 60.0, every_s: float = 0.2):  # type: ignore[no-untyped-def]
+    """Workers start in seconds: a longer default wait, polled less often."""
+    return harness_wait_for(predicate, timeout_s, every_s)
 
 
 def probe(url: str) -> httpx.Response | None:

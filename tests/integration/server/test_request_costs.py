@@ -8,7 +8,6 @@ import json
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from PIL import Image
 
 from resserve.config import ServerSettings
-from tests.server_harness import RunningServer, encode, jpeg, serve_in_thread, write_model
+from tests.server_harness import RunningServer, encode, jpeg, serve_in_thread, wait_for, write_model
 
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a test dependency")
 from tritonclient.utils import InferenceServerException
@@ -166,15 +165,6 @@ def _queue_depth(server: RunningServer) -> float:
     return server.metric("resserve_batcher_queue_depth", {"model": "slow", "version": "1"})
 
 
-def _wait(condition, timeout_s: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_a_disconnected_client_is_cancelled_and_its_entry_skipped(server: RunningServer) -> None:
     """uvicorn does not cancel handlers; the pipeline watches http.disconnect itself."""
     batches = {"model": "slow", "version": "1"}
@@ -188,21 +178,21 @@ def test_a_disconnected_client_is_cancelled_and_its_entry_skipped(server: Runnin
         timeout=30).status_code))
     worker.start()
     # Taken off the queue into a batch: the first request is in the engine now, sleeping.
-    assert _wait(lambda: server.metric("resserve_batcher_queue_wait_seconds_count", batches) > dequeued)
+    assert wait_for(lambda: server.metric("resserve_batcher_queue_wait_seconds_count", batches) > dequeued)
     body = jpeg(seed=5)
     host, port = server.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=5)
     sock.sendall(b"POST /v2/models/slow/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-    assert _wait(lambda: _queue_depth(server) == 1), "the second request never queued"
+    assert wait_for(lambda: _queue_depth(server) == 1), "the second request never queued"
     sock.close()
-    assert _wait(lambda: _queue_depth(server) == 0, timeout_s=1.0), "the dead entry stayed in the queue"
-    assert _wait(lambda: server.metric("resserve_http_requests_total", {
+    assert wait_for(lambda: _queue_depth(server) == 0, timeout_s=1.0), "the dead entry stayed in the queue"
+    assert wait_for(lambda: server.metric("resserve_http_requests_total", {
         "model": "slow", "endpoint": "classify", "status": "499"}) == before_499 + 1)
     worker.join(30)
     assert first == [200]
     # Nothing in flight and nothing queued: no batch can still be on its way.
-    assert _wait(lambda: server.metric("resserve_http_in_flight_requests") == 0 and _queue_depth(server) == 0)
+    assert wait_for(lambda: server.metric("resserve_http_in_flight_requests") == 0 and _queue_depth(server) == 0)
     # Only the first request's batch ran: the engine never saw the abandoned one.
     assert server.metric("resserve_batcher_batch_size_count", batches) == before_batches + 1
 
@@ -214,7 +204,7 @@ def test_deadline_counts_from_arrival(server: RunningServer) -> None:
         f"{server.url}/v2/models/slow/classify", content=jpeg(), headers={"content-type": "image/jpeg"}, timeout=30))
     worker.start()
     # The first request's batch is running (1.5 s) before the second arrives.
-    assert _wait(lambda: server.metric("resserve_batcher_queue_wait_seconds_count",
+    assert wait_for(lambda: server.metric("resserve_batcher_queue_wait_seconds_count",
                                        {"model": "slow", "version": "1"}) > dequeued)
     r = httpx.post(f"{server.url}/v2/models/slow/classify?timeout_ms=300", content=jpeg(seed=2),
                    headers={"content-type": "image/jpeg"}, timeout=30)
@@ -238,10 +228,10 @@ def test_a_tensor_without_room_is_refused_before_its_numbers_are_converted(
                                    headers={"content-type": "image/jpeg"}, timeout=30)
     workers = [threading.Thread(target=send, args=(seed,)) for seed in (1, 2)]
     workers[0].start()  # in the engine for 1.5 s ...
-    assert _wait(lambda: server.metric("resserve_batcher_queue_wait_seconds_count",
+    assert wait_for(lambda: server.metric("resserve_batcher_queue_wait_seconds_count",
                                        {"model": "slow", "version": "1"}) > dequeued)
     workers[1].start()  # ... and one queued behind it: 2 of the model's 9 places (8 queued + 1 batch)
-    assert _wait(lambda: _queue_depth(server) == 1)
+    assert wait_for(lambda: _queue_depth(server) == 1)
     rows = {"inputs": [{"name": "input", "shape": [8, 3, 224, 224], "datatype": "FP32",
                         "data": [0] * (8 * 3 * 224 * 224)}]}
     r = infer(server, "slow", orjson.dumps(rows))
@@ -289,7 +279,7 @@ def test_slow_uploads_hold_no_places_and_end_in_408(strict_server: RunningServer
     before = strict_server.metric("resserve_http_in_flight_requests")
     slow = [_slow_upload(url, "/v2/models/tiny/classify", 100_000) for _ in range(4)]
     # All four are being read (headers parsed, bodies trickling) before the normal request comes.
-    assert _wait(lambda: strict_server.metric("resserve_http_in_flight_requests") >= before + 4)
+    assert wait_for(lambda: strict_server.metric("resserve_http_in_flight_requests") >= before + 4)
     r = httpx.post(f"{url}/v2/models/tiny/classify", content=jpeg(), headers={"content-type": "image/jpeg"},
                    timeout=30)
     assert r.status_code == 200, r.text
@@ -305,9 +295,9 @@ def test_a_client_gone_mid_upload_is_499_not_500(strict_server: RunningServer, c
     before = strict_server.metric("resserve_http_requests_total", labels)
     in_flight = strict_server.metric("resserve_http_in_flight_requests")
     sock = _slow_upload(strict_server.url, "/v2/models/tiny/infer", 50_000)
-    assert _wait(lambda: strict_server.metric("resserve_http_in_flight_requests") > in_flight)  # being read
+    assert wait_for(lambda: strict_server.metric("resserve_http_in_flight_requests") > in_flight)  # being read
     sock.close()
-    assert _wait(lambda: strict_server.metric("resserve_http_requests_total", labels) == before + 1)
+    assert wait_for(lambda: strict_server.metric("resserve_http_requests_total", labels) == before + 1)
     assert strict_server.metric("resserve_http_requests_total",
                                 {"model": "tiny", "endpoint": "infer", "status": "500"}) == 0
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
