@@ -103,8 +103,8 @@ class BuildPipeline:
             return target
         content_hash = self.content_hash(config)
         remove_stale_staging(self.root / name, name)
+        variant = resolve_variant(config)  # a config error leaves no staging folder behind
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-build-{os.getpid()}-", dir=self.root / name))
-        variant = resolve_variant(config)
         try:
             say(f"{name}: building {config.source.arch or config.source.onnx} (folded fp32 reference) -> {target}")
             fell_back = self._build_reference(config, staging, with_weights=engine_spec(variant.engine).runs_source_weights)

@@ -37,8 +37,8 @@ def test_sigterm_ends_a_build_through_python_so_its_cleanup_runs(tmp_path: Path)
         "from pathlib import Path\n"
         "from resserve.builder.event_stream import stop_on_sigterm\n"
         "stop_on_sigterm()\n"
-        "print('building', flush=True)\n"
         "try:\n"
+        "    print('building', flush=True)  # inside the try: the signal may come the moment it is read\n"
         "    time.sleep(60)\n"
         "finally:\n"
         f"    Path({str(marker)!r}).write_text('yes')  # where the build removes its staging folder\n")],
