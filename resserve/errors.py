@@ -76,7 +76,7 @@ class ConflictError(ResserveError):
 
 
 class InvalidRequestError(ResserveError):
-    """A request is malformed or has bad parameters (HTTP 422)."""
+    """A request is malformed or has bad parameters (HTTP 400, gRPC INVALID_ARGUMENT)."""
 
 
 class InvalidImageError(ResserveError):

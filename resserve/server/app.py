@@ -138,6 +138,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     # statistics first: /v2/models/stats would otherwise be model "stats"'s metadata.
     for module in (health, classify, statistics_route, oip_routes, control):
         app.include_router(module.router)
+    app.include_router(control.index_router)
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,

@@ -27,7 +27,7 @@ STATUS: dict[type[errors.ResserveError], int] = {
     errors.ClientDisconnectedError: 499,
     errors.RequestTimeoutError: 408,
     errors.UnsupportedMediaTypeError: 415,
-    errors.InvalidRequestError: 422,
+    errors.InvalidRequestError: 400,
     errors.ConfigError: 422,
     errors.EngineError: 500,
     errors.ModelNotReadyError: 503,
@@ -64,14 +64,16 @@ def response_for(exc: BaseException) -> Response:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Route every error through :func:`response_for`; FastAPI's own errors keep their status."""
+    """Route every error through :func:`response_for`; FastAPI's parameter validation answers 400
+    like every other malformed request (Triton's and KServe's clients, and gateways' retry rules,
+    read 400 as "the request is wrong")."""
 
     async def on_resserve_error(_request: Request, exc: Exception) -> Response:
         return response_for(exc)
 
     async def on_validation_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return error_response(422, validation_problems(exc.errors()))
+        return error_response(400, validation_problems(exc.errors()))  # a bad request, as InvalidRequestError
 
     async def on_http_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

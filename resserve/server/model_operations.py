@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from resserve.errors import ConflictError, EngineError, ModelNotFoundError, ResserveError
+from resserve.errors import ConflictError, EngineError, InvalidRequestError, ModelNotFoundError, ResserveError
 from resserve.redact import failure_reason
 from resserve.server.app_state import AppState
 from resserve.serving.lifecycle import unavailable_entry
@@ -78,10 +78,11 @@ def model_statistics(state: AppState, name: str | None = None, version: str | No
     loaded = sorted(state.manager.loaded(), key=lambda m: m.name)
     if name:
         loaded = [m for m in loaded if m.name == name]
-        if not loaded:
+        if not loaded:  # Triton's words; a client's mistake, 400 as Triton answers
             known = state.repository.has(name)
-            raise ModelNotFoundError(f"model {name!r} is not loaded" if known else f"unknown model {name!r}")
+            raise InvalidRequestError(f"requested model '{name}' is not available"
+                                      + (" (it is not loaded)" if known else ""))
         if version and loaded[0].version != version:
-            raise ModelNotFoundError(f"model {name!r} has no loaded version {version!r} "
-                                     f"(serving {loaded[0].version})")
+            raise InvalidRequestError(f"requested model version is not available for model '{name}' "
+                                      f"(version {version} asked, {loaded[0].version} served)")
     return {"model_stats": [m.statistics.as_dict() for m in loaded]}

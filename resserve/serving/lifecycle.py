@@ -116,17 +116,20 @@ class Lifecycle:
         unknown version, 503 with Retry-After and what the model is doing while it is not serving."""
         current = self.current(name)
         if current is None:
-            raise ModelNotFoundError(f"unknown model {name!r}")
+            raise ModelNotFoundError(f"Request for unknown model: '{name}' is not found")
         # Pending, building, or failed before a version was known: whichever version is asked
         # for, the model is not ready yet (503 with Retry-After), not unknown (404).
         if version is not None and version != current.version and current.version != UNKNOWN_VERSION:
             record = self._records.get(name, {}).get(version)
             if record is None or record.phase not in ("LOADING", "READY"):
                 serving = f" (serving {current.version})" if current.phase == "READY" else ""
-                raise ModelNotFoundError(f"model {name!r} has no loaded version {version!r}{serving}")
+                raise ModelNotFoundError(f"Request for unknown model: '{name}' version {version} is not found"
+                                         f"{serving}")
             current = record
         if current.phase != "READY" or current.served is None:
-            raise ModelNotReadyError(f"model {name!r} is {current.describe()}",
+            which = "has no available versions" if current.version == UNKNOWN_VERSION \
+                else f"version {current.version} is not at ready state"
+            raise ModelNotReadyError(f"Request for unknown model: '{name}' {which}: it is {current.describe()}",
                                      retry_after_s=RETRY_AFTER_S.get(current.phase, 5.0))
         if not current.served.engine_healthy:
             raise current.served.watchdog.not_answering()

@@ -124,8 +124,9 @@ class ModelManager:
         """The served model, or ModelNotFoundError / ModelNotReadyError."""
         if self.lifecycle.current(name) is None:
             if self.repository.has(name):
-                raise ModelNotReadyError(f"model {name!r} is not loaded")
-            raise ModelNotFoundError(f"unknown model {name!r}")
+                raise ModelNotReadyError(f"Request for unknown model: '{name}' has no available versions "
+                                         "(it is not loaded)")
+            raise ModelNotFoundError(f"Request for unknown model: '{name}' is not found")
         return self.lifecycle.served(name, version)
 
     def successor(self, served: ServedModel) -> ServedModel | None:

@@ -65,14 +65,14 @@ def test_limits_and_abuse(repo: Path, tmp_path: Path) -> None:
         many = httpx.post(f"{url}/v2/models/r18/classify", files=files, timeout=30)
         assert many.status_code == 413 and "at most 4 parts (max_multipart_files)" in many.json()["error"]
 
-        # NaN in a binary OIP tensor: 422, not NaN scores.
+        # NaN in a binary OIP tensor: 400, not NaN scores.
         x = np.zeros((1, 3, 224, 224), np.float32)
         x[0, 0, 0, 0] = np.nan
         header = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
                                          "parameters": {"binary_data_size": x.nbytes}}]}).encode()
         nan = httpx.post(f"{url}/v2/models/r18/infer", content=header + x.tobytes(),
                          headers={"Inference-Header-Content-Length": str(len(header))}, timeout=30)
-        assert nan.status_code == 422 and "must be finite" in nan.json()["error"]
+        assert nan.status_code == 400 and "must be finite" in nan.json()["error"]
 
         # Path tricks in model names and versions never reach the file system.
         for path in ("/v2/models/..%2F..%2Fetc%2Fpasswd/classify", "/v2/models/r18/versions/..%2F1/classify",

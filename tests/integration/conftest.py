@@ -8,6 +8,7 @@ import pytest
 
 from resserve.builder.export import ExportReport, export_onnx
 from resserve.models.weights import LoadedModel, load_model
+from tests.model_repo_fixtures import tiny_classifier
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +25,9 @@ def resnet18_onnx(resnet18_random: LoadedModel, tmp_path_factory: pytest.TempPat
 def model_onnx(resnet18_onnx: ExportReport) -> Path:
     """The exported ResNet-18 file that server tests use as their models' source."""
     return resnet18_onnx.path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny real classifier (Conv, BatchNorm, Gemm; 10 classes): the file builds and runs in milliseconds."""
+    return tiny_classifier(tmp_path_factory.mktemp("tiny") / "tiny.onnx")

@@ -2,8 +2,9 @@
 scan and a hash, before any route runs and before a byte of the body is read.
 
 Which kind of endpoint a path is decides what it needs (:mod:`resserve.server.access_policy`): the
-health probes, ``/metrics``, repository control under ``/v2/repository/``, and inference (every
-other path, so a route added later is covered without anyone remembering to).
+health probes, ``/metrics``, repository control under ``/v2/repository/`` (load and unload; the
+read-only index is inference), and inference (every other path, so a route added later is covered
+without anyone remembering to).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from resserve.server.error_responses import response_for
 HEALTH_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 METRICS_PATH = "/metrics"
 CONTROL_PREFIX = "/v2/repository/"
+# The index only reads: it needs what inference needs (a key where keys are set), not control.
+INDEX_PATH = "/v2/repository/index"
 
 
 def route_path(scope: Scope) -> str:
@@ -35,7 +38,7 @@ def endpoint_of(path: str) -> Endpoint:
         return "health"
     if path == METRICS_PATH:
         return "metrics"
-    if path.startswith(CONTROL_PREFIX):
+    if path.startswith(CONTROL_PREFIX) and path != INDEX_PATH:
         return "control"
     return "inference"
 

@@ -22,7 +22,8 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 # Open as HTTP's /v2/health/* are (unless auth_health); ModelReady, like HTTP's per-model ready,
 # says which models exist, so it needs a key where keys are set.
 HEALTH_METHODS = frozenset({"ServerLive", "ServerReady"})
-REPOSITORY_METHODS = frozenset({"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})
+# Load and unload change what is served; RepositoryIndex only reads (inference's rules, as HTTP's index).
+REPOSITORY_METHODS = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})
 
 
 def endpoint_of(full_method: str) -> Endpoint:

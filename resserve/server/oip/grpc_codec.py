@@ -40,6 +40,11 @@ def decode_request(request: service_pb2.ModelInferRequest, *, max_images: int,
     oip.check_output_count(len(request.outputs))
     oip.check_unique_outputs([wanted.name for wanted in request.outputs])
     raw = list(request.raw_input_contents)
+    if raw:
+        for tensor in request.inputs:
+            if tensor.HasField("contents"):
+                raise InvalidRequestError(f"contents field must not be specified when using raw_input_contents for "
+                                          f"'{tensor.name}' for model '{request.model_name}'")
     if raw and len(raw) != len(request.inputs):
         raise InvalidRequestError(f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents: give every "
                                   "input's data raw, or none")
@@ -61,7 +66,8 @@ def decode_request(request: service_pb2.ModelInferRequest, *, max_images: int,
         inputs.append(decoded)
     names = [t.name for t in inputs]
     if len(set(names)) != len(names):
-        raise InvalidRequestError("an input appears more than once")
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise InvalidRequestError(f"input '{duplicate}' already exists in request")
     outputs = []
     for wanted in request.outputs:
         params = parameters(wanted.parameters)

@@ -26,6 +26,7 @@ from resserve.server.oip import wire as oip
 from resserve.server.oip.grpc_access import endpoint_of
 from resserve.server.model_operations import load_model, model_statistics, repository_index, unload_model
 from resserve.server.oip.grpc_codec import decode_request, encode_response
+from resserve.server.oip.model_config import triton_config_message
 from resserve.server.oip.grpc_status import grpc_status
 from resserve.server.oip.infer import (
     EXTENSIONS,
@@ -167,6 +168,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                                                  outputs=[meta(output_meta(served))])
 
     @_rpc
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Triton's model configuration (perf_analyzer stops without it): as HTTP's config."""
+        served = self.state.manager.get(request.name, request.version or None)
+        return service_pb2.ModelConfigResponse(config=triton_config_message(served))
+
+    @_rpc
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         pipeline = self.state.pipeline
         remaining = context.time_remaining()
@@ -185,7 +192,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             parsed = await pipeline.parse(decode_request, request, max_images=pipeline.max_images(served))
             requested = requested_outputs(served, parsed)
             outputs = await run_request(pipeline, ticket, parsed, deadline_ms)
-        results = output_tensors(pipeline, served, requested, outputs)
+        results = output_tensors(served, requested, outputs)
         return encode_response(served.name, served.version, parsed.id, results)
 
     @_rpc

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from resserve import __version__
 from resserve.redact import public_config
+from resserve.server.oip.model_config import triton_config
 from resserve.server.oip import wire as oip
 from resserve.server.body import content_encoding, read_body
 from resserve.server.disconnect import CancelOnDisconnect
@@ -23,6 +24,7 @@ from resserve.server.oip.infer import (
     EXTENSIONS,
     IMAGE_INPUT,
     PLATFORM,
+    datatype_of,
     output_meta,
     output_tensors,
     requested_outputs,
@@ -107,9 +109,9 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 @router.get("/v2/models/{name}/versions/{version}/config")
 async def model_config(request: Request, name: str, version: str | None = None) -> Response:
     served = get_state(request).manager.get(name, version)
-    config = public_config(served.config)  # no fault injection, no paths: files by name only
-    config["platform"] = PLATFORM
-    return _json(config)
+    # Triton's ModelConfig fields (what perf_analyzer and Triton's clients read), and resserve's
+    # own configuration beside them: no fault injection, no paths (files by name only).
+    return _json({**triton_config(served), "resserve": public_config(served.config)})
 
 
 # A JSON header this small parses in tens of microseconds: on the event loop, not a thread.
@@ -137,7 +139,11 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         # a small JSON header ahead of binary data (tritonclient's framing) is read on the loop,
         # which costs less than a trip to a thread.
         max_images = pipeline.max_images(served)
-        if header_length is not None and header_length <= INLINE_HEADER_BYTES:
+        if header_length == 0:  # Triton's raw binary request: the body is the model's one input
+            spec = served.engines[0].input_spec
+            header = oip.raw_request_header(raw, spec.name, datatype_of(spec.dtype), spec.shape[1:],
+                                            served.config.max_batch_size > 0)
+        elif header_length is not None and header_length <= INLINE_HEADER_BYTES:
             header = oip.read_infer_header(raw, header_length, max_images=max_images)
         else:
             header = await pipeline.parse(oip.read_infer_header, raw, header_length, max_images=max_images)
@@ -148,6 +154,6 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         async with CancelOnDisconnect(request.receive):
             outputs = await run_request(pipeline, ticket, parsed)
     with pipeline.tracing.span("encode"):
-        results = output_tensors(pipeline, served, requested, outputs)
+        results = output_tensors(served, requested, outputs)
         body_out, headers = oip.build_infer_response(served.name, served.version, parsed.id, results)
     return Response(body_out, headers=headers)

@@ -4,7 +4,7 @@ out; the checks (one input, the tensor's datatype and shape, known outputs) are 
 
 Inputs: an FP32 (or UINT8) tensor already preprocessed to the model's input shape, or a BYTES
 tensor of encoded images that the server preprocesses itself. Outputs: the logits tensor, or with
-the classification extension the top-k as ``"score:index:label"`` strings.
+the classification extension the top-k as ``"value:index:label"`` strings (the output's values).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from resserve.serving.manager import ServedModel
 IMAGE_INPUT = "image"  # the BYTES input that carries encoded images
 PLATFORM = "onnxruntime_onnx"
 # What server metadata lists, over HTTP and gRPC alike.
-EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "statistics", "resserve_classify"]
+EXTENSIONS = ["classification", "model_repository", "model_configuration", "binary_tensor_data", "statistics",
+              "resserve_classify"]
 
 
 def datatype_of(dtype: np.dtype) -> str:
@@ -61,7 +62,8 @@ def requested_outputs(served: ServedModel, request: oip.InferRequest) -> list[oi
     requested = request.outputs or [oip.RequestedOutput(out_spec.name, request.binary_data_output)]
     for wanted in requested:
         if wanted.name != out_spec.name:
-            raise InvalidRequestError(f"unknown output {wanted.name!r}; the model has {out_spec.name!r}")
+            raise InvalidRequestError(f"unexpected inference output '{wanted.name}' for model '{served.name}': "
+                                      f"the model has {out_spec.name!r}")
     return requested
 
 
@@ -69,48 +71,57 @@ async def run_request(pipeline: RequestPipeline, ticket: Ticket, request: oip.In
                       deadline_ms: float | None = None) -> np.ndarray:
     """Raw outputs for a decoded request. ``deadline_ms``: what the transport allows (a gRPC
     deadline); the request's own ``timeout`` parameter may only shorten it."""
+    served = ticket.served
+    spec = served.engines[0].input_spec
     if len(request.inputs) != 1:
         names = ", ".join(repr(t.name) for t in request.inputs)
-        raise InvalidRequestError(f"expected one input, got {len(request.inputs)} ({names}): send either "
-                                  f"the tensor or {IMAGE_INPUT!r} (encoded images), not both")
+        raise InvalidRequestError(f"expected 1 inputs but got {len(request.inputs)} inputs for model "
+                                  f"'{served.name}' ({names}): send either the tensor {spec.name!r} or "
+                                  f"{IMAGE_INPUT!r} (encoded images), not both")
     (tensor,) = request.inputs
+    if tensor.name not in (spec.name, IMAGE_INPUT):
+        raise InvalidRequestError(f"unexpected inference input '{tensor.name}' for model '{served.name}': it takes "
+                                  f"{spec.name!r} (a tensor) or {IMAGE_INPUT!r} (encoded images)")
     timeout_ms = read_timeout_ms(request.parameters)
     if deadline_ms is not None:
         timeout_ms = min(deadline_ms, timeout_ms) if timeout_ms is not None else deadline_ms
-    served = ticket.served
     if tensor.datatype == oip.BYTES:
         images = tensor.data
         assert isinstance(images, list)
         if not images:
             raise InvalidRequestError(f"input '{tensor.name}' holds no images")
         return await pipeline.run_images(ticket, images, timeout_ms)
-    spec = served.engines[0].input_spec
     datatype = datatype_of(spec.dtype)
     if tensor.datatype != datatype:
         why = " (this model takes uint8 pixels after resize and crop, and normalizes them itself)" \
             if datatype == "UINT8" else ""
         raise InvalidRequestError(
-            f"input '{tensor.name}': datatype {tensor.datatype} is not {datatype} or BYTES{why}")
+            f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but model '{served.name}' expects "
+            f"'{datatype}' (or BYTES: encoded images){why}")
     expected = spec.shape[1:]
     if len(tensor.shape) != len(spec.shape) or tuple(tensor.shape[1:]) != expected or tensor.shape[0] < 1:
+        want = ",".join(map(str, (-1, *expected)))
         raise InvalidRequestError(
-            f"input '{tensor.name}': shape {list(tensor.shape)} does not match [N, {', '.join(map(str, expected))}]"
-        )
+            f"unexpected shape for input '{tensor.name}' for model '{served.name}'. Expected [{want}], got "
+            f"[{','.join(map(str, tensor.shape))}]. The first dimension is the batch: [N, "
+            f"{', '.join(map(str, expected))}] with N of at least 1")
     data = tensor.data
     assert isinstance(data, np.ndarray)
     return await pipeline.run_tensor(ticket, np.ascontiguousarray(data, dtype=spec.dtype), timeout_ms)
 
 
-def output_tensors(pipeline: RequestPipeline, served: ServedModel, requested: list[oip.RequestedOutput],
+def output_tensors(served: ServedModel, requested: list[oip.RequestedOutput],
                    outputs: np.ndarray) -> list[oip.OutputTensor]:
-    """The answer's tensors: logits, or top-k classes where the classification extension asks."""
+    """The answer's tensors: logits, or top-k classes where the classification extension asks.
+
+    Classification reports the output's own values, as Triton does (the logits of a model that
+    ends in logits), never probabilities: ``/classify`` is the endpoint that answers softmax."""
     results = []
     for wanted in requested:
         if wanted.classification is not None:
-            scores = pipeline.scores(served, outputs)
-            data = oip.classification_tensor(scores, wanted.classification, served.labels)
-            k = min(wanted.classification, scores.shape[1])
-            results.append(oip.OutputTensor(wanted.name, oip.BYTES, [scores.shape[0], k], data, wanted.binary))
+            data = oip.classification_tensor(outputs, wanted.classification, served.labels)
+            k = min(wanted.classification, outputs.shape[1])
+            results.append(oip.OutputTensor(wanted.name, oip.BYTES, [outputs.shape[0], k], data, wanted.binary))
         else:
             results.append(oip.OutputTensor(wanted.name, "FP32", list(outputs.shape), outputs, wanted.binary))
     return results

@@ -165,14 +165,16 @@ def read_infer_header(
     elif 0 < header_length <= len(view):
         header, binary = view[:header_length], view[header_length:]
     else:
-        raise InvalidRequestError(f"{HEADER_LENGTH} is {header_length}, the body has {len(view)} bytes")
+        raise InvalidRequestError(f"inference header size should be in range (0, {len(view)}), got: {header_length}")
     try:
         doc = json.loads(bytes(header))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+    except RecursionError:
+        raise InvalidRequestError("JSON nesting depth exceeds maximum allowed limit") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
         # The classic mistake: binary tensors after the JSON, but no header to say where it ends.
         extra = isinstance(exc, json.JSONDecodeError) and exc.msg == "Extra data" and header_length is None
         hint = f" (binary data needs the {HEADER_LENGTH} header)" if extra else ""
-        raise InvalidRequestError(f"request header is not valid JSON: {exc}{hint}") from None
+        raise InvalidRequestError(f"failed to parse the request JSON buffer: {exc}{hint}") from None
     if not isinstance(doc, dict):
         raise InvalidRequestError("request header must be a JSON object")
     request_id = doc.get("id")
@@ -183,11 +185,11 @@ def read_infer_header(
 
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise InvalidRequestError("'inputs' must be a non-empty list")
+        raise InvalidRequestError("expected 1 inputs but got 0 inputs: 'inputs' must be a non-empty list")
     if len(raw_inputs) > max_inputs:
         raise InvalidRequestError(f"{len(raw_inputs)} inputs, at most {max_inputs} are accepted")
     # Validate every header, shape and size before decoding anything: a bad request allocates nothing.
-    outputs = _requested_outputs(doc.get("outputs"), binary_output)
+    outputs = _requested_outputs(doc.get("outputs"))
     specs = [_input_spec(raw, i) for i, raw in enumerate(raw_inputs)]
     _check_unique([s.name for s in specs], "input")
     for spec in specs:
@@ -207,6 +209,15 @@ def read_infer_header(
         raise InvalidRequestError(msg)
     return InferHeader(request_id, specs, outputs, binary_output, parameters, binary,
                        sum(_images(spec) for spec in specs))
+
+
+def raw_request_header(body: bytes, name: str, datatype: str, dims: Sequence[int], batched: bool) -> InferHeader:
+    """Triton's raw binary request (``Inference-Header-Content-Length: 0``): the whole body is the
+    model's one input, named and typed as its metadata says, of shape ``[1] + dims`` where the
+    model batches; every output comes back binary (nobody asked for JSON)."""
+    shape = (1, *dims) if batched else tuple(dims)
+    spec = _InputSpec(name, datatype, shape, math.prod(shape), len(body), None)
+    return InferHeader(None, [spec], [], True, {}, memoryview(body), _images(spec))
 
 
 def decode_inputs(header: InferHeader) -> InferRequest:
@@ -332,7 +343,8 @@ def _decode_binary(spec: _InputSpec, chunk: memoryview) -> np.ndarray | list[byt
     dtype = NUMERIC_DTYPES[spec.datatype]
     if len(chunk) != (need := spec.count * dtype.itemsize):
         msg = f"shape {_fmt(spec.shape)} of {spec.datatype} needs {need} bytes, binary_data_size {len(chunk)}"
-        raise InvalidRequestError(f"{what}: {msg}")
+        raise InvalidRequestError(f"input byte size mismatch for input '{spec.name}'. Expected {need}, got "
+                                  f"{len(chunk)} ({msg})")
     return _finite(what, spec.datatype, np.frombuffer(chunk, dtype=dtype).reshape(spec.shape))
 
 
@@ -379,7 +391,7 @@ def _finite(what: str, datatype: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _requested_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput]:
+def _requested_outputs(raw: Any) -> list[RequestedOutput]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -393,7 +405,9 @@ def _requested_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput]:
         params = _parameters(item, what)
         if "shared_memory_region" in params:
             raise InvalidRequestError(f"{what}: shared memory is not supported")
-        binary = _flag(params, "binary_data", binary_default, what)  # per output beats the request default
+        # A listed output is binary only where it says so (Triton and KServe): the request's
+        # binary_data_output applies to the outputs nobody listed.
+        binary = _flag(params, "binary_data", False, what)
         classes = params.get("classification")
         if classes is not None and (not _is_int(classes) or classes < 1):
             raise InvalidRequestError(f"{what}: classification must be a positive integer, got {classes!r}")
@@ -447,10 +461,11 @@ def _json_data(out: OutputTensor, count: int) -> list[Any]:
 
 
 def classification_tensor(scores: np.ndarray, k: int, labels: Sequence[str]) -> list[bytes]:
-    """Triton's classification extension: each row of `scores` (batch, classes) gives its top k as
-    b"score:index:label", best first, row-major; the output's shape is [batch, min(k, classes)].
+    """Triton's classification extension: each row of `scores` (batch, classes: the output's own
+    values) gives its top k as b"value:index:label", best first, row-major; the output's shape is
+    [batch, min(k, classes)].
 
-    Triton's format exactly (`std::to_string(value) + ":" + index [+ ":" + label]`): the raw score
+    Triton's format exactly (`std::to_string(value) + ":" + index [+ ":" + label]`): the value
     with 6 decimals, and no ":label" part where an index has no label. Ties: lower index first.
     """
     scores = np.asarray(scores, dtype=np.float64)
@@ -527,7 +542,7 @@ def _check_unique(names: list[str], kind: str) -> None:
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise InvalidRequestError(f"{kind} '{name}' appears more than once")
+            raise InvalidRequestError(f"{kind} '{name}' already exists in request")
         seen.add(name)
 
 

@@ -1,8 +1,10 @@
-"""Repository control (Triton's model repository extension): index, load, unload.
+"""Triton's model repository extension: the index, and control (load, unload).
 
-Off unless a bearer token is configured (``RESSERVE_CONTROL_TOKEN``) or control is explicitly
-allowed without one: the access policy (:mod:`resserve.server.access_policy`) decides, for HTTP in its
-middleware and for gRPC in the servicer, before these run.
+The index only reads, so it needs what inference needs (an API key where keys are set) and is
+always on, as Triton serves it whatever its model control mode. Load and unload are off unless a
+bearer token is configured (``RESSERVE_CONTROL_TOKEN``) or control is explicitly allowed without
+one: the access policy (:mod:`resserve.server.access_policy`) decides, for HTTP in its middleware
+and for gRPC in an interceptor, before these run.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ def require_control(request: Request) -> None:
 
 
 router = APIRouter(dependencies=[Depends(require_control)])
+index_router = APIRouter()
 
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-@router.post("/v2/repository/index")
+@index_router.post("/v2/repository/index")
 async def index(request: Request) -> Response:
     """Every model in the repository with its state."""
     return _json(await repository_index(get_state(request)))

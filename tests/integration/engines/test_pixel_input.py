@@ -161,5 +161,5 @@ def test_oip_declares_and_takes_uint8_pixels(server: RunningServer) -> None:
            np.array(want.json()["outputs"][0]["data"], np.float32).reshape(2, -1))
 
     refused = infer("pixels", "FP32", floats)
-    assert refused.status_code == 422
-    assert "not UINT8" in refused.json()["error"] and "uint8 pixels" in refused.json()["error"]
+    assert refused.status_code == 400
+    assert "but model 'pixels' expects 'UINT8'" in refused.json()["error"] and "uint8 pixels" in refused.json()["error"]

@@ -105,11 +105,15 @@ def test_unknown_models_do_not_answer_without_a_key(secured: RunningServer) -> N
 def test_probes_and_metrics_stay_open_and_control_keeps_its_token(secured: RunningServer) -> None:
     for path in ("/v2/health/live", "/v2/health/ready", "/metrics"):
         assert httpx.get(f"{secured.url}{path}").status_code == 200, path
-    index = f"{secured.url}/v2/repository/index"
-    assert httpx.post(index, headers={"x-api-key": OLD_KEY}).status_code == 401  # a key is no control token
-    denied = httpx.post(index, headers={"authorization": f"Bearer {OLD_KEY}"})
+    load = f"{secured.url}/v2/repository/models/nope/load"
+    assert httpx.post(load, headers={"x-api-key": OLD_KEY}).status_code == 401  # a key is no control token
+    denied = httpx.post(load, headers={"authorization": f"Bearer {OLD_KEY}"})
     assert denied.status_code == 401 and "repository control" in denied.json()["error"]
-    assert httpx.post(index, headers={"authorization": f"Bearer {CONTROL_TOKEN}"}).status_code == 200
+    assert httpx.post(load, headers={"authorization": f"Bearer {CONTROL_TOKEN}"}).status_code == 404  # let in
+    # The index only reads: a key opens it, as it opens model metadata; none is refused.
+    index = f"{secured.url}/v2/repository/index"
+    assert httpx.post(index).status_code == 401
+    assert httpx.post(index, headers={"x-api-key": OLD_KEY}).status_code == 200
     # Refusals are counted like any answer.
     assert call(secured, "POST", "/v2/models/r18/classify").status_code == 401
     assert secured.metric("resserve_http_requests_total", {"model": "", "endpoint": "classify", "status": "401"}) > 0
@@ -177,11 +181,13 @@ def test_model_config_shows_no_paths_and_no_fault_injection(default: RunningServ
     response = httpx.get(f"{default.url}/v2/models/r18/config")
     assert_no_paths(response, repo, model_onnx.parent, SECRET_CALIBRATION)
     config = response.json()
-    assert config["source"]["onnx"] == model_onnx.name
-    assert "images" not in config["calibration"]
-    # What a client needs is still there.
+    own = config["resserve"]
+    assert own["source"]["onnx"] == model_onnx.name
+    assert "images" not in own["calibration"]
+    # What a client needs is still there: Triton's fields, and resserve's own.
     assert config["name"] == "r18" and config["max_batch_size"] == 8 and config["platform"]
-    assert config["dynamic_batching"]["max_queue_size"] == 64 and config["engine"] == "onnxruntime"
+    assert config["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 64
+    assert own["dynamic_batching"]["max_queue_size"] == 64 and own["engine"] == "onnxruntime"
 
     flaky = httpx.get(f"{default.url}/v2/models/flaky/config")
     assert_no_paths(flaky, repo, model_onnx.parent)
@@ -235,11 +241,11 @@ async def test_control_stays_closed_behind_a_root_path(tmp_path: Path, settings:
     app = create_app(ServerSettings(model_repo=tmp_path, **settings), Metrics())
     transport = httpx.ASGITransport(app=app, root_path="/prefix")
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        for path in ("/prefix/v2/repository/index", "/prefix/v2/repository/models/r18/unload"):
+        for path in ("/prefix/v2/repository/models/r18/load", "/prefix/v2/repository/models/r18/unload"):
             assert (await client.post(path)).status_code == status, path
         headers = {"authorization": f"Bearer {OLD_KEY}"}  # an API key never opens control with a token set
         if "control_token" in settings:
-            assert (await client.post("/prefix/v2/repository/index", headers=headers)).status_code == 401
+            assert (await client.post("/prefix/v2/repository/models/r18/load", headers=headers)).status_code == 401
 
 
 async def test_a_header_flood_is_431_before_any_key_is_hashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

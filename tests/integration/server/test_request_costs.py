@@ -102,7 +102,7 @@ def test_compressed_bodies(server: RunningServer) -> None:
                                        "parameters": {"binary_data_size": 4_000_000}}]})
     body = gzip.compress(header + b"\x00" * 4_000_000)
     r = infer(server, "r18", body, **{"Content-Encoding": "gzip", "Inference-Header-Content-Length": str(len(header))})
-    assert r.status_code == 422 and "left over after the 1 elements" in r.json()["error"]
+    assert r.status_code == 400 and "left over after the 1 elements" in r.json()["error"]
     # classify takes Content-Encoding too (it was OIP only): same pipeline, same answer.
     image = jpeg(seed=3)
     plain = httpx.post(f"{server.url}/v2/models/r18/classify", content=image,
@@ -116,7 +116,7 @@ def test_compressed_bodies(server: RunningServer) -> None:
     assert multipart.status_code == 200 and multipart.json() == plain.json()
     bad = httpx.post(f"{server.url}/v2/models/r18/classify", content=b"\x1f\x8bnot gzip", timeout=30,
                      headers={"content-type": "image/jpeg", "content-encoding": "gzip"})
-    assert bad.status_code == 422 and "cannot decompress" in bad.json()["error"]
+    assert bad.status_code == 400 and "cannot decompress" in bad.json()["error"]
 
 
 @pytest.mark.parametrize(("inputs", "parameters", "match"), [
@@ -125,7 +125,7 @@ def test_compressed_bodies(server: RunningServer) -> None:
     ([{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}], {"timeout": -5},
      "parameters.timeout must be a positive number"),
     ([{"name": "image", "shape": [0], "datatype": "BYTES", "data": []}], {}, "holds no images"),
-    ([{"name": "input", "shape": [0, 3, 224, 224], "datatype": "FP32", "data": []}], {}, "does not match"),
+    ([{"name": "input", "shape": [0, 3, 224, 224], "datatype": "FP32", "data": []}], {}, "unexpected shape"),
     ([{"name": "input", "shape": [10**30, 3, 224, 224], "datatype": "FP32", "data": []}], {}, "above 2147483647"),
     ([{"name": "input", "shape": [2**20, 2**20, 2**20], "datatype": "FP32", "data": []}], {}, "more than the limit"),
     ([{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0.0] * 2},
@@ -134,16 +134,16 @@ def test_compressed_bodies(server: RunningServer) -> None:
 def test_hostile_numbers_and_shapes_are_4xx(server: RunningServer, inputs: list, parameters: dict,
                                             match: str) -> None:
     r = infer(server, "r18", {"inputs": inputs, "parameters": parameters})
-    assert r.status_code == 422 and match in r.json()["error"], r.text
+    assert r.status_code == 400 and match in r.json()["error"], r.text
 
 
 def test_infinite_json_timeout_and_query_timeout(server: RunningServer) -> None:
     body = b'{"inputs":[{"name":"image","shape":[1],"datatype":"BYTES","data":["aGk="]}],"parameters":{"timeout":1e400}}'
     r = infer(server, "r18", body)
-    assert r.status_code == 422 and "parameters.timeout" in r.json()["error"]
+    assert r.status_code == 400 and "parameters.timeout" in r.json()["error"]
     r = httpx.post(f"{server.url}/v2/models/r18/classify?timeout_ms=1e400", content=jpeg(),
                    headers={"content-type": "image/jpeg"}, timeout=30)
-    assert r.status_code == 422
+    assert r.status_code == 400
 
 
 def test_metadata_lists_only_inputs_a_client_can_send_together(server: RunningServer) -> None:

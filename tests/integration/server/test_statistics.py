@@ -83,16 +83,17 @@ def test_counts_are_the_requests_sent(server: RunningServer) -> None:
     assert message.model_stats[0].execution_count == stats["execution_count"]
 
 
-def test_unknown_models_and_versions_are_404(server: RunningServer) -> None:
+def test_unknown_models_and_versions_are_400_in_tritons_words(server: RunningServer) -> None:
     client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
-    with pytest.raises(InferenceServerException, match="unknown model"):
+    with pytest.raises(InferenceServerException, match="requested model 'nope' is not available") as model:
         client.get_inference_statistics("nope")
-    with pytest.raises(InferenceServerException, match="no loaded version"):
+    assert model.value.status() == "400"
+    with pytest.raises(InferenceServerException, match="requested model version is not available for model 'r18'"):
         client.get_inference_statistics("r18", "7")
     grpc = grpcclient.InferenceServerClient(server.grpc_target)
     with pytest.raises(InferenceServerException) as missing:
         grpc.get_inference_statistics("nope")
-    assert str(missing.value.status()) == "StatusCode.NOT_FOUND"
+    assert str(missing.value.status()) == "StatusCode.INVALID_ARGUMENT"
 
 
 def test_the_document_is_tritons_message() -> None:

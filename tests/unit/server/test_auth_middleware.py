@@ -53,21 +53,27 @@ async def test_health_and_metrics_stay_open_by_default_and_control_takes_its_own
     async with http:
         for path in ("/v2/health/live", "/v2/health/ready", "/metrics"):
             assert (await http.get(path)).status_code == 200, path
+        unload = "/v2/repository/models/r18/unload"
         for headers in ({}, {"x-api-key": "old-key"}, {"authorization": "Bearer old-key"}):
-            refused = await http.post("/v2/repository/index", headers=headers)  # an API key is not the token
+            refused = await http.post(unload, headers=headers)  # an API key is not the token
             assert refused.status_code == 401 and "repository control needs" in refused.json()["error"]
         calls = inner.calls
-        ok = await http.post("/v2/repository/index", headers={"authorization": "Bearer control-secret"})
+        ok = await http.post(unload, headers={"authorization": "Bearer control-secret"})
         assert ok.status_code == 200 and inner.calls == calls + 1
+        # The index only reads: it follows inference's rules (a key), never the control token's.
+        assert (await http.post("/v2/repository/index")).status_code == 401
+        assert (await http.post("/v2/repository/index", headers={"x-api-key": "old-key"})).status_code == 200
 
 
 async def test_control_without_a_token_is_forbidden_and_says_so_only_to_a_caller_with_a_key() -> None:
     http, inner = client()
     async with http:
-        assert (await http.post("/v2/repository/index")).status_code == 401
-        refused = await http.post("/v2/repository/index", headers={"x-api-key": "old-key"})
+        assert (await http.post("/v2/repository/models/r18/load")).status_code == 401
+        refused = await http.post("/v2/repository/models/r18/load", headers={"x-api-key": "old-key"})
         assert refused.status_code == 403 and "disabled" in refused.json()["error"]
         assert inner.calls == 0
+        # The read-only index is served with a key, control or not (Triton serves it in every mode).
+        assert (await http.post("/v2/repository/index", headers={"x-api-key": "old-key"})).status_code == 200
 
 
 async def test_health_and_metrics_can_be_guarded() -> None:
@@ -179,7 +185,7 @@ async def test_the_path_is_classified_as_the_router_sees_it_behind_a_root_path()
 
     inner = Echo()
     app = AccessMiddleware(inner, AccessPolicy(KEYS))
-    for path in ("/x/v2/repository/index", "/x/v2/models/r18/infer"):
+    for path in ("/x/v2/repository/models/r18/load", "/x/v2/repository/index", "/x/v2/models/r18/infer"):
         sent.clear()
         await app({"type": "http", "method": "POST", "path": path, "root_path": "/x", "headers": [],
                    "query_string": b""}, receive, send)

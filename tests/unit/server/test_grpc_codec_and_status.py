@@ -137,5 +137,5 @@ def test_outputs_are_counted_and_unique_before_the_inputs_are_decoded() -> None:
     del request.outputs[:]
     request.outputs.add(name="y")
     request.outputs.add(name="y")
-    with pytest.raises(errors.InvalidRequestError, match="output 'y' appears more than once"):
+    with pytest.raises(errors.InvalidRequestError, match="output 'y' already exists in request"):
         decode_request(request, max_images=4)

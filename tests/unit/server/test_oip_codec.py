@@ -126,7 +126,9 @@ def test_bytes_json_is_base64() -> None:
     _rejects(r"input 'image': element 1 is not a base64 string", bad)
 
 
-def test_requested_outputs_binary_defaults_and_overrides() -> None:
+def test_a_listed_output_is_binary_only_where_it_says_so() -> None:
+    """Triton and KServe: the request's binary_data_output applies to outputs nobody listed; a
+    listed output without binary_data is JSON."""
     body = _json(
         {
             "parameters": {"binary_data_output": True},
@@ -134,12 +136,16 @@ def test_requested_outputs_binary_defaults_and_overrides() -> None:
             "outputs": [
                 {"name": "a"},
                 {"name": "b", "parameters": {"binary_data": False, "classification": 3}},
+                {"name": "c", "parameters": {"binary_data": True}},
             ],
         }
     )
-    assert parse_infer_request(body, None).outputs == [
-        RequestedOutput("a", True, None),
+    request = parse_infer_request(body, None)
+    assert request.binary_data_output is True
+    assert request.outputs == [
+        RequestedOutput("a", False, None),
         RequestedOutput("b", False, 3),
+        RequestedOutput("c", True, None),
     ]
 
 
@@ -157,7 +163,8 @@ def test_binary_size_disagreeing_with_shape() -> None:
         "inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "parameters": {"binary_data_size": 20}}]
     }
     body, n = _binary_request(header, b"\x00" * 20)
-    _rejects(r"input 'x': shape \[2,3\] of FP32 needs 24 bytes, binary_data_size 20", body, n)
+    _rejects(r"input byte size mismatch for input 'x'. Expected 24, got 20 \(shape \[2,3\] of FP32 needs 24 bytes, "
+             r"binary_data_size 20\)", body, n)
 
 
 def test_bad_bytes_framing() -> None:
@@ -221,12 +228,13 @@ def test_header_length_problems() -> None:
         "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}]
     }
     body, n = _binary_request(header, b"\x00" * 4)
-    _rejects(r"not valid JSON: Extra data.*needs the Inference-Header-Content-Length header", body, None)
+    _rejects(r"failed to parse the request JSON buffer: Extra data.*needs the Inference-Header-Content-Length header",
+             body, None)
     _rejects(
         r"declare binary_data_size but the request has no Inference-Header-Content-Length", _json(header)
     )
-    _rejects(r"Inference-Header-Content-Length is 9999, the body has", body, 9999)
-    _rejects(r"request header is not valid JSON", body, n - 1)
+    _rejects(r"inference header size should be in range \(0, [0-9]+\), got: 9999", body, 9999)
+    _rejects(r"failed to parse the request JSON buffer", body, n - 1)
     assert parse_header_length(None) is None and parse_header_length(" 42") == 42
     with pytest.raises(InvalidRequestError, match="must be an integer"):
         parse_header_length("4x")
@@ -295,10 +303,10 @@ def test_bad_classification_parameter(value: object) -> None:
 def test_bad_request_shapes() -> None:
     one = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
     _rejects(r"request header must be a JSON object", b"[1]")
-    _rejects(r"not valid JSON", b"{")
-    _rejects(r"'inputs' must be a non-empty list", _json({"inputs": []}))
+    _rejects(r"failed to parse the request JSON buffer", b"{")
+    _rejects(r"expected 1 inputs but got 0 inputs: 'inputs' must be a non-empty list", _json({"inputs": []}))
     _rejects(r"'id' must be a string", _json({"id": 3, "inputs": [one]}))
-    _rejects(r"input 'x' appears more than once", _json({"inputs": [one, one]}))
+    _rejects(r"input 'x' already exists in request", _json({"inputs": [one, one]}))
     _rejects(r"9 inputs, at most 8", _json({"inputs": [one | {"name": f"x{i}"} for i in range(9)]}))
     _rejects(
         r"3 inputs, at most 2", _json({"inputs": [one | {"name": f"x{i}"} for i in range(3)]}), max_inputs=2
@@ -308,7 +316,7 @@ def test_bad_request_shapes() -> None:
         _json({"inputs": [one], "parameters": {"binary_data_output": 1}}),
     )
     _rejects(
-        r"output 'y' appears more than once",
+        r"output 'y' already exists in request",
         _json({"inputs": [one], "outputs": [{"name": "y"}, {"name": "y"}]}),
     )
 
@@ -483,7 +491,7 @@ def test_forty_thousand_outputs_are_refused_by_their_count_before_any_is_read() 
     outputs = [{"name": f"y{i}"} for i in range(40_000)] + [{"name": "y0"}]
     _rejects(r"40001 outputs requested, at most 8 are accepted", _json({"inputs": [one], "outputs": outputs}))
     # Within the limit a duplicate is still found, wherever it is.
-    _rejects(r"output 'y3' appears more than once",
+    _rejects(r"output 'y3' already exists in request",
              _json({"inputs": [one], "outputs": [{"name": f"y{i}"} for i in range(7)] + [{"name": "y3"}]}))
     # The outputs are checked before the inputs are decoded: a bad output list allocates nothing.
     huge = {"name": "x", "shape": [1 << 20], "datatype": "FP32", "data": [1] * 3}

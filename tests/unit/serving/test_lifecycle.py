@@ -40,9 +40,9 @@ def test_startup_phases_are_what_a_request_is_told() -> None:
     served = FakeServed("1")
     lifecycle.ready(record, served)
     assert lifecycle.served("a") is served and lifecycle.served("a", "1") is served
-    with pytest.raises(ModelNotFoundError, match="no loaded version '2' \\(serving 1\\)"):
+    with pytest.raises(ModelNotFoundError, match="Request for unknown model: 'a' version 2 is not found \\(serving 1\\)"):
         lifecycle.served("a", "2")
-    with pytest.raises(ModelNotFoundError, match="unknown model 'zzz'"):
+    with pytest.raises(ModelNotFoundError, match="Request for unknown model: 'zzz' is not found"):
         lifecycle.served("zzz")
     assert [r.name for r in lifecycle.pending()] == ["b"] and not lifecycle.all_serving()
     lifecycle.fail("b", "ExportError: no weights")
