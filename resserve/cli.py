@@ -142,6 +142,9 @@ def build(
     model_repo: Annotated[Path, typer.Argument(help="the model repository folder")] = Path("model_repo"),
     model: Annotated[list[str] | None, typer.Option(help="build only these models")] = None,
     force: Annotated[bool, typer.Option(help="rebuild even when up to date")] = False,
+    new_version: Annotated[bool, typer.Option(
+        help="build the current source and config into the next version number, leaving every older "
+             "version untouched (a release candidate to serve beside them)")] = False,
     events: Annotated[bool, typer.Option(
         help="one JSON event per line on stdout ({model, event: step|done|failed, ...}), the display on "
              "stderr, and go on past a model that fails (how resserve serve builds)")] = False,
@@ -154,13 +157,16 @@ def build(
         repository = ModelRepository(model_repo)
         builder = BuildPipeline(repository)
         names = model or repository.names()
+        if new_version and events:
+            raise typer.BadParameter("--new-version builds on an operator's word, not in --events mode")
         if events:
             from resserve.builder.event_stream import build_with_events
 
             raise typer.Exit(code=build_with_events(builder, names, force))
         for name in names:
             with console.status(f"[bold]{name}[/]: checking", spinner="dots") as status:
-                builder.build(name, force=force, progress=lambda msg: status.update(msg) or console.print(msg))
+                builder.build(name, force=force, new_version=new_version,
+                              progress=lambda msg: status.update(msg) or console.print(msg))
     except ResserveError as exc:
         raise _fail(exc) from exc
 

@@ -31,7 +31,7 @@ from resserve.config import ModelConfig, is_weights_name
 from resserve.contract import imagenet_contract
 from resserve.engine_registry import engine_spec
 from resserve.engines.factory import resolve_variant
-from resserve.errors import ConfigError
+from resserve.errors import ConfigError, ConflictError
 from resserve.files import sha256_file
 from resserve.metadata import BuildRecord, read_metadata
 from resserve.repository import ARTIFACT, ModelRepository
@@ -92,13 +92,20 @@ class BuildPipeline:
             return True
         return built.content_hash != self.content_hash(config)
 
-    def build(self, name: str, *, force: bool = False, progress: Progress | None = None) -> Path:
-        """Build the newest version of ``name`` if stale (or ``force``); returns its folder."""
+    def build(self, name: str, *, force: bool = False, new_version: bool = False,
+              progress: Progress | None = None) -> Path:
+        """Build the newest version of ``name`` if stale (or ``force``); returns its folder.
+
+        ``new_version``: build the current source and config into the next version number, always,
+        and leave every older version as it is (a built version folder is never rewritten then)."""
         config = self.repository.config(name)
         say = progress or (lambda message: log.info("%s", message))
         versions = self.repository.versions(name)
-        target = self.root / name / (versions[-1] if versions else DEFAULT_VERSION)
-        if not force and not self.is_stale(name):
+        if new_version:
+            target = self.root / name / next_version(self.root / name)
+        else:
+            target = self.root / name / (versions[-1] if versions else DEFAULT_VERSION)
+        if not new_version and not force and not self.is_stale(name):
             say(f"{name}: up to date ({target})")
             return target
         content_hash = self.content_hash(config)
@@ -122,6 +129,9 @@ class BuildPipeline:
                         resserve_version=__version__,
                         config=config.model_dump(mode="json")).write(staging)
             if target.exists():
+                if new_version:  # another build took this number meanwhile: never overwrite it
+                    raise ConflictError(f"model {name}: version {target.name} appeared while this build ran; "
+                                        "build again for the next number")
                 shutil.rmtree(target)
             staging.rename(target)
         finally:
@@ -195,6 +205,13 @@ def _weights_obtainable(config: ModelConfig) -> bool:
     except ImportError:  # no torch: nothing can be loaded from them anyway
         return False
     return cached_named_weights(weights) is not None
+
+
+def next_version(folder: Path) -> str:
+    """One more than the highest numeric folder in a model's folder (built or not, so a number
+    someone put there is never reused), else the first version."""
+    numbers = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
+    return str(max(numbers) + 1) if numbers else DEFAULT_VERSION
 
 
 def remove_stale_staging(folder: Path, name: str, unmarked_after_s: float = 3600.0) -> list[Path]:

@@ -90,3 +90,20 @@ def test_wait_models_returns_once_every_model_is_built(model_onnx: Path, tmp_pat
     BuildPipeline(ModelRepository(repo)).build("r18")
     result = runner.invoke(app, ["wait-models", str(repo), "--timeout-s", "5", "--interval-s", "0.1"])
     assert result.exit_code == 0 and "built: r18" in result.output
+
+
+def test_build_new_version_leaves_the_served_version_as_it_is(tmp_path: Path) -> None:
+    """``resserve build REPO --model M --new-version``: the next number, older versions untouched."""
+    from tests.model_repo_fixtures import tiny_classifier, write_config
+
+    repo = tmp_path / "repo"
+    tiny_classifier(repo / "tiny" / "source.onnx")
+    write_config(repo / "tiny", {"source": {"onnx": "source.onnx"}, "max_batch_size": 4})
+    assert runner.invoke(app, ["build", str(repo)]).exit_code == 0
+    first = (repo / "tiny" / "1" / "model.onnx").read_bytes()
+    result = runner.invoke(app, ["build", str(repo), "--model", "tiny", "--new-version"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (repo / "tiny").iterdir() if p.name.isdigit()) == ["1", "2"]
+    assert (repo / "tiny" / "1" / "model.onnx").read_bytes() == first
+    refused = runner.invoke(app, ["build", str(repo), "--new-version", "--events"])
+    assert refused.exit_code != 0 and "--new-version" in refused.output

@@ -248,3 +248,23 @@ def test_weights_without_fallback_fail_the_build_cleanly(
     with pytest.raises(WeightsError, match="resnet18-f37072fd.pth"):
         builder.build("r18")
     assert sorted(p.name for p in (repo_root / "r18").iterdir()) == ["config.yaml"]
+
+
+# ---- new versions (issue 32: a candidate beside the serving version) ---------------------------
+
+def test_a_new_version_is_built_beside_the_old_ones_which_stay_untouched(repo_root: Path, onnx_model) -> None:
+    folder = onnx_model("tiny", seed=0)
+    repo = ModelRepository(repo_root)
+    builder = BuildPipeline(repo)
+    first = builder.build("tiny")
+    before = {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()}
+    tiny_classifier(folder / "source.onnx", seed=1)  # new weights: the next release
+    second = builder.build("tiny", new_version=True)
+    assert second == folder / "2" and repo.versions("tiny") == ["1", "2"]
+    assert {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()} == before  # version 1 as it was
+    assert (second / ARTIFACT).read_bytes() != (first / ARTIFACT).read_bytes()  # the new weights
+    assert not builder.is_stale("tiny")  # the newest version is the current source
+    assert builder.build("tiny") == second  # up to date: a plain build changes nothing
+    (folder / "7").mkdir()  # a number someone put there, built or not, is never reused
+    assert builder.build("tiny", new_version=True) == folder / "8"
+    assert not list(folder.glob(".tiny-build-*"))
