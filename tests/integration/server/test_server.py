@@ -174,6 +174,14 @@ def test_unknown_model_and_version_are_404(server: RunningServer) -> None:
     assert classify(server, jpeg(), model="..%2F..%2Fetc").status_code == 404
 
 
+def test_classify_takes_the_version_as_a_query_parameter(server: RunningServer) -> None:
+    """``/classify?version=`` (issue 32's interface): the version named, or a clear 404, never another."""
+    named = classify(server, jpeg(), version="1")
+    assert named.status_code == 200 and named.json()["model_version"] == "1"
+    other = classify(server, jpeg(), version="9")
+    assert other.status_code == 404 and "Request for unknown model: 'r18' version 9 is not found" in other.json()["error"]
+
+
 def test_oversize_body_is_413_without_reading_it_whole(server: RunningServer) -> None:
     big = b"\xff\xd8" + b"\0" * 3_000_000
     response = classify(server, big)
