@@ -40,7 +40,8 @@ async def repository_index(state: AppState) -> list[dict[str, str]]:
     """Every model of the repository: name, version, state and, where not ready, the reason."""
     lifecycle = state.manager.lifecycle
     entries = []
-    state.repository.refresh()  # control sees the folder as it is now
+    # The names as last read (at start and by load/unload): the index is open to any caller
+    # inference admits, so it must not make each of them glob the repository folder.
     for name in state.repository.names():
         record = lifecycle.current(name)
         if record is not None and record.version:

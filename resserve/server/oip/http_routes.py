@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from resserve import __version__
+from resserve.errors import InvalidRequestError
 from resserve.redact import public_config
 from resserve.server.oip.model_config import triton_config
 from resserve.server.oip import wire as oip
@@ -141,6 +142,9 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         max_images = pipeline.max_images(served)
         if header_length == 0:  # Triton's raw binary request: the body is the model's one input
             spec = served.engines[0].input_spec
+            if any(d < 0 for d in spec.shape[1:]):
+                raise InvalidRequestError(f"The shape of the raw input '{spec.name}' can not be deduced: model "
+                                          f"'{served.name}' has variable-sized dimensions {list(spec.shape)}")
             header = oip.raw_request_header(raw, spec.name, datatype_of(spec.dtype), spec.shape[1:],
                                             served.config.max_batch_size > 0)
         elif header_length is not None and header_length <= INLINE_HEADER_BYTES:

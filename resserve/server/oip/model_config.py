@@ -15,6 +15,7 @@ from resserve.server.oip.infer import PLATFORM, datatype_of, output_meta
 from resserve.serving.manager import ServedModel
 
 # Triton's backend names for resserve's engines.
+UINT64_MAX = 2**64 - 1
 BACKENDS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "pytorch"}
 
 
@@ -27,13 +28,18 @@ def triton_config(served: ServedModel) -> dict[str, Any]:
     spec = served.engines[0].input_spec
     output = output_meta(served)
     batching = config.dynamic_batching
+    runtime = served.runtime  # what was resolved and runs (engine: auto, device: auto), not what was asked
+    on_gpu = config.device in ("cuda", "tensorrt") or (runtime.provider or "").lower().startswith(("cuda", "tensorrt"))
+    # uint8_input models take HWC pixels; float models their contract's layout (Triton's image
+    # clients read this field to lay out what they send).
+    nhwc = config.uint8_input or served.contract.layout == "NHWC"
     return {
         "name": served.name,
         "platform": PLATFORM,
-        "backend": BACKENDS.get(config.engine, config.engine),
+        "backend": BACKENDS.get(runtime.engine, runtime.engine),
         "version_policy": {"latest": {"num_versions": 1}},
         "max_batch_size": config.max_batch_size,
-        "input": [{"name": spec.name, "data_type": f"TYPE_{datatype_of(spec.dtype)}", "format": "FORMAT_NCHW",
+        "input": [{"name": spec.name, "data_type": f"TYPE_{datatype_of(spec.dtype)}", "format": "FORMAT_NHWC" if nhwc else "FORMAT_NCHW",
                    "dims": [int(d) for d in spec.shape[1:]]}],
         "output": [{"name": output.name, "data_type": f"TYPE_{output.datatype}",
                     "dims": [int(d) for d in output.shape[1:]]}],
@@ -41,10 +47,11 @@ def triton_config(served: ServedModel) -> dict[str, Any]:
             "preferred_batch_size": list(batching.preferred_batch_sizes),
             "max_queue_delay_microseconds": round(batching.max_queue_delay_ms * 1000),
             "default_queue_policy": {"max_queue_size": batching.max_queue_size,
-                                     "default_timeout_microseconds": round(batching.default_timeout_ms * 1000)},
+                                     "default_timeout_microseconds": min(round(batching.default_timeout_ms * 1000),
+                                                                         UINT64_MAX)},
         },
         "instance_group": [{"name": served.name, "count": config.instance_count,
-                            "kind": "KIND_GPU" if config.device in ("cuda", "tensorrt") else "KIND_CPU"}],
+                            "kind": "KIND_GPU" if on_gpu else "KIND_CPU"}],
     }
 
 

@@ -146,6 +146,12 @@ def test_oip_declares_and_takes_uint8_pixels(server: RunningServer) -> None:
     meta = httpx.get(f"{server.url}/v2/models/pixels", timeout=10).json()
     assert meta["inputs"][0] == {"name": "input", "datatype": "UINT8", "shape": [-1, 224, 224, 3]}
     assert httpx.get(f"{server.url}/v2/models/floats", timeout=10).json()["inputs"][0]["datatype"] == "FP32"
+    # Triton's model config says the layout too (its image clients lay out what they send by it).
+    pixels_config = httpx.get(f"{server.url}/v2/models/pixels/config", timeout=10).json()["input"][0]
+    assert pixels_config == {"name": "input", "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC",
+                             "dims": [224, 224, 3]}
+    assert httpx.get(f"{server.url}/v2/models/floats/config", timeout=10).json()["input"][0]["format"] == \
+        "FORMAT_NCHW"
 
     contract = imagenet_contract()
     pixels, floats = _batches(contract, 2)
