@@ -64,10 +64,7 @@ def decode_request(request: service_pb2.ModelInferRequest, *, max_images: int,
         if total > max_elements:
             raise InvalidRequestError(f"the inputs have more than {max_elements} elements in all")
         inputs.append(decoded)
-    names = [t.name for t in inputs]
-    if len(set(names)) != len(names):
-        duplicate = next(name for name in names if names.count(name) > 1)
-        raise InvalidRequestError(f"input '{duplicate}' already exists in request")
+    oip.check_unique_inputs([t.name for t in inputs])
     outputs = []
     for wanted in request.outputs:
         params = parameters(wanted.parameters)

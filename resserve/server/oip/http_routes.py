@@ -145,8 +145,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             if any(d < 0 for d in spec.shape[1:]):
                 raise InvalidRequestError(f"The shape of the raw input '{spec.name}' can not be deduced: model "
                                           f"'{served.name}' has variable-sized dimensions {list(spec.shape)}")
-            header = oip.raw_request_header(raw, spec.name, datatype_of(spec.dtype), spec.shape[1:],
-                                            served.config.max_batch_size > 0)
+            header = oip.raw_request_header(raw, spec.name, datatype_of(spec.dtype), spec.shape[1:])
         elif header_length is not None and header_length <= INLINE_HEADER_BYTES:
             header = oip.read_infer_header(raw, header_length, max_images=max_images)
         else:

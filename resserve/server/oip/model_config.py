@@ -14,8 +14,8 @@ from tritonclient.grpc import model_config_pb2
 from resserve.server.oip.infer import PLATFORM, datatype_of, output_meta
 from resserve.serving.manager import ServedModel
 
-# Triton's backend names for resserve's engines.
 UINT64_MAX = 2**64 - 1
+# Triton's backend names for resserve's engines.
 BACKENDS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "pytorch"}
 
 
@@ -39,8 +39,8 @@ def triton_config(served: ServedModel) -> dict[str, Any]:
         "backend": BACKENDS.get(runtime.engine, runtime.engine),
         "version_policy": {"latest": {"num_versions": 1}},
         "max_batch_size": config.max_batch_size,
-        "input": [{"name": spec.name, "data_type": f"TYPE_{datatype_of(spec.dtype)}", "format": "FORMAT_NHWC" if nhwc else "FORMAT_NCHW",
-                   "dims": [int(d) for d in spec.shape[1:]]}],
+        "input": [{"name": spec.name, "data_type": f"TYPE_{datatype_of(spec.dtype)}",
+                   "format": "FORMAT_NHWC" if nhwc else "FORMAT_NCHW", "dims": [int(d) for d in spec.shape[1:]]}],
         "output": [{"name": output.name, "data_type": f"TYPE_{output.datatype}",
                     "dims": [int(d) for d in output.shape[1:]]}],
         "dynamic_batching": {

@@ -211,11 +211,11 @@ def read_infer_header(
                        sum(_images(spec) for spec in specs))
 
 
-def raw_request_header(body: bytes, name: str, datatype: str, dims: Sequence[int], batched: bool) -> InferHeader:
+def raw_request_header(body: bytes, name: str, datatype: str, dims: Sequence[int]) -> InferHeader:
     """Triton's raw binary request (``Inference-Header-Content-Length: 0``): the whole body is the
-    model's one input, named and typed as its metadata says, of shape ``[1] + dims`` where the
-    model batches; every output comes back binary (nobody asked for JSON)."""
-    shape = (1, *dims) if batched else tuple(dims)
+    model's one input, named and typed as its metadata says, of shape ``[1] + dims`` (every model
+    here batches); every output comes back binary (nobody asked for JSON)."""
+    shape = (1, *dims)
     spec = _InputSpec(name, datatype, shape, math.prod(shape), len(body), None)
     return InferHeader(None, [spec], [], True, {}, memoryview(body), _images(spec))
 
@@ -291,10 +291,8 @@ def raw_bytes(out: OutputTensor) -> bytes:
 
 
 def _images(spec: _InputSpec) -> int:
-    """How many images an input carries: BYTES elements, or the batch dimension of a tensor."""
-    if spec.datatype == BYTES:
-        return spec.count
-    return spec.shape[0] if spec.shape else 1
+    """How many images a checked input carries: BYTES elements, or the batch dimension of a tensor."""
+    return declared_images(spec.datatype, spec.shape)
 
 
 def _input_spec(raw: Any, index: int) -> _InputSpec:
@@ -554,6 +552,10 @@ def check_output_count(count: int, limit: int = DEFAULT_MAX_OUTPUTS) -> None:
 
 def check_unique_outputs(names: list[str]) -> None:
     _check_unique(names, "output")
+
+
+def check_unique_inputs(names: list[str]) -> None:
+    _check_unique(names, "input")
 
 
 def finite_number(value: Any) -> float | None:
