@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,7 +40,7 @@ from resserve.server.middleware.request_id import RequestIdMiddleware
 from resserve.server.startup import BuildSource, start_models, startup_order
 from resserve.server.app_state import AppState
 from resserve.server.middleware.request_spans import TracingMiddleware
-from resserve.server.workers import HEARTBEAT_S, WorkerIdentity, publish_ready
+from resserve.server.workers import HEARTBEAT_S, WorkerIdentity, publish_alive, publish_ready
 from resserve.serving.manager import ModelManager
 from resserve.tracing import Tracing, tracer_provider_from_env
 
@@ -47,10 +48,12 @@ log = logging.getLogger(__name__)
 
 
 async def _heartbeat(state: AppState) -> None:
-    """This worker's own readiness, for its peers' probes, every ``HEARTBEAT_S``."""
+    """This worker's own readiness, for its peers' probes, and its liveness, for the supervisor,
+    every ``HEARTBEAT_S`` while the event loop runs (through loading and draining too)."""
     assert state.worker is not None
-    while True:
+    for beat in itertools.count():
         publish_ready(state.worker, state.serving_everything)
+        publish_alive(state.worker, beat)
         await asyncio.sleep(HEARTBEAT_S)
 
 
@@ -114,9 +117,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
             yield
         finally:
             state.draining = True
-            if heartbeat is not None:
-                heartbeat.cancel()
-                assert worker is not None
+            if worker is not None:  # out of every probe now; the beat goes on while the drain runs
                 publish_ready(worker, False)
             if grpc_server is not None:  # its calls in flight finish before the queues drain
                 await grpc_server.stop(settings.graceful_shutdown_s)
@@ -131,6 +132,8 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
             state.pipeline.close()
             if owned_provider is not None:  # flush the spans still in the batch processor
                 owned_provider.shutdown()
+            if heartbeat is not None:
+                heartbeat.cancel()
 
     app = FastAPI(title="resserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.resserve = state

@@ -41,13 +41,15 @@ from types import FrameType
 from resserve.config import ServerSettings
 from resserve.engines.hardware import available_cores
 from resserve.errors import ConfigError, ResserveError
-from resserve.server.workers import WorkerIdentity, forget, prepare_folder
+from resserve.server.workers import WorkerIdentity, forget, prepare_folder, read_alive
 
 log = logging.getLogger(__name__)
 
 CRASH_WINDOW_S = 10.0
 MAX_QUICK_DEATHS = 5
 POLL_S = 0.2
+# A worker's first beat may come this much later than worker_timeout_s: spawn and imports.
+FIRST_BEAT_GRACE_S = 60.0
 
 
 def worker_count(setting: int | str, cores: int | None = None) -> int:
@@ -131,6 +133,8 @@ class Supervisor:
         self.context = multiprocessing.get_context("spawn")  # no forked engine threads or event loop
         self.processes: list[BaseProcess | None] = [None] * count
         self.started_at = [0.0] * count
+        self.last_beat: list[str | None] = [None] * count
+        self.beat_seen_at = [0.0] * count
         self.quick_deaths = 0
         self.stopping = False
         self.signals = 0
@@ -146,6 +150,7 @@ class Supervisor:
         process.start()
         self.processes[index] = process
         self.started_at[index] = time.monotonic()
+        self.last_beat[index], self.beat_seen_at[index] = None, self.started_at[index]
         log.info("worker %d started (pid %s%s)", index, process.pid,
                  f", cores {sorted(self.shares[index])}" if self.shares[index] else "")  # type: ignore[arg-type]
 
@@ -159,23 +164,27 @@ class Supervisor:
         log.info("signal %d: passed to %d workers%s", sig, self.count, "" if self.signals == 1 else " (stop now)")
 
     def _kill_hung(self, identity: WorkerIdentity) -> None:
-        """Kill a worker whose heartbeat stopped for ``worker_timeout_s`` (its event loop is stuck: it
-        cannot beat, nor take its heartbeat away as a loading or draining worker does); it is
-        restarted as a dead one is. Before, it stayed unready and was never restarted."""
+        """Kill a worker whose liveness beat stopped changing for ``worker_timeout_s`` (its event
+        loop is stuck), measured on this process's monotonic clock; it is restarted as a dead one
+        is. A worker that has not beaten yet gets ``FIRST_BEAT_GRACE_S`` more (spawn and imports)."""
         timeout_s = self.settings.worker_timeout_s
-        now = time.time()
+        now = time.monotonic()
         for index, process in enumerate(self.processes):
             if process is None or process.exitcode is not None:
                 continue
-            try:
-                silent_s = now - identity.heartbeat(index).stat().st_mtime
-            except FileNotFoundError:
-                continue  # not ready on purpose (loading, draining): not hung
-            if silent_s > timeout_s:
+            beat = read_alive(identity, index)
+            if beat != self.last_beat[index]:
+                self.last_beat[index], self.beat_seen_at[index] = beat, now
+                continue
+            allowed_s = timeout_s + (FIRST_BEAT_GRACE_S if beat is None else 0.0)
+            silent_s = now - self.beat_seen_at[index]
+            if silent_s > allowed_s:
                 log.error("worker %d (pid %s) stopped answering: no heartbeat for %.0f s (worker_timeout_s); "
                           "killing it", index, process.pid, silent_s)
                 process.kill()
                 forget(identity, index)
+                self.last_beat[index] = None
+                self.beat_seen_at[index] = now
 
     def _reap(self, identity: WorkerIdentity, port: int) -> int | None:
         """Restart the workers that died; an exit code for the server when it must stop."""

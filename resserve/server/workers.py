@@ -9,6 +9,9 @@ folder and nothing else:
   draining. A probe that lands on any worker is ready only when every worker's heartbeat is
   fresh, so a worker that is still loading, draining, hung or dead takes the pod out of the
   Service as one process would.
+- ``alive/<index>``: a beat each worker rewrites while its event loop runs, ready or not (loading
+  and draining included). The supervisor kills a worker whose beat stopped changing; readiness
+  alone cannot tell a stuck loop from a worker that is not ready on purpose.
 - ``builds.jsonl``: worker 0 builds what is missing (one ``resserve build`` child, never N) and
   appends each build event; the other workers follow the file and load each model once it is
   built (:class:`resserve.server.startup.PeerBuilds`).
@@ -55,6 +58,9 @@ class WorkerIdentity(BaseModel):
     def heartbeat(self, index: int | None = None) -> Path:
         return self.folder / "ready" / str(self.index if index is None else index)
 
+    def alive(self, index: int | None = None) -> Path:
+        return self.folder / "alive" / str(self.index if index is None else index)
+
     @property
     def build_log(self) -> Path:
         return self.folder / "builds.jsonl"
@@ -62,7 +68,7 @@ class WorkerIdentity(BaseModel):
 
 def prepare_folder(folder: Path) -> None:
     """The shared folder's layout, made by the supervisor before any worker starts."""
-    for sub in ("ready", "metrics"):
+    for sub in ("ready", "alive", "metrics"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     (folder / "builds.jsonl").touch()
 
@@ -76,9 +82,27 @@ def publish_ready(identity: WorkerIdentity, ready: bool) -> None:
         beat.unlink(missing_ok=True)
 
 
+def publish_alive(identity: WorkerIdentity, beat: int) -> None:
+    """This worker's event loop ran: its beat count, which the supervisor watches change (its own
+    clock, so a wall-clock step neither kills a worker nor hides a stuck one)."""
+    path = identity.alive()
+    staged = path.with_name(f".{path.name}.tmp")
+    staged.write_text(str(beat))
+    staged.replace(path)  # never a half-written beat
+
+
+def read_alive(identity: WorkerIdentity, index: int) -> str | None:
+    """A worker's last beat, or None before its first."""
+    try:
+        return identity.alive(index).read_text()
+    except FileNotFoundError:
+        return None
+
+
 def forget(identity: WorkerIdentity, index: int) -> None:
     """A dead worker's heartbeat goes at once, not after it turns stale."""
     identity.heartbeat(index).unlink(missing_ok=True)
+    identity.alive(index).unlink(missing_ok=True)
 
 
 def peers_not_ready(identity: WorkerIdentity, now: float | None = None) -> list[int]:

@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,6 +48,16 @@ def workers(model_onnx: Path, tmp_path: Path) -> Iterator:
 def worker_pids(supervisor: int) -> list[int]:
     children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
     return [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+
+
+def shared_folder(supervisor: int) -> str:
+    """The workers' beats and readiness files, for a failure's message."""
+    pid = worker_pids(supervisor)[0]
+    environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+    folder = Path(environ["PROMETHEUS_MULTIPROC_DIR"]).parent
+    now = time.time()
+    return "; ".join(f"{f.relative_to(folder)}: {f.read_text()!r} {now - f.stat().st_mtime:.1f} s old"
+                     for sub in ("alive", "ready") for f in sorted((folder / sub).iterdir()))
 
 
 def wait_for(predicate, timeout_s: float = 60.0, every_s: float = 0.2):  # type: ignore[no-untyped-def]
@@ -130,7 +141,7 @@ def test_a_hung_worker_is_killed_and_restarted(workers) -> None:
     os.kill(hung, signal.SIGSTOP)
     restarted = wait_for(lambda: len(p := worker_pids(workers.process.pid)) == 2 and hung not in p and p,
                          timeout_s=WORKER_TIMEOUT_S + 30)
-    assert restarted, workers.output()
+    assert restarted, f"{shared_folder(workers.process.pid)}\n{workers.output()}"
     assert "stopped answering: no heartbeat for" in workers.output()
     assert wait_for(lambda: httpx.get(f"{workers.url}/v2/health/ready", timeout=5).status_code == 200)
     assert [classify(workers.url, seed) for seed in range(4)] == [200] * 4

@@ -116,3 +116,57 @@ async def test_models_the_build_process_left_unsettled_fail_for_every_worker(ide
 
 async def _collect(events: AsyncIterator[BuildEvent]) -> list[BuildEvent]:
     return [event async for event in events]
+
+
+def test_the_supervisor_kills_a_worker_whose_beat_stops_changing_ready_or_not(tmp_path: Path) -> None:
+    """Liveness is the beat, not readiness: a worker that is not ready (loading, draining) but
+    beating lives; one whose beat stops is killed, whether or not its readiness file is there (a
+    worker stopped between removing its readiness and its next beat was never killed before)."""
+    import multiprocessing
+
+    from resserve.config import ServerSettings
+    from resserve.server.supervisor import Supervisor
+    from resserve.server.workers import publish_alive, read_alive
+
+    prepare_folder(tmp_path)
+    identity = WorkerIdentity(index=0, count=2, folder=tmp_path)
+    supervisor = Supervisor(ServerSettings(model_repo=tmp_path, worker_timeout_s=0.3), count=2)
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=time.sleep, args=(60,), daemon=True) for _ in range(2)]
+    try:
+        for index, process in enumerate(processes):
+            process.start()
+            supervisor.processes[index] = process
+            supervisor.beat_seen_at[index] = time.monotonic()
+        workers = [identity.model_copy(update={"index": i}) for i in range(2)]
+        publish_ready(workers[1], True)  # worker 1 ready, worker 0 not (loading): both beat
+        deadline = time.monotonic() + 1.0
+        beat = 0
+        while time.monotonic() < deadline:
+            beat += 1
+            publish_alive(workers[0], beat)
+            publish_alive(workers[1], beat)
+            supervisor._kill_hung(identity)
+            time.sleep(0.05)
+        assert all(p.is_alive() for p in processes)
+        # Worker 1 (ready file still there) stops beating; worker 0 goes on.
+        deadline = time.monotonic() + 2.0
+        while processes[1].is_alive() and time.monotonic() < deadline:
+            beat += 1
+            publish_alive(workers[0], beat)
+            supervisor._kill_hung(identity)
+            time.sleep(0.05)
+        processes[1].join(5)
+        assert processes[1].exitcode == -9 and processes[0].is_alive()
+        assert read_alive(identity, 1) is None and not identity.heartbeat(1).exists()  # forgotten
+        # Worker 0, not ready, stops beating too: killed all the same.
+        deadline = time.monotonic() + 2.0
+        while processes[0].is_alive() and time.monotonic() < deadline:
+            supervisor._kill_hung(identity)
+            time.sleep(0.05)
+        processes[0].join(5)
+        assert processes[0].exitcode == -9
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
