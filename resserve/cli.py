@@ -171,6 +171,59 @@ def build(
         raise _fail(exc) from exc
 
 
+canary_app = typer.Typer(help="A model's release: its shadow candidate's comparison and decisions.",
+                         no_args_is_help=True)
+app.add_typer(canary_app, name="canary")
+
+
+@canary_app.command("status")
+def canary_status(
+    model: Annotated[str, typer.Argument(help="the model's name")],
+    url: Annotated[str, typer.Option(help="the server's HTTP address")] = "http://127.0.0.1:8000",
+    api_key: Annotated[str | None, typer.Option(envvar="RESSERVE_API_KEY", help="an API key, if the server asks for one [RESSERVE_API_KEY]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the server's answer as it is")] = False,
+) -> None:
+    """How the candidate compares with what serves (GET /v2/models/MODEL/canary)."""
+    import httpx
+    from rich.table import Table
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/v2/models/{model}/canary", headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        raise _fail(ResserveError(f"cannot reach {url}: {exc}")) from exc
+    if response.status_code != 200:
+        raise _fail(ResserveError(f"{response.status_code}: {response.text}"))
+    status = response.json()
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+        return
+    console.print(f"model {status['model']}: serving {', '.join(status['serving']) or 'nothing'}; "
+                  f"promoted: {status['promoted'] or 'none'}; traffic {json.dumps(status['traffic'])}")
+    table = Table(title="shadow comparisons (top-1 agreement with its 95% interval)")
+    for column in ("primary", "candidate", "compared", "top-1", "95% interval", "top-5 overlap", "prob L1",
+                   "p50 / p99 primary ms", "p50 / p99 candidate ms", "dropped"):
+        table.add_column(column, no_wrap=True)
+
+    def ms(latency: dict[str, float | None]) -> str:
+        p50, p99 = latency["p50"], latency["p99"]
+        return "-" if p50 is None or p99 is None else f"{p50 * 1000:.1f} / {p99 * 1000:.1f}"
+
+    for c in status["comparisons"]:
+        low, high = c["top1_agreement_95"]
+        table.add_row(c["primary"], c["candidate"], str(c["compared"]),
+                      "-" if c["top1_agreement"] is None else f"{c['top1_agreement']:.4f}", f"{low:.4f} - {high:.4f}",
+                      "-" if c["top5_overlap_mean"] is None else f"{c['top5_overlap_mean']:.2f}",
+                      "-" if c["prob_l1_mean"] is None else f"{c['prob_l1_mean']:.4f}",
+                      ms(c["latency_s"]["primary"]), ms(c["latency_s"]["candidate"]),
+                      ", ".join(f"{k} {v}" for k, v in c["dropped"].items()) or "0")
+    console.print(table)
+    for d in status["decisions"]:
+        console.print(f"{d['at']}: candidate {d['candidate']} {d['outcome'].upper()} (primary {d['primary']}): {d['why']}")
+    if not status["decisions"]:
+        console.print("no decision yet")
+
+
 @app.command("wait-models")
 def wait_models(
     model_repo: Annotated[Path, typer.Argument(help="the model repository folder")],

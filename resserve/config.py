@@ -140,6 +140,97 @@ class OpenVinoConfig(_Strict):
     inference_threads: int | None = Field(None, ge=1)
 
 
+class VersionPolicy(_Strict):
+    """Which built versions serve at once (Triton's version_policy): the newest ``latest``, ``all``,
+    or the ``specific`` ones. Read at load; changing it rebuilds nothing."""
+
+    latest: int | None = Field(None, ge=1, le=100)
+    all: bool = False
+    specific: list[int] | None = Field(None, min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> VersionPolicy:
+        given = (self.latest is not None) + self.all + (self.specific is not None)
+        if given > 1:
+            raise ValueError("give one of version_policy.latest, .all or .specific")
+        if given == 0:
+            self.latest = 1
+        if self.specific is not None and any(v < 1 for v in self.specific):
+            raise ValueError("version_policy.specific lists version numbers (1 and up)")
+        return self
+
+    def choose(self, built: Sequence[str]) -> list[str]:
+        """The built versions (numeric strings, oldest first) this policy serves, oldest first."""
+        if self.all:
+            return list(built)
+        if self.specific is not None:
+            wanted = {str(v) for v in self.specific}
+            return [v for v in built if v in wanted]
+        return list(built)[-(self.latest or 1):]
+
+
+class ShadowConfig(_Strict):
+    """Mirror a share of requests to a candidate; the client always gets the primary's answer."""
+
+    target: str = Field(description='a version of this model ("2"), or "model:<name>" (another model, same labels)')
+    fraction: float = Field(gt=0, le=1)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if not (value.isdigit() or (value.startswith("model:") and len(value) > len("model:"))):
+            raise ValueError(f'shadow.target is a version number ("2") or "model:<name>", not {value!r}')
+        return value
+
+    @property
+    def version(self) -> str | None:
+        """The candidate version of this model, or None for another model."""
+        return self.target if self.target.isdigit() else None
+
+    @property
+    def model(self) -> str | None:
+        return None if self.target.isdigit() else self.target.removeprefix("model:")
+
+
+class PromoteConfig(_Strict):
+    """Act on the shadow comparison once ``min_compared`` images were compared."""
+
+    min_compared: int = Field(500, ge=1)
+    min_top1_agreement: float = Field(0.99, ge=0, le=1)
+    max_p99_ratio: float = Field(1.25, gt=0, description="candidate p99 / primary p99")
+    action: Literal["promote", "report"] = "promote"
+
+
+class TrafficConfig(_Strict):
+    """Where unversioned requests go, and what is compared on the side. Read at load; changing it
+    rebuilds nothing."""
+
+    split: dict[str, int] | None = Field(
+        None, description='unversioned requests by weight over versions ({"1": 90, "2": 10}); default: the newest')
+    shadow: ShadowConfig | None = None
+    promote: PromoteConfig | None = None
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, split: dict[str, int] | None) -> dict[str, int] | None:
+        if split is None:
+            return None
+        if not split or any(not v.isdigit() for v in split) or any(w < 0 for w in split.values()) \
+                or sum(split.values()) <= 0:
+            raise ValueError("traffic.split maps version numbers to weights (0 or more, at least one above 0)")
+        return {str(int(v)): w for v, w in split.items()}
+
+    @model_validator(mode="after")
+    def _promote_needs_a_version(self) -> TrafficConfig:
+        if self.promote is not None and self.shadow is None:
+            raise ValueError("traffic.promote acts on a shadow comparison: give traffic.shadow too")
+        if self.promote is not None and self.promote.action == "promote" and self.shadow is not None \
+                and self.shadow.version is None:
+            raise ValueError("traffic.promote action promote takes a version of this model as shadow.target; "
+                             "another model can only be reported on (action: report)")
+        return self
+
+
 # The engines and what each builds come from the one registry (resserve/engine_registry.py); the
 # Literal types give pydantic its validation and messages.
 ENGINE_PRECISIONS: dict[str, tuple[str, ...]] = {spec.name: spec.precisions for spec in ENGINES}
@@ -182,6 +273,8 @@ class ModelConfig(_Strict):
     engine_timeout_s: float | None = Field(
         60.0, gt=0, description="watchdog: a batch running longer marks the model not ready until it returns")
     fault_injection: FaultInjectionConfig | None = None
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, json_schema_extra=_build_input("nested"))
     openvino: OpenVinoConfig = Field(default_factory=OpenVinoConfig)
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
@@ -322,6 +415,10 @@ class ServerSettings(BaseSettings):
     pin_workers: bool = Field(
         True, description="with several workers, give each its own share of the cores, so that engine and "
                           "preprocessing threads (which default to the cores a process may use) never oversubscribe them")
+    repository_poll_s: float | None = Field(
+        None, gt=0, description="read the repository again this often: new built versions load under each model's "
+                                "version_policy, versions leaving it drain and unload, traffic and promotions "
+                                "follow config.yaml and release.json; default: off")
     first_models: list[str] = Field(
         default_factory=lambda: ["resnet50"],
         description="built and loaded first at start (then fp32 models, then reduced precision, in repository order)")

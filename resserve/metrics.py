@@ -88,6 +88,25 @@ class Metrics:
         self.model_ready = Gauge(
             "resserve_model_ready", "1 when the model version answers requests",
             ["model", "version"], registry=r, multiprocess_mode="livemin")
+        shadow = ["model", "primary", "candidate"]
+        self.shadow_compared = Counter(
+            "resserve_shadow_compared_total", "Images answered by the primary and by a shadowed candidate, compared",
+            shadow, registry=r)
+        self.shadow_top1_agreements = Counter(
+            "resserve_shadow_top1_agreements_total", "Compared images whose top-1 class was the same on both",
+            shadow, registry=r)
+        self.shadow_top5_overlap = Histogram(
+            "resserve_shadow_top5_overlap", "Classes shared by the primary's and the candidate's top 5, per image",
+            shadow, buckets=(0, 1, 2, 3, 4, 5), registry=r)
+        self.shadow_prob_l1 = Histogram(
+            "resserve_shadow_prob_l1", "L1 distance between the primary's and the candidate's probabilities, per image",
+            shadow, buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0), registry=r)
+        self.shadow_dropped = Counter(
+            "resserve_shadow_dropped_total", "Requests drawn for shadowing but not mirrored (saturated, candidate "
+            "not serving, incompatible, failed)", [*shadow, "reason"], registry=r)
+        self.shadow_latency = Histogram(
+            "resserve_shadow_latency_seconds", "Queue and engine time of the same rows on the primary and on the "
+            "candidate, under the version that ran them", [*shadow, "version"], buckets=LATENCY_BUCKETS_S, registry=r)
         # What serves, as far as it decides the answers (an info metric: the labels carry it, the value is 1).
         self.model_runtime = Gauge(
             "resserve_model_runtime_info", "What serves the model version: engine, instruction-set class, "

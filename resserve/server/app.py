@@ -28,7 +28,7 @@ from resserve.errors import ResserveError
 from resserve.metrics import Metrics
 from resserve.repository import ModelRepository
 from resserve.server.oip import http_routes as oip_routes
-from resserve.server.routes import classify, control, health, statistics_route
+from resserve.server.routes import canary, classify, control, health, statistics_route
 from resserve.server.access_policy import AccessPolicy
 from resserve.server.body_budget import BodyBudget
 from resserve.server.middleware.access import AccessMiddleware
@@ -40,6 +40,7 @@ from resserve.server.middleware.request_id import RequestIdMiddleware
 from resserve.server.startup import BuildSource, start_models, startup_order
 from resserve.server.app_state import AppState
 from resserve.server.middleware.request_spans import TracingMiddleware
+from resserve.server.repository_poller import RepositoryPoller
 from resserve.server.workers import HEARTBEAT_S, WorkerIdentity, publish_alive, publish_ready
 from resserve.serving.manager import ModelManager
 from resserve.tracing import Tracing, tracer_provider_from_env
@@ -103,6 +104,10 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         log.info("resserve %s listening; starting %s", __version__, ", ".join(order))
         grpc_server = metrics_listener = None
         heartbeat = asyncio.create_task(_heartbeat(state), name="worker-heartbeat") if worker else None
+        poller = None
+        if settings.repository_poll_s is not None:
+            poller = asyncio.create_task(RepositoryPoller(state, settings.models).run(settings.repository_poll_s),
+                                         name="repository-poll")
         try:  # a port that cannot be bound still releases what started above
             if settings.metrics_port is not None:
                 from resserve.server.metrics_listener import MetricsListener
@@ -117,6 +122,8 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
             yield
         finally:
             state.draining = True
+            if poller is not None:
+                poller.cancel()
             if worker is not None:  # out of every probe now; the beat goes on while the drain runs
                 publish_ready(worker, False)
             if grpc_server is not None:  # its calls in flight finish before the queues drain
@@ -139,7 +146,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     app.state.resserve = state
     install_error_handlers(app)
     # statistics first: /v2/models/stats would otherwise be model "stats"'s metadata.
-    for module in (health, classify, statistics_route, oip_routes, control):
+    for module in (health, classify, statistics_route, canary, oip_routes, control):
         app.include_router(module.router)
     app.include_router(control.index_router)
     if settings.metrics_port is None:

@@ -9,7 +9,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from resserve.errors import ConflictError, EngineError, InvalidRequestError, ModelNotFoundError, ResserveError
+from resserve.errors import (
+    ConflictError,
+    EngineError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ResserveError,
+)
 from resserve.redact import failure_reason
 from resserve.server.app_state import AppState
 from resserve.serving.lifecycle import unavailable_entry
@@ -44,8 +51,9 @@ async def repository_index(state: AppState) -> list[dict[str, str]]:
     # inference admits, so it must not make each of them glob the repository folder.
     for name in state.repository.names():
         record = lifecycle.current(name)
-        if record is not None and record.version:
-            entries.append(record.index_entry())
+        if record is not None and record.version:  # every version it has, as Triton lists them
+            versions = sorted((r for r in lifecycle.records(name) if r.version), key=lambda r: int(r.version))
+            entries.extend(r.index_entry() for r in versions)
             continue
         versions = await asyncio.to_thread(state.repository.versions, name)
         if record is not None:  # still building, or failed before a version was known
@@ -83,7 +91,20 @@ def model_statistics(state: AppState, name: str | None = None, version: str | No
             known = state.repository.has(name)
             raise InvalidRequestError(f"requested model '{name}' is not available"
                                       + (" (it is not loaded)" if known else ""))
-        if version and loaded[0].version != version:
-            raise InvalidRequestError(f"requested model version is not available for model '{name}' "
-                                      f"(version {version} asked, {loaded[0].version} served)")
-    return {"model_stats": [m.statistics.as_dict() for m in loaded]}
+        if version:
+            served = [m.version for m in loaded]
+            loaded = [m for m in loaded if m.version == version]
+            if not loaded:
+                raise InvalidRequestError(f"requested model version is not available for model '{name}' "
+                                          f"(version {version} asked, {', '.join(served)} served)")
+    return {"model_stats": [m.statistics.as_dict() for m in sorted(loaded, key=lambda m: (m.name, int(m.version)))]}
+
+
+def canary_status(state: AppState, name: str) -> dict[str, Any]:
+    """The model's release: versions serving, traffic, shadow comparisons and decisions."""
+    release = state.manager.releases.get(name)
+    if release is None:
+        if state.repository.has(name):
+            raise ModelNotReadyError(f"model {name!r} is not loaded yet: no canary to report", retry_after_s=5.0)
+        raise ModelNotFoundError(f"Request for unknown model: '{name}' is not found")
+    return release.status(state.manager.serving_versions(name))

@@ -37,7 +37,8 @@ from resserve.errors import (
 )
 from resserve.metrics import Metrics
 from resserve.preprocess import preprocess_timed
-from resserve.server.scores import softmax
+from resserve.server.scores import model_scores
+from resserve.server.shadow import Shadow
 from resserve.serving.manager import ModelManager, ServedModel
 from resserve.threads import PREPROCESS_PREFIX, set_os_thread_name
 from resserve.tracing import OFF, Tracing
@@ -56,6 +57,7 @@ class Ticket:
     received: float  # time.monotonic() when the request arrived: the adaptive batcher ages from here
     protocol: str = "http"  # which adapter carried it ("http" or "grpc"): the image counters tell them apart
     images: int = 0
+    pinned: bool = False  # the request named its version: that version answers, or an error, never another
 
 
 class RequestPipeline:
@@ -72,11 +74,13 @@ class RequestPipeline:
         self.manager = manager
         self.tracing = tracing
         self.threads = settings.preprocess_threads or available_cores()
+        self.shadow = Shadow(manager, metrics)
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="preprocess",
                                        initializer=set_os_thread_name, initargs=(PREPROCESS_PREFIX,))
         self.parse_slots = asyncio.Semaphore(self.threads)
 
     def close(self) -> None:
+        self.shadow.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     async def parse(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -104,6 +108,7 @@ class RequestPipeline:
         if found is not None:
             found(served)
         with self.admit(served, received, protocol) as ticket:
+            ticket.pinned = version is not None
             yield ticket
 
     @contextlib.contextmanager
@@ -156,23 +161,31 @@ class RequestPipeline:
         deadline = self.deadline(ticket, timeout_ms)
         served = ticket.served
         window = asyncio.Semaphore(self.threads)
+        rows: list[np.ndarray] = [np.empty(0)] * len(images)  # kept for a shadow
+        submitted: list[float] = []
 
-        async def one(data: bytes) -> np.ndarray:
+        async def one(index: int, data: bytes) -> np.ndarray:
             async with window:
                 tensor = await self._preprocess(served, data, deadline)
-            return await self._submit(served, tensor[np.newaxis], deadline, ticket.received)
+            rows[index] = tensor[np.newaxis]
+            submitted.append(time.monotonic())
+            return await self._submit(ticket, tensor[np.newaxis], deadline)
 
         async def every() -> np.ndarray:
-            return np.concatenate(await _all_or_first_error([one(data) for data in images]))
+            return np.concatenate(await _all_or_first_error([one(i, data) for i, data in enumerate(images)]))
 
-        return await self._observed(ticket, len(images), every())
+        outputs = await self._observed(ticket, len(images), every())
+        self.shadow.mirror(served, lambda: np.concatenate(rows), outputs, time.monotonic() - min(submitted))
+        return outputs
 
     async def run_tensor(self, ticket: Ticket, batch: np.ndarray, timeout_ms: float | None) -> np.ndarray:
         """Raw model outputs for a preprocessed batch: its rows count as images everywhere."""
         self.reserve(ticket, batch.shape[0])
         deadline = self.deadline(ticket, timeout_ms)
-        return await self._observed(ticket, batch.shape[0],
-                                    self._submit(ticket.served, batch, deadline, ticket.received))
+        submitted = time.monotonic()
+        outputs = await self._observed(ticket, batch.shape[0], self._submit(ticket, batch, deadline))
+        self.shadow.mirror(ticket.served, lambda: batch, outputs, time.monotonic() - submitted)
+        return outputs
 
     @staticmethod
     async def _observed(ticket: Ticket, images: int, work: Awaitable[np.ndarray]) -> np.ndarray:
@@ -188,9 +201,7 @@ class RequestPipeline:
     @staticmethod
     def scores(served: ServedModel, outputs: np.ndarray) -> np.ndarray:
         """Softmax probabilities, unless the model already ends in softmax."""
-        if served.config.softmax_in_model or served.metadata.softmax:
-            return outputs.astype(np.float32, copy=False)
-        return softmax(outputs)
+        return model_scores(served, outputs)
 
     async def _preprocess(self, served: ServedModel, data: bytes, deadline: float) -> np.ndarray:
         """One encoded image to the model's input tensor (no batch axis), with stage metrics.
@@ -213,16 +224,17 @@ class RequestPipeline:
         served.observers.image_preprocessed(data, started - queued, decode_s, transform_s, started)
         return tensor
 
-    async def _submit(self, served: ServedModel, rows: np.ndarray, deadline: float, received: float) -> np.ndarray:
-        """Queue rows on ``served``, or on its successor if a reload retired it meanwhile."""
+    async def _submit(self, ticket: Ticket, rows: np.ndarray, deadline: float) -> np.ndarray:
+        """Queue rows on the ticket's model, or on its successor if a reload (or a version leaving
+        the policy) retired it meanwhile: for a request that named its version, only a reload of it."""
         trace = self.tracing.current()
         try:
-            return await served.queue.submit(rows, deadline, received, trace)
+            return await ticket.served.queue.submit(rows, deadline, ticket.received, trace)
         except ModelNotReadyError:
-            successor = self.manager.successor(served)
+            successor = self.manager.successor(ticket.served, pinned=ticket.pinned)
             if successor is None:
                 raise
-            return await successor.queue.submit(rows, deadline, received, trace)
+            return await successor.queue.submit(rows, deadline, ticket.received, trace)
 
 
 async def _all_or_first_error(coroutines: list) -> list[np.ndarray]:  # type: ignore[type-arg]

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from resserve.serving.manager import ServedModel
+
+
+def model_scores(served: ServedModel, outputs: np.ndarray) -> np.ndarray:
+    """Softmax probabilities of a model's raw outputs, unless the model already ends in softmax."""
+    if served.config.softmax_in_model or served.metadata.softmax:
+        return outputs.astype(np.float32, copy=False)
+    return softmax(outputs)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

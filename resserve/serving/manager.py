@@ -18,7 +18,7 @@ import numpy as np
 
 from resserve.config import ModelConfig, ServerSettings
 from resserve.contract import PreprocessContract
-from resserve.engines.base import Engine, PixelInput
+from resserve.engines.base import Engine, PixelInput, TensorSpec
 from resserve.engines.factory import open_engine
 from resserve.errors import ModelNotFoundError, ModelNotReadyError
 from resserve.agreement import LoadCheck
@@ -32,6 +32,7 @@ from resserve.serving.batching import BatchQueue, Runner
 from resserve.serving.faults import FaultyRunner
 from resserve.serving.load_check import load_check
 from resserve.serving.lifecycle import Lifecycle, ModelRecord
+from resserve.serving.release import Release
 from resserve.serving.observers import Observer, Observers
 from resserve.serving.sinks import PrometheusSink, StatisticsSink, TracingSink
 from resserve.serving.statistics import ModelStatistics
@@ -63,6 +64,14 @@ class ServedModel:
     record: ModelRecord | None = None  # its lifecycle, owned by the manager's Lifecycle
     loaded_at: float = field(default_factory=time.time)
     admitted: int = 0  # requests past admission: reading, preprocessing or queued (event-loop only)
+    # The engine's tensors, read once while it is open: a request that found this version just
+    # before it was retired still reads them after its engines closed.
+    input_spec: TensorSpec = field(init=False)
+    output_spec: TensorSpec = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.input_spec = self.engines[0].input_spec
+        self.output_spec = self.engines[0].output_spec
 
     @property
     def capacity(self) -> int:
@@ -119,40 +128,118 @@ class ModelManager:
         self.tracing = tracing
         self.lifecycle = Lifecycle(metrics)  # every model's phase: the one owner of lifecycle state
         self._lock = asyncio.Lock()
+        self.releases: dict[str, Release] = {}  # routing and the canary, per model name
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
-        """The served model, or ModelNotFoundError / ModelNotReadyError."""
+        """The served model, or ModelNotFoundError / ModelNotReadyError. An unversioned request
+        goes where the model's release routes it (``traffic.split``, a promotion, else the newest);
+        one that names a version gets that version or an error, never another."""
         if self.lifecycle.current(name) is None:
             if self.repository.has(name):
                 raise ModelNotReadyError(f"Request for unknown model: '{name}' has no available versions "
                                          "(it is not loaded)")
             raise ModelNotFoundError(f"Request for unknown model: '{name}' is not found")
+        if version is None and (serving := self.serving_versions(name)):
+            release = self.releases.get(name)
+            version = release.route(serving) if release is not None else serving[-1]
         return self.lifecycle.served(name, version)
 
-    def successor(self, served: ServedModel) -> ServedModel | None:
-        """The version now serving in place of a retired ``served``, if it takes the same tensors.
+    def serving_versions(self, name: str) -> list[str]:
+        """The versions of ``name`` that answer now, oldest first."""
+        return sorted((r.version for r in self.lifecycle.records(name) if r.serving), key=int)
+
+    def version_served(self, name: str, version: str) -> ServedModel | None:
+        """``name`` at ``version`` if it answers now (a shadow's candidate), else None."""
+        record = next((r for r in self.lifecycle.records(name) if r.version == version), None)
+        return record.served if record is not None and record.serving else None
+
+    def successor(self, served: ServedModel, pinned: bool = False) -> ServedModel | None:
+        """What answers in place of a retired ``served``, if it takes the same tensors: for a request
+        that named its version, only a reload of that version; otherwise where the release routes now.
 
         A request looks its model up before its body has arrived and been preprocessed; one that
-        did so just before a reload finds the old queue closed and is answered by the new version.
+        did so just before a reload finds the old queue closed and is answered by the new instance.
         """
-        current = self.lifecycle.current(served.name)
-        if current is None or current.served is None or current.served is served or not current.serving \
-                or not interchangeable(served, current.served):
+        try:
+            current = self.get(served.name, served.version if pinned else None)
+        except (ModelNotFoundError, ModelNotReadyError):
             return None
-        return current.served
+        if current is served or not interchangeable(served, current):
+            return None
+        return current
 
     def loaded(self) -> list[ServedModel]:
         return self.lifecycle.serving_models()
 
     async def load(self, name: str, version: str | None = None) -> ServedModel:
-        """Load (or reload) ``name``; the previous version keeps serving until the new one is ready.
-        A failure is recorded (FAILED, or beside the version still serving) and raised."""
+        """Load (or reload) the versions ``name``'s ``version_policy`` names, or just ``version``;
+        each version that already serves goes on serving until its new instance is ready. Versions
+        that left the policy are then drained and released, once every version in it serves (a
+        corrupt new version leaves the old one serving). A failure is recorded (FAILED, or
+        beside the version still serving) and raised once every version was tried. Returns the
+        newest version loaded."""
+        try:
+            config, built = await asyncio.to_thread(self.policy_of, name)
+        except Exception as exc:
+            self.lifecycle.fail(name, self._failure(name, exc))
+            raise
+        wanted = [version] if version is not None else config.version_policy.choose(built)
+        if not wanted:
+            exc = ModelNotFoundError(f"model {name!r}: no built version is in its version_policy "
+                                     f"({config.version_policy.model_dump(exclude_none=True, exclude_defaults=True)}; "
+                                     f"built: {', '.join(built) or 'none'})")
+            self.lifecycle.fail(name, self._failure(name, exc))
+            raise exc
+        self.configure_release(name, config)
+        loaded: ServedModel | None = None
+        failure: BaseException | None = None
+        for each in wanted:
+            try:
+                loaded = await self._load_version(name, each)
+            except Exception as exc:  # the next version is still tried; CancelledError is not caught
+                failure = failure or exc
+        if failure is not None:  # versions outside the policy keep serving until every one in it does
+            raise failure
+        if version is None:
+            await self.retire_outside(name, set(wanted))
+        assert loaded is not None
+        return loaded
+
+    def policy_of(self, name: str) -> tuple[ModelConfig, list[str]]:
+        """``name``'s config as the folder says now, and its built versions (reads files)."""
+        return self.repository.config(name), self.repository.versions(name)
+
+    def configure_release(self, name: str, config: ModelConfig) -> None:
+        """``name``'s routing follows ``config.traffic`` and the decisions on disk from now on."""
+        release = self.releases.get(name)
+        if release is None:
+            self.releases[name] = Release(name, self.repository.root / name, config.traffic)
+        else:
+            release.configure(config.traffic)
+            release.reread()
+
+    async def retire_outside(self, name: str, keep: set[str]) -> list[str]:
+        """Drain and release the READY versions of ``name`` not in ``keep`` (they left the policy);
+        the versions retired."""
+        async with self._lock:
+            leaving = [r for r in self.lifecycle.records(name) if r.phase == "READY" and r.version not in keep]
+            for record in leaving:
+                self.lifecycle.unloading(record)
+        for record in leaving:
+            assert record.served is not None
+            log.info("model %s version %s left the version policy: draining it", name, record.version)
+            await self._retire(record.served, record)
+        return [r.version for r in leaving]
+
+    async def _load_version(self, name: str, version: str) -> ServedModel:
+        """Load (or reload) one version; where it already serves, the old instance is retired once
+        the new one is ready."""
         async with self._lock:
             try:
                 # Reading the metadata parses the whole ONNX file: keep it off the event loop.
                 model_version = await asyncio.to_thread(self.repository.version, name, version)
             except Exception as exc:
-                self.lifecycle.fail(name, self._failure(name, exc))
+                self.lifecycle.fail(name, self._failure(name, exc), version)
                 raise
             record = self.lifecycle.loading(name, model_version.version)
             try:
@@ -161,14 +248,13 @@ class ModelManager:
             except BaseException as exc:  # CancelledError too (shutdown): never left LOADING
                 self.lifecycle.fail(name, self._failure(name, exc), model_version.version)
                 raise
-            old = [r.served for r in self.lifecycle.records(name) if r.phase == "READY" and r.served is not None]
-            previous = {r.version: r for r in self.lifecycle.records(name) if r.phase == "READY" and r is not record}
+            previous = record.served if record.phase == "READY" else None
             self.lifecycle.ready(record, served)
             self.metrics.model_runtime.labels(name, served.version, *_runtime_labels(served.runtime)).set(1)
             log.info("model %s version %s ready (%s)", name, served.version,
                      "RANDOM weights" if served.random_weights else served.metadata.weights_source)
-        for retired in old:
-            await self._retire(retired, previous.get(retired.version))
+        if previous is not None:
+            await self._retire(previous, None)
         return served
 
     def _failure(self, name: str, exc: BaseException) -> str:
@@ -209,10 +295,10 @@ class ModelManager:
         if record is not None and record.served is served:
             if record.phase == "READY":
                 self.lifecycle.unloading(record)
-        current = self.lifecycle.current(served.name)
-        still = current.served if current is not None and current.phase == "READY" else None
-        if still is None or _runtime_labels(still.runtime) != _runtime_labels(served.runtime) \
-                or still.version != served.version:
+        # The runtime gauge goes unless a new instance of the same version, same runtime, serves on.
+        still = next((r.served for r in self.lifecycle.records(served.name) if r.version == served.version
+                      and r.phase == "READY" and r.served is not None and r.served is not served), None)
+        if still is None or _runtime_labels(still.runtime) != _runtime_labels(served.runtime):
             try:
                 self.metrics.model_runtime.remove(served.name, served.version, *_runtime_labels(served.runtime))
             except KeyError:
@@ -342,8 +428,8 @@ def interchangeable(a: ServedModel, b: ServedModel) -> bool:
     return (
         a.contract == b.contract
         and len(a.labels) == len(b.labels)
-        and a.engines[0].input_spec == b.engines[0].input_spec
-        and a.engines[0].output_spec == b.engines[0].output_spec
+        and a.input_spec == b.input_spec
+        and a.output_spec == b.output_spec
         and a.config.softmax_in_model == b.config.softmax_in_model
         and a.metadata.softmax == b.metadata.softmax
     )

@@ -58,6 +58,8 @@ class PrometheusSink(Observer):
         self.metrics.preprocess.labels(model).observe(transform_s)
 
     def request_done(self, ok: bool, seconds: float, images: int, protocol: str) -> None:
+        if protocol == "shadow":  # no client's images: resserve_shadow_* counts them
+            return
         counter = self.metrics.grpc_images if protocol == "grpc" else self.metrics.images
         counter.labels(self.labels[0], "ok" if ok else "error").inc(images)
 

@@ -163,7 +163,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             return service_pb2.ModelMetadataResponse.TensorMetadata(name=m.name, datatype=m.datatype,
                                                                     shape=[int(d) for d in m.shape])
 
-        return service_pb2.ModelMetadataResponse(name=served.name, versions=[served.version], platform=PLATFORM,
+        versions = [served.version] if request.version else self.state.manager.serving_versions(request.name)
+        return service_pb2.ModelMetadataResponse(name=served.name, versions=versions, platform=PLATFORM,
                                                  inputs=[meta(tensor_input(served))],
                                                  outputs=[meta(output_meta(served))])
 

@@ -92,8 +92,10 @@ async def server_metadata() -> Response:
 @router.get("/v2/models/{name}")
 @router.get("/v2/models/{name}/versions/{version}")
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
-    served = get_state(request).manager.get(name, version)
-    doc = oip.model_metadata(served.name, [served.version], PLATFORM, [tensor_input(served)], [output_meta(served)])
+    manager = get_state(request).manager
+    served = manager.get(name, version)
+    versions = [served.version] if version is not None else manager.serving_versions(name)
+    doc = oip.model_metadata(served.name, versions, PLATFORM, [tensor_input(served)], [output_meta(served)])
     doc["resserve"] = served.describe()
     doc["resserve"]["alternative_inputs"] = [IMAGE_INPUT_META]
     return _json(doc)
@@ -141,7 +143,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         # which costs less than a trip to a thread.
         max_images = pipeline.max_images(served)
         if header_length == 0:  # Triton's raw binary request: the body is the model's one input
-            spec = served.engines[0].input_spec
+            spec = served.input_spec
             if any(d < 0 for d in spec.shape[1:]):
                 raise InvalidRequestError(f"The shape of the raw input '{spec.name}' can not be deduced: model "
                                           f"'{served.name}' has variable-sized dimensions {list(spec.shape)}")

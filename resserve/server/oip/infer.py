@@ -34,12 +34,12 @@ def tensor_input(served: ServedModel) -> oip.TensorMeta:
     """The one input metadata lists: a client that sends every listed input must succeed, and
     ``infer`` takes exactly one input, so the encoded-image input is listed apart, under
     ``resserve.alternative_inputs``."""
-    spec = served.engines[0].input_spec
+    spec = served.input_spec
     return oip.TensorMeta(spec.name, datatype_of(spec.dtype), list(spec.shape))
 
 
 def output_meta(served: ServedModel) -> oip.TensorMeta:
-    out = served.engines[0].output_spec
+    out = served.output_spec
     return oip.TensorMeta(out.name, "FP32", list(out.shape))
 
 
@@ -58,7 +58,7 @@ def read_timeout_ms(request_params: dict[str, Any]) -> float | None:
 
 def requested_outputs(served: ServedModel, request: oip.InferRequest) -> list[oip.RequestedOutput]:
     """The outputs to answer: those asked for (each must be the model's), else the model's one."""
-    out_spec = served.engines[0].output_spec
+    out_spec = served.output_spec
     requested = request.outputs or [oip.RequestedOutput(out_spec.name, request.binary_data_output)]
     for wanted in requested:
         if wanted.name != out_spec.name:
@@ -72,7 +72,7 @@ async def run_request(pipeline: RequestPipeline, ticket: Ticket, request: oip.In
     """Raw outputs for a decoded request. ``deadline_ms``: what the transport allows (a gRPC
     deadline); the request's own ``timeout`` parameter may only shorten it."""
     served = ticket.served
-    spec = served.engines[0].input_spec
+    spec = served.input_spec
     if len(request.inputs) != 1:
         names = ", ".join(repr(t.name) for t in request.inputs)
         raise InvalidRequestError(f"expected 1 inputs but got {len(request.inputs)} inputs for model "

@@ -25,7 +25,7 @@ def triton_config(served: ServedModel) -> dict[str, Any]:
     the output, batching and instances. ``dims`` leave out the batch dimension, as Triton's do
     where ``max_batch_size`` > 0."""
     config = served.config
-    spec = served.engines[0].input_spec
+    spec = served.input_spec
     output = output_meta(served)
     batching = config.dynamic_batching
     runtime = served.runtime  # what was resolved and runs (engine: auto, device: auto), not what was asked
