@@ -104,10 +104,9 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         log.info("resserve %s listening; starting %s", __version__, ", ".join(order))
         grpc_server = metrics_listener = None
         heartbeat = asyncio.create_task(_heartbeat(state), name="worker-heartbeat") if worker else None
-        poller = None
-        if settings.repository_poll_s is not None:
-            poller = asyncio.create_task(RepositoryPoller(state, settings.models).run(settings.repository_poll_s),
-                                         name="repository-poll")
+        poller = RepositoryPoller(state, settings.models) if settings.repository_poll_s is not None else None
+        polling = (asyncio.create_task(poller.run(settings.repository_poll_s), name="repository-poll")
+                   if poller is not None and settings.repository_poll_s is not None else None)
         try:  # a port that cannot be bound still releases what started above
             if settings.metrics_port is not None:
                 from resserve.server.metrics_listener import MetricsListener
@@ -122,8 +121,10 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
             yield
         finally:
             state.draining = True
-            if poller is not None:
-                poller.cancel()
+            if poller is not None and polling is not None:  # a load or drain in progress ends first
+                poller.stop()
+                await asyncio.wait({polling}, timeout=settings.graceful_shutdown_s)
+                polling.cancel()
             if worker is not None:  # out of every probe now; the beat goes on while the drain runs
                 publish_ready(worker, False)
             if grpc_server is not None:  # its calls in flight finish before the queues drain
@@ -135,6 +136,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
+            state.pipeline.shadow.cancel()  # shadows give way: the drain's time is for clients
             await state.manager.close()
             state.pipeline.close()
             if owned_provider is not None:  # flush the spans still in the batch processor

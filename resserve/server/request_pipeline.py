@@ -118,10 +118,12 @@ class RequestPipeline:
         says how many images it carries, so a client that uploads slowly holds none."""
         self._check_room(served, 1)
         ticket = Ticket(served, received, protocol)
+        served.requests += 1
         try:
             yield ticket
         finally:
-            served.admitted -= ticket.images
+            ticket.served.admitted -= ticket.images  # a successor took the places over, if one answered
+            served.requests -= 1
 
     def reserve(self, ticket: Ticket, count: int) -> None:
         """Grow (or shrink) the ticket to ``count`` images: 413 beyond the per-request limit, 503
@@ -175,7 +177,7 @@ class RequestPipeline:
             return np.concatenate(await _all_or_first_error([one(i, data) for i, data in enumerate(images)]))
 
         outputs = await self._observed(ticket, len(images), every())
-        self.shadow.mirror(served, lambda: np.concatenate(rows), outputs, time.monotonic() - min(submitted))
+        self.shadow.mirror(ticket.served, lambda: np.concatenate(rows), outputs, time.monotonic() - min(submitted))
         return outputs
 
     async def run_tensor(self, ticket: Ticket, batch: np.ndarray, timeout_ms: float | None) -> np.ndarray:
@@ -228,13 +230,19 @@ class RequestPipeline:
         """Queue rows on the ticket's model, or on its successor if a reload (or a version leaving
         the policy) retired it meanwhile: for a request that named its version, only a reload of it."""
         trace = self.tracing.current()
+        served = ticket.served
         try:
-            return await ticket.served.queue.submit(rows, deadline, ticket.received, trace)
+            return await served.queue.submit(rows, deadline, ticket.received, trace)
         except ModelNotReadyError:
-            successor = self.manager.successor(ticket.served, pinned=ticket.pinned)
-            if successor is None:
-                raise
-            return await successor.queue.submit(rows, deadline, ticket.received, trace)
+            if ticket.served is served:  # the first of its images to find the queue closed moves the request
+                successor = self.manager.successor(served, pinned=ticket.pinned)
+                if successor is None:
+                    raise
+                # The request's places move with it (its other images then go straight there).
+                served.admitted -= ticket.images
+                successor.admitted += ticket.images
+                ticket.served = successor
+            return await ticket.served.queue.submit(rows, deadline, ticket.received, trace)
 
 
 async def _all_or_first_error(coroutines: list) -> list[np.ndarray]:  # type: ignore[type-arg]

@@ -67,11 +67,19 @@ class Shadow:
             self._dropped(primary, comparison, reason)
             return
         assert candidate is not None
+        # Its places are taken now, not when the task first runs: every request that finishes in
+        # the same turn of the loop sees the shadows already started.
+        candidate.admitted += count
         task = asyncio.get_running_loop().create_task(
             self._run(release, comparison, primary, candidate, rows(), outputs, primary_s),
             name=f"shadow-{primary.name}")
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            candidate.admitted -= count  # also when cancelled before it ran
+            self.tasks.discard(finished)
+
+        task.add_done_callback(done)
 
     def _candidate(self, primary: ServedModel, target: str) -> ServedModel | None:
         if target.startswith("model:"):
@@ -88,7 +96,6 @@ class Shadow:
     async def _run(self, release: Release, comparison: Comparison, primary: ServedModel, candidate: ServedModel,
                    rows: np.ndarray, outputs: np.ndarray, primary_s: float) -> None:
         count = rows.shape[0]
-        candidate.admitted += count  # the candidate's own requests see the shadow's rows in its capacity
         started = time.monotonic()
         deadline = started + candidate.config.dynamic_batching.default_timeout_ms / 1000.0
         ok = False
@@ -100,7 +107,6 @@ class Shadow:
             self._dropped(primary, comparison, "failed")
             return
         finally:
-            candidate.admitted -= count
             candidate.observers.request_done(ok, time.monotonic() - started, count, "shadow")
         candidate_s = time.monotonic() - started
         top1, overlap, l1 = compare_scores(model_scores(primary, outputs), model_scores(candidate, answer))

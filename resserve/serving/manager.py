@@ -8,6 +8,7 @@ queued on the old version finish there, new ones go to the new version, none fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -63,7 +64,8 @@ class ServedModel:
     load_check: LoadCheck | None = None  # the re-check on this CPU, when the report was measured on another
     record: ModelRecord | None = None  # its lifecycle, owned by the manager's Lifecycle
     loaded_at: float = field(default_factory=time.time)
-    admitted: int = 0  # requests past admission: reading, preprocessing or queued (event-loop only)
+    admitted: int = 0  # images past admission: preprocessing or queued (event-loop only)
+    requests: int = 0  # requests that found this version and are not answered yet (event-loop only)
     # The engine's tensors, read once while it is open: a request that found this version just
     # before it was retired still reads them after its engines closed.
     input_spec: TensorSpec = field(init=False)
@@ -129,6 +131,7 @@ class ModelManager:
         self.lifecycle = Lifecycle(metrics)  # every model's phase: the one owner of lifecycle state
         self._lock = asyncio.Lock()
         self.releases: dict[str, Release] = {}  # routing and the canary, per model name
+        self.unloaded: set[str] = set()  # unloaded on request: polling does not bring them back
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """The served model, or ModelNotFoundError / ModelNotReadyError. An unversioned request
@@ -154,19 +157,23 @@ class ModelManager:
         return record.served if record is not None and record.serving else None
 
     def successor(self, served: ServedModel, pinned: bool = False) -> ServedModel | None:
-        """What answers in place of a retired ``served``, if it takes the same tensors: for a request
-        that named its version, only a reload of that version; otherwise where the release routes now.
+        """What answers in place of a retired ``served``, if it takes the same tensors: a reload of
+        the same version first; for a request that did not name its version, then where the
+        release routes now, then any other version that serves (newest first).
 
         A request looks its model up before its body has arrived and been preprocessed; one that
-        did so just before a reload finds the old queue closed and is answered by the new instance.
+        did so just before a reload (or before its version left the policy) finds the old queue
+        closed and is answered here.
         """
-        try:
-            current = self.get(served.name, served.version if pinned else None)
-        except (ModelNotFoundError, ModelNotReadyError):
-            return None
-        if current is served or not interchangeable(served, current):
-            return None
-        return current
+        found = [self.version_served(served.name, served.version)]
+        if not pinned:
+            with contextlib.suppress(ModelNotFoundError, ModelNotReadyError):
+                found.append(self.get(served.name))
+            found.extend(self.version_served(served.name, v) for v in reversed(self.serving_versions(served.name)))
+        for candidate in found:
+            if candidate is not None and candidate is not served and interchangeable(served, candidate):
+                return candidate
+        return None
 
     def loaded(self) -> list[ServedModel]:
         return self.lifecycle.serving_models()
@@ -178,6 +185,7 @@ class ModelManager:
         corrupt new version leaves the old one serving). A failure is recorded (FAILED, or
         beside the version still serving) and raised once every version was tried. Returns the
         newest version loaded."""
+        self.unloaded.discard(name)
         try:
             config, built = await asyncio.to_thread(self.policy_of, name)
         except Exception as exc:
@@ -264,7 +272,9 @@ class ModelManager:
         return reason
 
     async def unload(self, name: str) -> None:
-        """Stop routing to ``name``, finish its queued requests, release its engines."""
+        """Stop routing to ``name``, finish its queued requests, release its engines. Repository
+        polling leaves it unloaded until a load asks for it again."""
+        self.unloaded.add(name)
         async with self._lock:
             records = [r for r in self.lifecycle.records(name) if r.phase == "READY"]
             if not records:  # nothing changes: a failure on record stays on record
@@ -305,7 +315,13 @@ class ModelManager:
                 pass
         budget_s = self.settings.graceful_shutdown_s
         started = time.monotonic()
-        await served.queue.close(timeout_s=budget_s, finalizers=[engine.close for engine in served.engines])
+        # Requests that found it and are still reading or preprocessing queue here, not on a
+        # successor that may take other tensors (or none, for a request that named this version):
+        # wait for them, and for shadows on it, within the budget, before closing.
+        while (served.requests > 0 or served.admitted > 0) and time.monotonic() - started < budget_s:
+            await asyncio.sleep(0.01)
+        await served.queue.close(timeout_s=max(0.0, budget_s - (time.monotonic() - started)),
+                                 finalizers=[engine.close for engine in served.engines])
         if record is not None and record.served is served:
             self.lifecycle.forget(record)
         if await served.queue.released(max(0.0, budget_s - (time.monotonic() - started))):

@@ -11,11 +11,15 @@ restart, or another worker, keeps them.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
+import fcntl
 import logging
 import math
+import os
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -23,15 +27,19 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from resserve.config import TrafficConfig
-from resserve.files import atomic_write_text
+from resserve.files import atomic_write_text, read_regular_file
 
 log = logging.getLogger(__name__)
 
 RELEASE_FILE = "release.json"
+LOCK_FILE = ".release.lock"
 # Latencies kept per side of a comparison for its p50 / p99 (the most recent ones).
 LATENCY_WINDOW = 10_000
 # A release file larger than this is not one resserve wrote: refused unread.
 MAX_RELEASE_FILE_BYTES = 1024 * 1024
+MAX_DECISIONS = 1000  # the history kept in the file (about 300 bytes each)
+# How often routing looks at release.json's time for another worker's (or an operator's) change.
+REREAD_EVERY_S = 1.0
 Outcome = Literal["promoted", "rejected", "passed", "failed"]
 
 
@@ -49,35 +57,28 @@ class Decision(BaseModel):
 
 
 class ReleaseRecord(BaseModel):
-    """``<model>/release.json``: every decision, oldest first."""
+    """``<model>/release.json``: the decisions, oldest first (the last ``MAX_DECISIONS`` kept)."""
 
-    decisions: list[Decision] = Field(default_factory=list, max_length=10_000)
+    decisions: list[Decision] = Field(default_factory=list)
 
     def latest(self, candidate: str) -> Decision | None:
-        found = [d for d in self.decisions if d.candidate == candidate]
-        return found[-1] if found else None
-
-    @property
-    def promoted(self) -> str | None:
-        """The version that takes every unversioned request: the newest promotion still standing."""
         for decision in reversed(self.decisions):
-            if decision.outcome == "promoted" and self.latest(decision.candidate) is decision:
-                return decision.candidate
+            if decision.candidate == candidate:
+                return decision
         return None
 
-    def rejected(self) -> set[str]:
-        return {d.candidate for d in self.decisions if d.outcome == "rejected"
-                and self.latest(d.candidate) is d}
+    def standing(self) -> dict[str, Decision]:
+        """Each candidate's latest decision (one pass)."""
+        return {d.candidate: d for d in self.decisions}
 
 
 def read_release(folder: Path) -> ReleaseRecord:
     """The model's release record; an empty one when there is none. A file that is not one
-    resserve wrote is logged and ignored (routing falls back to the config)."""
+    resserve wrote (not a regular file, a link, too large, not a record) is logged and ignored:
+    routing then follows the config alone."""
     path = folder / RELEASE_FILE
     try:
-        if path.stat().st_size > MAX_RELEASE_FILE_BYTES:
-            raise ValueError(f"larger than {MAX_RELEASE_FILE_BYTES} bytes")
-        return ReleaseRecord.model_validate_json(path.read_bytes())
+        return ReleaseRecord.model_validate_json(read_regular_file(path, MAX_RELEASE_FILE_BYTES))
     except FileNotFoundError:
         return ReleaseRecord()
     except (OSError, ValueError, ValidationError) as exc:
@@ -112,6 +113,7 @@ class Comparison:
         self.dropped: collections.Counter[str] = collections.Counter()
         self.latency: dict[str, collections.deque[float]] = {
             "primary": collections.deque(maxlen=LATENCY_WINDOW), "candidate": collections.deque(maxlen=LATENCY_WINDOW)}
+        self._summary: tuple[tuple[int, int], dict[str, object]] | None = None
 
     def add(self, top1_agree: np.ndarray, top5_overlap: np.ndarray, prob_l1: np.ndarray,
             primary_s: float, candidate_s: float) -> None:
@@ -132,8 +134,13 @@ class Comparison:
         return candidate / primary if primary and candidate is not None else None
 
     def summary(self) -> dict[str, object]:
+        """The figures ``GET .../canary`` shows; the quantiles over the latency windows are worked
+        out again only once something new was compared (the endpoint is open to any caller
+        inference admits)."""
+        if self._summary is not None and self._summary[0] == (self.compared, sum(self.dropped.values())):
+            return self._summary[1]
         low, high = wilson_interval(self.top1_agreements, self.compared)
-        return {
+        summary: dict[str, object] = {
             "primary": self.primary,
             "candidate": self.candidate,
             "compared": self.compared,
@@ -147,6 +154,8 @@ class Comparison:
                           for side, values in self.latency.items()},
             "p99_ratio": self.p99_ratio,
         }
+        self._summary = ((self.compared, sum(self.dropped.values())), summary)
+        return summary
 
 
 class Release:
@@ -156,31 +165,66 @@ class Release:
         self.name = name
         self.folder = folder
         self.traffic = traffic
-        self.record = read_release(folder)
         self.comparisons: dict[tuple[str, str], Comparison] = {}
         self.rng = rng or random.Random()
+        self.unsaved: list[Decision] = []  # decisions a read-only repository could not keep
+        self._file_seen: tuple[int, int] | None = None
+        self._checked_at = 0.0
+        self.record = ReleaseRecord()
+        self.promoted: str | None = None
+        self.rejected: frozenset[str] = frozenset()
+        self.decided: frozenset[str] = frozenset()
+        self.reread()
 
     def configure(self, traffic: TrafficConfig) -> None:
         """New traffic settings (a reload or a poll read config.yaml again); comparisons go on."""
         self.traffic = traffic
 
     def reread(self) -> None:
-        """Decisions another worker (or a restart) wrote."""
-        self.record = read_release(self.folder)
+        """Decisions another worker, a restart or an operator wrote (this process's unsaved ones kept)."""
+        self._file_seen = self._file_stamp()
+        record = read_release(self.folder)
+        record.decisions.extend(d for d in self.unsaved if d not in record.decisions)
+        self._apply(record)
+
+    def _apply(self, record: ReleaseRecord) -> None:
+        """What routing reads, worked out once per change of the record, not per request."""
+        self.record = record
+        standing = record.standing()
+        promotions = [d for d in record.decisions if d.outcome == "promoted" and standing[d.candidate] is d]
+        self.promoted = promotions[-1].candidate if promotions else None
+        self.rejected = frozenset(c for c, d in standing.items() if d.outcome == "rejected")
+        self.decided = frozenset(c for c, d in standing.items() if d.outcome in ("promoted", "rejected"))
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = (self.folder / RELEASE_FILE).stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def _follow_file(self) -> None:
+        """Re-read release.json when it changed (looked at once a second at most)."""
+        now = time.monotonic()
+        if now - self._checked_at < REREAD_EVERY_S:
+            return
+        self._checked_at = now
+        if self._file_stamp() != self._file_seen:
+            self.reread()
 
     # --- routing -------------------------------------------------------------------------------
 
     def route(self, serving: Sequence[str]) -> str:
         """The version an unversioned request gets, of the versions now serving (oldest first, not
-        empty): the promoted one, else by the split's weights over those serving (a rejected
-        candidate's weight is 0), else the newest."""
-        promoted = self.record.promoted
-        if promoted is not None and promoted in serving:
-            return promoted
+        empty): the promoted one; else by the split's weights over those serving (a rejected
+        candidate's weight is 0); else the newest that is neither rejected nor a candidate still
+        being judged; else the newest."""
+        self._follow_file()
+        if self.promoted is not None and self.promoted in serving:
+            return self.promoted
         split = self.traffic.split
         if split:
-            rejected = self.record.rejected()
-            weighted = [(v, w) for v, w in split.items() if v in serving and w > 0 and v not in rejected]
+            weighted = [(v, w) for v, w in split.items() if v in serving and w > 0 and v not in self.rejected]
             if weighted:
                 total = sum(w for _, w in weighted)
                 pick = self.rng.random() * total
@@ -189,16 +233,16 @@ class Release:
                     if pick < 0:
                         return version
                 return weighted[-1][0]
-        return serving[-1]
+        shadow = self.traffic.shadow
+        judged = shadow.version if shadow is not None and shadow.version not in self.decided else None
+        settled = [v for v in serving if v not in self.rejected and v != judged]
+        return settled[-1] if settled else serving[-1]
 
     def shadow_target(self, primary_version: str) -> str | None:
         """The candidate to mirror this request to, drawn at ``shadow.fraction``; None for none
         (no shadow, not drawn, the request was served by the candidate itself, or decided)."""
         shadow = self.traffic.shadow
-        if shadow is None or shadow.target == primary_version:
-            return None
-        decided = self.record.latest(shadow.target)
-        if decided is not None and decided.outcome in ("promoted", "rejected"):
+        if shadow is None or shadow.target == primary_version or shadow.target in self.decided:
             return None
         return shadow.target if self.rng.random() < shadow.fraction else None
 
@@ -211,14 +255,12 @@ class Release:
         return self.comparisons[key]
 
     def judge(self, comparison: Comparison) -> Decision | None:
-        """Decide on the candidate once ``promote.min_compared`` images were compared: the decision,
-        written and logged, or None (not enough yet, no promote section, decided before)."""
+        """Decide on the candidate once ``promote.min_compared`` images were compared: the decision
+        that stands (this one, or the one another worker wrote first), or None (not enough yet, no
+        promote section, decided before)."""
         promote = self.traffic.promote
         if promote is None or comparison.compared < promote.min_compared \
                 or self.record.latest(comparison.candidate) is not None:
-            return None
-        self.reread()  # another worker may have decided already
-        if self.record.latest(comparison.candidate) is not None:
             return None
         agreement = comparison.top1_agreement or 0.0
         ratio = comparison.p99_ratio
@@ -236,29 +278,52 @@ class Release:
         decision = Decision(candidate=comparison.candidate, primary=comparison.primary, outcome=outcome,
                             why=f"{why} over {comparison.compared} compared images", compared=comparison.compared,
                             top1_agreement=agreement, p99_ratio=ratio)
-        self.record_decision(decision)
-        return decision
+        return self.record_decision(decision)
 
-    def record_decision(self, decision: Decision) -> None:
-        """Keep the decision, write it beside the model (a read-only repository keeps it in memory
-        only, said in the log) and log it."""
-        self.record = read_release(self.folder)  # another worker may have written meanwhile
-        self.record.decisions.append(decision)
+    def record_decision(self, decision: Decision) -> Decision:
+        """Keep the decision, unless another worker decided on the candidate first (that one
+        stands), write it beside the model under a lock, and log it. A read-only repository keeps
+        it in this process only, and says so in the log."""
         try:
-            atomic_write_text(self.folder / RELEASE_FILE, self.record.model_dump_json(indent=2))
+            with _locked(self.folder):
+                self.reread()
+                earlier = self.record.latest(decision.candidate)
+                if earlier is not None:
+                    return earlier
+                record = self.record.model_copy(deep=True)
+                record.decisions = [*record.decisions, decision][-MAX_DECISIONS:]
+                atomic_write_text(self.folder / RELEASE_FILE, record.model_dump_json(indent=2))
+                self._file_seen = self._file_stamp()
+                self._apply(record)
         except OSError as exc:
-            log.error("model %s: cannot write %s (%s): the decision holds until this process restarts",
-                      self.name, RELEASE_FILE, exc.strerror)
+            log.error("model %s: cannot write %s (%s): the decision holds in this process until it restarts",
+                      self.name, RELEASE_FILE, exc.strerror or exc)
+            self.unsaved.append(decision)
+            self.reread()
         log.warning("model %s: candidate %s %s (primary %s): %s", self.name, decision.candidate,
                     decision.outcome.upper(), decision.primary, decision.why)
+        return decision
 
     def status(self, serving: Sequence[str]) -> dict[str, object]:
         """``GET /v2/models/{m}/canary``: the comparisons so far and every decision."""
+        self._follow_file()
         return {
             "model": self.name,
             "serving": list(serving),
             "traffic": self.traffic.model_dump(exclude_none=True),
-            "promoted": self.record.promoted,
+            "promoted": self.promoted,
             "comparisons": [c.summary() for c in self.comparisons.values()],
             "decisions": [d.model_dump() for d in self.record.decisions],
         }
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the model's release (workers of one pod, pods on one volume that
+    honours flock): read, decide and write as one step."""
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

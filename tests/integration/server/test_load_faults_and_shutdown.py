@@ -35,7 +35,12 @@ def classify(url: str, model: str) -> httpx.Response:
 def index(url: str) -> dict[str, dict[str, str]]:
     response = httpx.post(f"{url}/v2/repository/index", timeout=30)
     assert response.status_code == 200, response.text
-    return {entry["name"]: entry for entry in response.json()}
+    # One entry per name: the one that serves (the index lists every version, oldest first).
+    entries: dict[str, dict[str, str]] = {}
+    for entry in response.json():
+        if entry["name"] not in entries or entries[entry["name"]]["state"] != "READY":
+            entries[entry["name"]] = entry
+    return entries
 
 
 def truncate(artifact: Path) -> None:
@@ -126,6 +131,9 @@ def test_loading_a_corrupt_new_version_keeps_the_old_one_serving(model_onnx: Pat
         assert server.app.state.resserve.manager.get("good").version == "1"
         entry = index(server.url)["good"]
         assert entry["state"] == "READY" and entry["version"] == "1" and "DecodeError" in entry["reason"]
+        entries = httpx.post(f"{server.url}/v2/repository/index", timeout=30).json()
+        failed = [e for e in entries if e["name"] == "good" and e["version"] == "2"]  # every version listed
+        assert failed and failed[0]["state"] == "FAILED" and "DecodeError" in failed[0]["reason"]
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200  # the pod still serves
 
 

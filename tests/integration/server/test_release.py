@@ -5,6 +5,7 @@ and removes versions under load without losing a request."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shutil
@@ -37,8 +38,9 @@ def two_versions(tmp_path: Path, seeds: tuple[int, int] = (0, 1), **config: Any)
     repo = tmp_path / "repo"
     source = tmp_path / "source.onnx"
     tiny_classifier(source, seeds[0])
-    write_model(repo, "m", source, max_batch_size=4, intra_op_threads=1,
-                dynamic_batching={"max_queue_delay_ms": 0, "max_queue_size": 64}, **config)
+    settings: dict[str, Any] = {"max_batch_size": 4, "intra_op_threads": 1,
+                                "dynamic_batching": {"max_queue_delay_ms": 0, "max_queue_size": 64}}
+    write_model(repo, "m", source, **{**settings, **config})
     builder = BuildPipeline(ModelRepository(repo))
     builder.build("m")
     tiny_classifier(source, seeds[1])
@@ -232,3 +234,69 @@ def test_versions_added_and_removed_by_polling_under_load_lose_no_request(tmp_pa
                 thread.join(60)
     assert failures == [], failures
     assert answered.get("1", 0) > 0 and answered.get("2", 0) > 0, answered
+
+
+def test_a_request_that_found_a_version_is_answered_by_it_though_the_version_leaves_meanwhile(tmp_path: Path) -> None:
+    """A request to version 1 whose body is still arriving when version 2 replaces it (polling) is
+    answered by version 1: the version drains the requests that found it before its queue closes.
+    Before, the queue closed at once and the request, which may not go elsewhere, got a 503."""
+    repo = two_versions(tmp_path)
+    shutil.move(repo / "m" / "2", tmp_path / "v2")
+    settings = ServerSettings(model_repo=repo, build_missing=False, repository_poll_s=0.1)
+    body = json.dumps(image_request(jpeg(seed=5))).encode()
+    half = threading.Event()
+    go_on = threading.Event()
+    answers: list[httpx.Response] = []
+
+    def slowly() -> Any:
+        yield body[: len(body) // 2]
+        half.set()
+        go_on.wait(30)
+        yield body[len(body) // 2:]
+
+    with serve_in_thread(settings) as server:
+        manager = server.app.state.resserve.manager
+        sender = threading.Thread(target=lambda: answers.append(httpx.post(
+            f"{server.url}/v2/models/m/versions/1/infer", content=slowly(),
+            headers={"content-type": "application/json"}, timeout=60)))
+        sender.start()
+        assert half.wait(30)
+        shutil.move(tmp_path / "v2", repo / "m" / "2")
+        # Version 2 serves; version 1 no longer takes new requests but waits for the one in flight.
+        assert wait_for(lambda: manager.serving_versions("m") == ["2"], timeout_s=30)
+        assert httpx.get(f"{server.url}/v2/models/m/versions/1/ready").status_code == 404
+        go_on.set()
+        sender.join(60)
+    assert answers and answers[0].status_code == 200, answers and answers[0].text
+    assert answers[0].json()["model_version"] == "1"
+
+
+def test_shadows_are_dropped_first_when_the_server_is_saturated(tmp_path: Path) -> None:
+    """32 requests at once on a model with room for 9 images: every client request is answered,
+    the shadows that would have taken more than half of either side's room are dropped and
+    counted, and every shadow drawn is either compared or dropped."""
+    repo = two_versions(tmp_path, version_policy={"all": True}, max_batch_size=1,
+                        dynamic_batching={"max_queue_size": 8},
+                        traffic={"split": {"1": 100}, "shadow": {"target": "2", "fraction": 1.0}})
+    settings = ServerSettings(model_repo=repo, build_missing=False)
+    requests = 32
+    with serve_in_thread(settings) as server:
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                async def one(i: int) -> int:
+                    for _ in range(50):  # a 503 (the primary's own queue full) is retried: clients are never dropped
+                        response = await client.post("/v2/models/m/infer", json=image_request(jpeg(48, 48, seed=i)))
+                        if response.status_code != 503:
+                            return response.status_code
+                        await asyncio.sleep(0.05)
+                    return 503
+                return list(await asyncio.gather(*(one(i) for i in range(requests))))
+
+        assert asyncio.run(burst()) == [200] * requests
+        labels = {"model": "m", "primary": "1", "candidate": "2"}
+        status = wait_for(lambda: (s := canary(server.url)["comparisons"][0])["compared"]
+                          + sum(s["dropped"].values()) == requests and s, timeout_s=30)
+        assert status, canary(server.url)
+        assert status["dropped"].get("saturated", 0) > 0, status
+        assert server.metric("resserve_shadow_dropped_total", {**labels, "reason": "saturated"}) == \
+            status["dropped"]["saturated"]

@@ -22,7 +22,7 @@ def served_model(max_queue_size: int = 8, max_batch_size: int = 2, instances: in
         "instance_count": instances, "dynamic_batching": {"max_queue_size": max_queue_size}})
     queue = BatchQueue([lambda batch: batch], max_batch_size=max_batch_size, max_queue_delay_ms=0,
                        max_queue_size=max_queue_size)
-    return SimpleNamespace(name="m", config=config, queue=queue, admitted=0, capacity=capacity_of(config))
+    return SimpleNamespace(name="m", config=config, queue=queue, admitted=0, requests=0, capacity=capacity_of(config))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ decision and its record beside the model."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def test_the_canary_promotes_an_agreeing_candidate_and_the_record_outlives_the_p
     assert decision is not None and decision.outcome == "promoted" and "0.9950 >= 0.99" in decision.why
     assert release.route(["1", "2"]) == "2" and release.shadow_target("1") is None  # decided: no more shadows
     again = Release("m", tmp_path, traffic)  # a restart, or another worker
-    assert again.record.promoted == "2" and again.route(["1", "2"]) == "2"
+    assert again.promoted == "2" and again.route(["1", "2"]) == "2"
     assert again.judge(comparison_of(200, 200)) is None  # decided once
     assert again.route(["1"]) == "1"  # the promoted version no longer serves: what does
 
@@ -104,16 +105,63 @@ def test_report_only_never_changes_routing(tmp_path: Path) -> None:
     release = Release("m", tmp_path, traffic)
     decision = release.judge(comparison_of(10, 10))
     assert decision is not None and decision.outcome == "passed"
-    assert release.route(["1", "2"]) == "2" and release.record.promoted is None
+    assert release.route(["1", "2"]) == "1" and release.promoted is None  # 2 is still judged: 1 answers
     assert json.loads((tmp_path / RELEASE_FILE).read_text())["decisions"][0]["outcome"] == "passed"
 
 
 def test_a_release_file_that_is_not_one_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    (tmp_path / RELEASE_FILE).write_text('{"decisions": [{"candidate": 2}]}')
+    """Nothing in a hostile repository makes the server block, read without end or parse a lot."""
+    path = tmp_path / RELEASE_FILE
+    path.write_text('{"decisions": [{"candidate": 2}]}')
     assert read_release(tmp_path).decisions == []
-    (tmp_path / RELEASE_FILE).write_bytes(b"x" * (2 * 1024 * 1024))
+    path.write_bytes(b"x" * (2 * 1024 * 1024))
     assert read_release(tmp_path).decisions == []
-    assert "not a release record" in caplog.text
+    path.unlink()
+    path.symlink_to("/dev/zero")  # size 0 to stat, endless to read
+    assert read_release(tmp_path).decisions == []
+    path.unlink()
+    os.mkfifo(path)  # opening it for reading would wait for a writer for ever
+    assert read_release(tmp_path).decisions == []
+    assert caplog.text.count("not a release record") == 4
+
+
+def test_the_newest_version_answers_unless_it_is_being_judged_or_was_rejected(tmp_path: Path) -> None:
+    """latest: 2 with the newest as shadow target and no split: the candidate gets no unversioned
+    request until it is promoted; a rejected newest version gets none either."""
+    traffic = TrafficConfig.model_validate({"shadow": {"target": "2", "fraction": 1.0},
+                                            "promote": {"min_compared": 10}})
+    release = Release("m", tmp_path, traffic)
+    assert release.route(["1", "2"]) == "1" and release.shadow_target("1") == "2"
+    assert release.judge(comparison_of(10, 10)) is not None
+    assert release.route(["1", "2"]) == "2"  # promoted
+    rejected = Release("m", tmp_path / "r", traffic)
+    (tmp_path / "r").mkdir()
+    rejected.judge(comparison_of(1, 10))
+    assert rejected.route(["1", "2"]) == "1" and rejected.route(["2"]) == "2"  # nothing else serves: it answers
+
+
+def test_two_workers_decide_once_and_follow_each_other(tmp_path: Path) -> None:
+    traffic = TrafficConfig.model_validate({"shadow": {"target": "2", "fraction": 1.0},
+                                            "promote": {"min_compared": 10}})
+    first, second = Release("m", tmp_path, traffic), Release("m", tmp_path, traffic)
+    assert first.judge(comparison_of(10, 10)).outcome == "promoted"  # type: ignore[union-attr]
+    # The second worker saw other images and would reject; the first decision stands.
+    standing = second.judge(comparison_of(2, 10))
+    assert standing is not None and standing.outcome == "promoted"
+    assert len(read_release(tmp_path).decisions) == 1 and second.promoted == "2"
+    third = Release("m", tmp_path, TrafficConfig(split={"1": 1}))
+    assert third.route(["1", "2"]) == "2"  # followed from the file
+
+
+def test_a_read_only_repository_keeps_the_decision_in_memory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    traffic = TrafficConfig.model_validate({"split": {"1": 50, "2": 50}, "shadow": {"target": "2", "fraction": 1.0},
+                                            "promote": {"min_compared": 10}})
+    (tmp_path / RELEASE_FILE).mkdir()  # cannot be replaced by a file: every write fails, as on a read-only volume
+    release = Release("m", tmp_path, traffic)
+    assert release.judge(comparison_of(1, 10)).outcome == "rejected"  # type: ignore[union-attr]
+    release.reread()  # a poll: the file has nothing, the decision holds
+    assert "2" in release.rejected and {release.route(["1", "2"]) for _ in range(50)} == {"1"}
+    assert "cannot write release.json" in caplog.text
 
 
 def test_wilson_interval_and_the_comparison_of_scores() -> None:
