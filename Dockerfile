@@ -39,7 +39,7 @@ RUN python3 -m venv /opt/resserve \
       /opt/resserve/bin/pip install --require-hashes --no-deps -r requirements-cpu.lock \
       && /opt/resserve/bin/pip install --no-deps --no-build-isolation . ; \
     else \
-      /opt/resserve/bin/pip install -c constraints.txt ".[gpu]" \
+      /opt/resserve/bin/pip install -c constraints.txt ".[gpu,remote]" \
       && /opt/resserve/bin/pip uninstall -y onnxruntime \
       && /opt/resserve/bin/pip install -c constraints.txt --force-reinstall --no-deps onnxruntime-gpu \
       && /opt/resserve/bin/python -c "import importlib.util, onnxruntime, tensorrt, cuda.bindings.runtime; assert 'CUDAExecutionProvider' in onnxruntime.get_available_providers(); assert importlib.util.find_spec('torch') is None; print(tensorrt.__version__)"; \

@@ -89,7 +89,7 @@ RUNTIME_LOCK := deploy/container/requirements-cpu.lock
 lock: install
 	$(BIN)/pip install --quiet --disable-pip-version-check 'uv>=0.5'
 	constraints=$$(mktemp) && $(BIN)/pip freeze --exclude-editable | grep -v ' @ ' >$$constraints && \
-	printf 'setuptools>=68\nwheel\n' | $(BIN)/uv pip compile pyproject.toml - --extra otlp -c $$constraints \
+	printf 'setuptools>=68\nwheel\n' | $(BIN)/uv pip compile pyproject.toml - --extra otlp --extra remote -c $$constraints \
 	  --generate-hashes --no-annotate --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	  --index-url https://pypi.org/simple --custom-compile-command 'make lock' -o $(RUNTIME_LOCK); \
 	  status=$$?; rm -f $$constraints; exit $$status

@@ -12,7 +12,10 @@ Example ``model_repo/resnet50/config.yaml``::
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -316,6 +319,13 @@ class ModelConfig(_Strict):
         return self
 
 
+def default_cache(url: str) -> Path:
+    """Where a remote repository is mirrored: ``$TMPDIR/resserve-remote-<uid>-<hash of the URL>``,
+    per user and per repository; one level, so no folder above it is another user's to swap."""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"resserve-remote-{os.getuid()}-{digest}"
+
+
 def load_model_config(path: Path) -> ModelConfig:
     """Read and validate a ``config.yaml``; the model name defaults to its folder's name."""
     try:
@@ -343,6 +353,14 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RESSERVE_", extra="forbid", hide_input_in_errors=True)
 
     model_repo: Path = Path("model_repo")
+    model_repo_url: str | None = Field(
+        None, description="set by giving model_repo as a URL (s3://, gs://, https://...): the repository is "
+                          "mirrored into repository_cache, each file checked against its build record")
+    model_repo_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec filesystem options for a remote model_repo (JSON), e.g. "
+                                          '{"endpoint_url": "http://minio:9000"}; credentials: as the SDK reads them')
+    repository_cache: Path | None = Field(
+        None, description="where a remote model_repo is mirrored; default: $TMPDIR/resserve-remote-<uid>-<hash>")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     grpc_port: int | None = Field(
@@ -422,6 +440,18 @@ class ServerSettings(BaseSettings):
     first_models: list[str] = Field(
         default_factory=lambda: ["resnet50"],
         description="built and loaded first at start (then fp32 models, then reduced precision, in repository order)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _remote_repository(cls, data: Any) -> Any:
+        """``model_repo`` given as a URL: served from its local mirror, never built into."""
+        if isinstance(data, dict):
+            repo = data.get("model_repo")
+            if repo is not None and "://" in str(repo) and not str(repo).startswith("file://"):
+                url = str(repo).rstrip("/")
+                data = {**data, "model_repo_url": url, "build_missing": False,
+                        "model_repo": data.get("repository_cache") or default_cache(url)}
+        return data
 
     @field_validator("control_token")
     @classmethod

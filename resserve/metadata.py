@@ -151,6 +151,9 @@ class BuildRecord(BaseModel):
     accuracy: dict[str, Any] | None = None
     resserve_version: str = ""
     config: dict[str, Any] = {}
+    # Every file of the version folder but this record, by relative path: its sha256. A remote
+    # repository's files are checked against it before they load (resserve.remote_repository).
+    artifacts: dict[str, str] = {}
 
     def write(self, folder: Path) -> Path:
         path = folder / BUILD_RECORD

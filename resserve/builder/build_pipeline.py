@@ -33,7 +33,7 @@ from resserve.engine_registry import engine_spec
 from resserve.engines.factory import resolve_variant
 from resserve.errors import ConfigError, ConflictError
 from resserve.files import sha256_file
-from resserve.metadata import BuildRecord, read_metadata
+from resserve.metadata import BUILD_RECORD, BuildRecord, read_metadata
 from resserve.repository import ARTIFACT, ModelRepository
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class BuildPipeline:
             BuildRecord(content_hash=content_hash, engine=variant.engine, precision=variant.precision,
                         random_fallback=fell_back, accuracy=report.model_dump() if report else None,
                         resserve_version=__version__,
-                        config=config.model_dump(mode="json")).write(staging)
+                        config=config.model_dump(mode="json"), artifacts=artifact_digests(staging)).write(staging)
             if target.exists():
                 if new_version:  # another build took this number meanwhile: never overwrite it
                     raise ConflictError(f"model {name}: version {target.name} appeared while this build ran; "
@@ -240,3 +240,9 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process: alive
         return True
     return True
+
+
+def artifact_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every regular file under ``folder`` (relative POSIX paths), the build record aside."""
+    return {path.relative_to(folder).as_posix(): sha256_file(path) for path in sorted(folder.rglob("*"))
+            if path.is_file() and not path.is_symlink() and path.name != BUILD_RECORD}

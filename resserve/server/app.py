@@ -26,6 +26,7 @@ from resserve import __version__
 from resserve.config import ServerSettings
 from resserve.errors import ResserveError
 from resserve.metrics import Metrics
+from resserve.remote_repository import RemoteRepository
 from resserve.repository import ModelRepository
 from resserve.server.oip import http_routes as oip_routes
 from resserve.server.routes import canary, classify, control, health, statistics_route
@@ -75,6 +76,9 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     """
     settings = settings or ServerSettings()
     metrics = metrics or Metrics()
+    remote = None
+    if settings.model_repo_url is not None:  # mirrored into settings.model_repo, which this creates
+        remote = RemoteRepository(settings.model_repo_url, settings.model_repo, settings.model_repo_options)
     repository = ModelRepository(settings.model_repo)
     owned_provider = None if tracer_provider is not None else tracer_provider_from_env()
     tracing = Tracing(tracer_provider or owned_provider)
@@ -88,12 +92,16 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         access=AccessPolicy.from_settings(settings),
         body_budget=BodyBudget(settings.max_body_memory_bytes),
         worker=worker,
+        remote=remote,
     )
     if not settings.build_missing:
         builds = None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if remote is not None:  # the configs now (small); the versions behind the open port
+            await asyncio.to_thread(remote.sync, True)
+            repository.refresh()
         names = settings.models or repository.names()
         if not names:
             raise ResserveError(f"model repository {repository.root} has no models (no */config.yaml)")

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from resserve.config import ServerSettings
 from resserve.metrics import Metrics
+from resserve.remote_repository import RemoteRepository
 from resserve.repository import ModelRepository
 from resserve.server.access_policy import AccessPolicy
 from resserve.server.body_budget import BodyBudget
@@ -32,6 +33,7 @@ class AppState:
     started: bool = False  # every configured model has been built and loaded, or has failed
     draining: bool = False
     worker: WorkerIdentity | None = None  # one of ``resserve serve --workers N``; None: the only process
+    remote: RemoteRepository | None = None  # model_repo is a URL: its local mirror is ``repository``
 
     @property
     def serving_everything(self) -> bool:

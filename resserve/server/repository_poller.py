@@ -5,7 +5,8 @@ Every poll reads each model's ``config.yaml`` and built versions again: a versio
 in it serves (no request is lost: queued requests finish, new ones go to what serves), traffic
 settings and ``release.json`` decisions are applied, a new model folder is loaded and a removed
 one unloaded. It never builds: versions come from ``resserve build --new-version`` (a CI job, a
-Kubernetes Job). With ``--workers`` every worker polls the same folder on its own; the policy is
+Kubernetes Job). A remote repository (``model_repo`` as a URL) is mirrored first
+(:mod:`resserve.remote_repository`). With ``--workers`` every worker polls the same folder on its own; the policy is
 a function of the folder, so all of them converge on the same versions within one poll.
 """
 
@@ -49,6 +50,8 @@ class RepositoryPoller:
 
     async def poll(self) -> None:
         repository, manager = self.state.repository, self.state.manager
+        if self.state.remote is not None:  # mirror the remote repository first (its own errors logged)
+            await asyncio.to_thread(self.state.remote.sync)
         repository.refresh()
         try:
             names = self.fixed_names or await asyncio.to_thread(repository.names)

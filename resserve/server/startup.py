@@ -210,6 +210,8 @@ async def start_models(state: AppState, names: list[str], builds: BuildSource | 
     """Build (when ``builds`` is given) and load every model in ``names``, in that order."""
     lifecycle = state.manager.lifecycle
     try:
+        if state.remote is not None:
+            await asyncio.to_thread(state.remote.sync)
         if builds is None:
             for name in names:
                 await _load(state, name)

@@ -271,7 +271,7 @@ def test_base_model_config_is_the_repository_one() -> None:
 def test_grafana_dashboard_uses_only_metrics_resserve_exports() -> None:
     dashboard = json.loads((DEPLOY / "monitoring" / "grafana-dashboard.json").read_text())
     expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    used = {name for expr in expressions for name in re.findall(r"\b(resserve_[a-z_]+)", expr)}
+    used = {name for expr in expressions for name in re.findall(r"\b(resserve_[a-z0-9_]+)", expr)}
     assert used and used <= metric_names(), used - metric_names()
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("request rate", "p99", "stage", "batch size", "queue depth", "status"):
