@@ -248,7 +248,8 @@ def wait_models(
 
 @app.command()
 def serve(
-    model_repo: Annotated[Path | None, typer.Option(help="the model repository [RESSERVE_MODEL_REPO]")] = None,
+    model_repo: Annotated[str | None, typer.Option(
+        help="the model repository: a folder, or a URL (s3://, gs://, https://) mirrored locally [RESSERVE_MODEL_REPO]")] = None,
     host: Annotated[str | None, typer.Option(help="address to listen on; 0.0.0.0 in containers [RESSERVE_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port [RESSERVE_PORT]")] = None,
     grpc_port: Annotated[int | None, typer.Option(
@@ -282,7 +283,7 @@ def serve(
 
         try:
             name = model_name or find_onnx(model_file).stem
-            model_repo = one_model_repository(model_file, name, work_dir or default_work_dir())
+            model_repo = str(one_model_repository(model_file, name, work_dir or default_work_dir()))
         except ResserveError as exc:
             raise _fail(exc) from exc
         build_missing, model = True, [name]

@@ -82,7 +82,7 @@ class ServerProcess:
         return int(self.process.returncode)
 
 
-def serve_command(model_repo: Path, port: int, *extra: str, log_level: str | None = None) -> list[str]:
+def serve_command(model_repo: Path | str, port: int, *extra: str, log_level: str | None = None) -> list[str]:
     """The command line of ``resserve serve`` on 127.0.0.1:``port``."""
     level = ["--log-level", log_level] if log_level else []
     return [sys.executable, "-m", "resserve.cli", *level, "serve", "--model-repo", str(model_repo),
@@ -90,7 +90,7 @@ def serve_command(model_repo: Path, port: int, *extra: str, log_level: str | Non
 
 
 @contextmanager
-def server_process(model_repo: Path | None, *extra: str, log_dir: Path | None = None,
+def server_process(model_repo: Path | str | None, *extra: str, log_dir: Path | None = None,
                    env: dict[str, str] | None = None, ready_timeout_s: float = 120.0,
                    command: Sequence[str] | None = None, ready_path: str = READY_PATH,
                    kill: bool = False, log_level: str | None = None,

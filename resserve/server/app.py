@@ -99,19 +99,23 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # A worker beats from its first moment: a slow remote sync is no hung worker.
+        heartbeat = asyncio.create_task(_heartbeat(state), name="worker-heartbeat") if worker else None
         if remote is not None:  # the configs now (small); the versions behind the open port
             await asyncio.to_thread(remote.sync, True)
             repository.refresh()
         names = settings.models or repository.names()
         if not names:
-            raise ResserveError(f"model repository {repository.root} has no models (no */config.yaml)")
+            if heartbeat is not None:
+                heartbeat.cancel()
+            where = f"{remote.shown} (mirrored in {repository.root})" if remote is not None else str(repository.root)
+            raise ResserveError(f"model repository {where} has no models (no */config.yaml)")
         order = startup_order(repository, names, settings.first_models)
         manager.lifecycle.expect(order)
         # The port opens now; models build and load behind it, each served once ready.
         starting = asyncio.create_task(start_models(state, order, builds), name="start-models")
         log.info("resserve %s listening; starting %s", __version__, ", ".join(order))
         grpc_server = metrics_listener = None
-        heartbeat = asyncio.create_task(_heartbeat(state), name="worker-heartbeat") if worker else None
         poller = RepositoryPoller(state, settings.models) if settings.repository_poll_s is not None else None
         polling = (asyncio.create_task(poller.run(settings.repository_poll_s), name="repository-poll")
                    if poller is not None and settings.repository_poll_s is not None else None)
@@ -129,6 +133,8 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
             yield
         finally:
             state.draining = True
+            if remote is not None:  # a download in progress stops between chunks
+                remote.stop()
             if poller is not None and polling is not None:  # a load or drain in progress ends first
                 poller.stop()
                 await asyncio.wait({polling}, timeout=settings.graceful_shutdown_s)

@@ -53,7 +53,12 @@ async def repository_index(state: AppState) -> list[dict[str, str]]:
         record = lifecycle.current(name)
         if record is not None and record.version:  # every version it has, as Triton lists them
             versions = sorted((r for r in lifecycle.records(name) if r.version), key=lambda r: int(r.version))
-            entries.extend(r.index_entry() for r in versions)
+            roles = state.manager.releases[name].roles() if name in state.manager.releases else {}
+            for version_record in versions:
+                entry = version_record.index_entry()
+                if (role := roles.get(version_record.version)) is not None:
+                    entry["release"] = role  # promoted, rejected, candidate, passed or failed
+                entries.append(entry)
             continue
         versions = await asyncio.to_thread(state.repository.versions, name)
         if record is not None:  # still building, or failed before a version was known

@@ -45,13 +45,15 @@ class Shadow:
         self.manager = manager
         self.metrics = metrics
         self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False  # draining: no new shadow starts
+        self.judging = False
 
     def mirror(self, primary: ServedModel, rows: Callable[[], np.ndarray], outputs: np.ndarray,
                primary_s: float) -> None:
         """Run ``rows`` (made only when drawn) on the candidate in the background, if this request is
         drawn for shadowing and nothing says to drop it. ``primary_s``: the primary's queue and engine time."""
         release = self.manager.releases.get(primary.name)
-        if release is None or (target := release.shadow_target(primary.version)) is None:
+        if self.closed or release is None or (target := release.shadow_target(primary.version)) is None:
             return
         comparison = release.comparison(primary.version, target)
         candidate = self._candidate(primary, target)
@@ -120,7 +122,13 @@ class Shadow:
         self.metrics.shadow_latency.labels(*labels, primary.version).observe(primary_s)
         ran = candidate.version if candidate.name == primary.name else f"{candidate.name}:{candidate.version}"
         self.metrics.shadow_latency.labels(*labels, ran).observe(candidate_s)
-        release.judge(comparison)
+        if release.traffic.promote is not None and comparison.compared >= release.traffic.promote.min_compared \
+                and not self.judging:
+            self.judging = True  # one decision at a time; the file lock and fsync run off the event loop
+            try:
+                await asyncio.to_thread(release.judge, comparison)
+            finally:
+                self.judging = False
 
     async def drain(self) -> None:
         """Wait for the shadows in flight (tests, and a clean drain)."""
@@ -128,6 +136,8 @@ class Shadow:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
     def cancel(self) -> None:
+        """Stop every shadow and start no other (the drain's time is the clients')."""
+        self.closed = True
         for task in list(self.tasks):
             task.cancel()
 

@@ -210,8 +210,12 @@ async def start_models(state: AppState, names: list[str], builds: BuildSource | 
     """Build (when ``builds`` is given) and load every model in ``names``, in that order."""
     lifecycle = state.manager.lifecycle
     try:
-        if state.remote is not None:
-            await asyncio.to_thread(state.remote.sync)
+        if state.remote is not None:  # the remote's faults are logged inside; the mirror serves what it has
+            try:
+                await asyncio.to_thread(state.remote.sync)
+            except Exception:
+                log.exception("remote repository: the sync failed; loading what the mirror holds")
+            state.repository.refresh()
         if builds is None:
             for name in names:
                 await _load(state, name)

@@ -274,11 +274,11 @@ class ModelManager:
     async def unload(self, name: str) -> None:
         """Stop routing to ``name``, finish its queued requests, release its engines. Repository
         polling leaves it unloaded until a load asks for it again."""
-        self.unloaded.add(name)
         async with self._lock:
             records = [r for r in self.lifecycle.records(name) if r.phase == "READY"]
             if not records:  # nothing changes: a failure on record stays on record
                 raise ModelNotFoundError(f"model {name!r} is not loaded")
+            self.unloaded.add(name)
             for record in records:
                 self.lifecycle.unloading(record)
         self.lifecycle.forget_failures(name)
@@ -289,9 +289,11 @@ class ModelManager:
     async def close(self) -> None:
         """Drain and release every model (shutdown)."""
         async with self._lock:
-            records = [r for r in self.lifecycle if r.phase == "READY" and r.served is not None]
+            # UNLOADING too: a drain that shutdown cancelled (the poller's) left its queue open.
+            records = [r for r in self.lifecycle if r.phase in ("READY", "UNLOADING") and r.served is not None]
             for record in records:
-                self.lifecycle.unloading(record)
+                if record.phase == "READY":
+                    self.lifecycle.unloading(record)
         await asyncio.gather(*(self._retire(r.served, r) for r in records))  # type: ignore[arg-type]
 
     async def _retire(self, served: ServedModel, record: ModelRecord | None) -> None:

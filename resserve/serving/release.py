@@ -304,6 +304,16 @@ class Release:
                     decision.outcome.upper(), decision.primary, decision.why)
         return decision
 
+    def roles(self) -> dict[str, str]:
+        """Each version's part in the release, for the repository index: its standing decision
+        (promoted, rejected, passed, failed), or candidate while the shadow still judges it."""
+        self._follow_file()
+        roles = {candidate: d.outcome for candidate, d in self.record.standing().items() if candidate.isdigit()}
+        shadow = self.traffic.shadow
+        if shadow is not None and shadow.version is not None and shadow.version not in roles:
+            roles[shadow.version] = "candidate"
+        return roles
+
     def status(self, serving: Sequence[str]) -> dict[str, object]:
         """``GET /v2/models/{m}/canary``: the comparisons so far and every decision."""
         self._follow_file()

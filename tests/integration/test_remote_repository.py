@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,17 +17,18 @@ import pytest
 
 from resserve.builder.build_pipeline import BuildPipeline
 from resserve.config import ServerSettings
-from resserve.remote_repository import RemoteRepository, RemoteRepositoryError, _safe_relative
+from resserve.perf.server_process import server_process
+from resserve.remote_repository import RemoteRepository, RemoteRepositoryError, _safe_relative, redact
 from resserve.repository import ModelRepository
 from tests.model_repo_fixtures import tiny_classifier
 from tests.server_harness import free_port, jpeg, serve_in_thread, wait_for, write_model
 
 
-def built_repository(root: Path, tmp_path: Path, versions: int = 2) -> Path:
+def built_repository(root: Path, tmp_path: Path, versions: int = 2, **config: Any) -> Path:
     """Model ``m`` (the tiny classifier) with ``versions`` built versions, from other seeds."""
     source = tmp_path / "source.onnx"
     tiny_classifier(source, 0)
-    write_model(root, "m", source, max_batch_size=2, intra_op_threads=1)
+    write_model(root, "m", source, max_batch_size=2, intra_op_threads=1, **config)
     builder = BuildPipeline(ModelRepository(root))
     builder.build("m")
     for seed in range(1, versions):
@@ -38,7 +40,7 @@ def built_repository(root: Path, tmp_path: Path, versions: int = 2) -> Path:
 @pytest.fixture
 def http_repository(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A plain HTTP server (directory listings on) over a built repository."""
-    root = built_repository(tmp_path / "served", tmp_path)
+    root = built_repository(tmp_path / "served", tmp_path, version_policy={"all": True})
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     handler.log_message = lambda *args: None  # type: ignore[attr-defined]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -86,6 +88,29 @@ def test_a_version_built_without_digests_or_naming_paths_outside_is_refused(http
             _safe_relative(bad)
 
 
+def test_a_store_that_fails_or_lists_nothing_never_empties_the_mirror(http_repository: tuple[str, Path],
+                                                                        tmp_path: Path) -> None:
+    url, root = http_repository
+    remote = RemoteRepository(url, tmp_path / "cache")
+    assert remote.sync().added == ["m/1", "m/2"]
+    hidden = root.parent / "hidden"
+    shutil.move(root / "m", hidden)  # the store lists nothing (a maintenance page, a hiccup)
+    for _ in range(5):
+        report = remote.sync()
+        assert report.failed and report.removed == []
+    assert ModelRepository(tmp_path / "cache").versions("m") == ["1", "2"]
+    shutil.move(hidden, root / "m")
+    shutil.rmtree(root / "m" / "1")  # version 1 really left the store: gone after three listings without it
+    assert [remote.sync().removed for _ in range(3)] == [[], [], ["m/1"]]
+    assert ModelRepository(tmp_path / "cache").versions("m") == ["2"]
+
+
+def test_urls_in_logs_carry_no_credentials() -> None:
+    assert redact("GET https://user:s3cret@host/repo/m?X-Amz-Signature=abc failed") == \
+        "GET https://host/repo/m?... failed"
+    assert redact("s3://bucket/repo") == "s3://bucket/repo"
+
+
 def test_the_server_serves_a_remote_repository_over_http(http_repository: tuple[str, Path], tmp_path: Path) -> None:
     url, _ = http_repository
     settings = ServerSettings(model_repo=url, repository_cache=tmp_path / "cache")
@@ -94,6 +119,15 @@ def test_the_server_serves_a_remote_repository_over_http(http_repository: tuple[
         response = httpx.post(f"{server.url}/v2/models/m/classify", content=jpeg(),
                               headers={"content-type": "image/jpeg"}, timeout=30)
         assert response.status_code == 200 and response.json()["model_version"] == "2"
+
+
+def test_resserve_serve_takes_the_url_on_its_command_line(http_repository: tuple[str, Path], tmp_path: Path) -> None:
+    url, _ = http_repository
+    with server_process(url, env={"RESSERVE_REPOSITORY_CACHE": str(tmp_path / "cache")},
+                        kill=True) as server:
+        response = httpx.post(f"{server.url}/v2/models/m/classify", content=jpeg(),
+                              headers={"content-type": "image/jpeg"}, timeout=30)
+        assert response.status_code == 200 and response.json()["model_version"] == "2", server.output()
 
 
 @pytest.fixture

@@ -153,6 +153,8 @@ def test_shadow_agreement_counts_equal_what_the_test_computes(tmp_path: Path) ->
         assert server.metric("resserve_http_images_total", {"model": "m", "status": "ok"}) == 2 * len(images)
         low, high = comparison["top1_agreement_95"]
         assert 0 <= low <= comparison["top1_agreement"] <= high <= 1
+        index = {e["version"]: e.get("release") for e in client.post("/v2/repository/index").json()}
+        assert index == {"1": None, "2": "candidate"}
         result = CliRunner().invoke(cli_app, ["canary", "status", "m", "--url", server.url])
         assert result.exit_code == 0, result.output
         assert f"{len(images)}" in result.output and "no decision yet" in result.output
@@ -172,6 +174,9 @@ def judge_run(tmp_path: Path, seeds: tuple[int, int], images: int = 12) -> tuple
         status = wait_for(lambda: (s := canary(server.url))["decisions"] and s, timeout_s=30)
         assert status, canary(server.url)
         after = [infer(client, jpeg(seed=i))[0] for i in range(40)]
+        # The repository index shows the decision beside the version (gRPC: in its reason).
+        entries = client.post("/v2/repository/index").json()
+        status["index"] = {e["version"]: e.get("release") for e in entries if e["name"] == "m"}
     return status, repo, after
 
 
@@ -181,6 +186,7 @@ def test_a_candidate_that_disagrees_is_rejected_and_its_share_rolled_back(tmp_pa
     assert decision["outcome"] == "rejected" and decision["candidate"] == "2" and "top-1 agreement" in decision["why"]
     assert status["promoted"] is None
     assert set(after) == {"1"}  # the split's 20% for version 2 went back to version 1
+    assert status["index"] == {"1": None, "2": "rejected"}
     written = json.loads((repo / "m" / RELEASE_FILE).read_text())
     assert written["decisions"][0]["outcome"] == "rejected"
 
@@ -190,6 +196,7 @@ def test_a_candidate_that_agrees_is_promoted_and_stays_promoted_over_a_restart(t
     decision = status["decisions"][0]
     assert decision["outcome"] == "promoted" and decision["top1_agreement"] == 1.0, decision
     assert status["promoted"] == "2" and set(after) == {"2"}
+    assert status["index"] == {"1": None, "2": "promoted"}
     with serve_in_thread(ServerSettings(model_repo=repo, build_missing=False)) as server, \
             httpx.Client(base_url=server.url, timeout=30) as client:
         assert {infer(client, jpeg(seed=i))[0] for i in range(20)} == {"2"}
