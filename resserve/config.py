@@ -181,18 +181,18 @@ class ShadowConfig(_Strict):
     @field_validator("target")
     @classmethod
     def _target(cls, value: str) -> str:
-        if not (value.isdigit() or (value.startswith("model:") and len(value) > len("model:"))):
+        if not ((value.isascii() and value.isdigit()) or (value.startswith("model:") and len(value) > len("model:"))):
             raise ValueError(f'shadow.target is a version number ("2") or "model:<name>", not {value!r}')
         return value
 
     @property
     def version(self) -> str | None:
         """The candidate version of this model, or None for another model."""
-        return self.target if self.target.isdigit() else None
+        return self.target if self.target.isascii() and self.target.isdigit() else None
 
     @property
     def model(self) -> str | None:
-        return None if self.target.isdigit() else self.target.removeprefix("model:")
+        return None if self.target.isascii() and self.target.isdigit() else self.target.removeprefix("model:")
 
 
 class PromoteConfig(_Strict):
@@ -218,7 +218,7 @@ class TrafficConfig(_Strict):
     def _split(cls, split: dict[str, int] | None) -> dict[str, int] | None:
         if split is None:
             return None
-        if not split or any(not v.isdigit() for v in split) or any(w < 0 for w in split.values()) \
+        if not split or any(not (v.isascii() and v.isdigit()) for v in split) or any(w < 0 for w in split.values()) \
                 or sum(split.values()) <= 0:
             raise ValueError("traffic.split maps version numbers to weights (0 or more, at least one above 0)")
         return {str(int(v)): w for v, w in split.items()}

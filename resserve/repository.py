@@ -116,7 +116,7 @@ class ModelRepository:
     def versions(self, name: str) -> list[str]:
         """Built versions (numeric folder names with an artifact), oldest first."""
         folder = self.root / name
-        found = [p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and (p / ARTIFACT).is_file()]
+        found = [p.name for p in folder.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit() and (p / ARTIFACT).is_file()]
         return sorted(found, key=int)
 
     def version(self, name: str, version: str | None = None) -> ModelVersion:

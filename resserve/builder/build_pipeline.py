@@ -210,7 +210,7 @@ def _weights_obtainable(config: ModelConfig) -> bool:
 def next_version(folder: Path) -> str:
     """One more than the highest numeric folder in a model's folder (built or not, so a number
     someone put there is never reused), else the first version."""
-    numbers = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
+    numbers = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()] if folder.is_dir() else []
     return str(max(numbers) + 1) if numbers else DEFAULT_VERSION
 
 
