@@ -4,6 +4,8 @@ A server in a subprocess: ``resserve.perf.server_process.server_process``, whose
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import threading
 import time
@@ -123,3 +125,20 @@ def wait_for(predicate: Callable[[], T], timeout_s: float = 10.0, every_s: float
             return value
         time.sleep(every_s)
 
+
+@contextmanager
+def static_file_server(root: Path) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 serving ``root`` (with folder listings); yields its URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -4,10 +4,7 @@ its build record, serves it, and follows it by polling."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,7 @@ from resserve.perf.server_process import server_process
 from resserve.remote_repository import RemoteRepository, RemoteRepositoryError, _safe_relative, redact
 from resserve.repository import ModelRepository
 from tests.model_repo_fixtures import tiny_classifier
-from tests.server_harness import free_port, jpeg, serve_in_thread, wait_for, write_model
+from tests.server_harness import free_port, jpeg, serve_in_thread, static_file_server, wait_for, write_model
 
 
 def built_repository(root: Path, tmp_path: Path, versions: int = 2, **config: Any) -> Path:
@@ -41,16 +38,8 @@ def built_repository(root: Path, tmp_path: Path, versions: int = 2, **config: An
 def http_repository(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A plain HTTP server (directory listings on) over a built repository."""
     root = built_repository(tmp_path / "served", tmp_path, version_policy={"all": True})
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        server.server_close()
+    with static_file_server(root) as url:
+        yield url, root
 
 
 def test_a_repository_over_http_is_mirrored_and_every_file_checked(http_repository: tuple[str, Path],
