@@ -164,30 +164,39 @@ def load_sweep(path: Path) -> SweepConfig:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it, sections merged key by key."""
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_config(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
     return out
+
+
+def link_model_folder(source: Path, target: Path, config: dict[str, Any], *, versions: bool = True) -> None:
+    """``target``: the model folder ``source``'s files linked one by one (hidden ones aside, version
+    folders only with ``versions``: a build must never write through them), ``config`` as its
+    config.yaml."""
+    target.mkdir(parents=True)
+    for entry in source.iterdir():
+        if entry.name == "config.yaml" or entry.name.startswith(".") or (not versions and entry.name.isdigit()):
+            continue
+        (target / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+    (target / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def overlay_repo(repo: Path, variant: VariantSpec, into: Path) -> Path:
     """A repository in ``into`` with one model: links to ``repo``'s files, an edited config.yaml."""
     source = repo / variant.model
-    target = into / variant.model
-    target.mkdir(parents=True)
-    for entry in source.iterdir():
-        if entry.name != "config.yaml" and not entry.name.startswith("."):
-            (target / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
     raw = yaml.safe_load((source / "config.yaml").read_text(encoding="utf-8")) or {}
-    merged = _merge(raw, variant.config_overrides())
+    merged = merge_config(raw, variant.config_overrides())
     batching = merged.get("dynamic_batching") or {}
     if variant.max_batch_size is not None and variant.preferred_batch_sizes is None and batching.get(
             "preferred_batch_sizes"):
         # A smaller max batch drops the model's preferred sizes above it rather than failing validation.
         batching["preferred_batch_sizes"] = [b for b in batching["preferred_batch_sizes"]
                                              if b <= variant.max_batch_size]
-    (target / "config.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    link_model_folder(source, into / variant.model, merged)
     ModelRepository(into).config(variant.model)  # validate the edited config before a server sees it
     return into
 

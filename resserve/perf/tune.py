@@ -28,6 +28,7 @@ from resserve.perf.images import Payload
 from resserve.perf.measure import MeasurementSettings
 from resserve.perf.search import find_max_rate
 from resserve.perf.server_process import server_process
+from resserve.perf.sweep import link_model_folder, merge_config
 from resserve.perf.thread_cpu import ServerCpu
 from resserve.perf.tune_space import Candidate, Score
 from resserve.repository import ModelRepository
@@ -44,17 +45,6 @@ class BuiltPair(BaseModel):
     top1_agreement: float | None = None  # the build's accuracy report; None for fp32 (the reference)
     passed: bool = True
     why: str = ""
-
-
-def _link_model(source: Path, target: Path, config: dict[str, object]) -> None:
-    """``target``: the model folder's files linked one by one (no version folder, no hidden
-    file), and ``config`` as its config.yaml."""
-    target.mkdir(parents=True)
-    for entry in source.iterdir():
-        if entry.name == "config.yaml" or entry.name.startswith(".") or entry.name.isdigit():
-            continue
-        (target / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
-    (target / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def _raw_config(repository: Path, model: str) -> dict[str, object]:
@@ -77,7 +67,7 @@ def build_pairs(repository: Path, model: str, pairs: Sequence[tuple[str, str]], 
             calibration = {**(raw.get("calibration") or {}), "min_top1_agreement": 0.0}  # type: ignore[dict-item]
             config = {**raw, "engine": engine, "precision": precision, "calibration": calibration}
             if not (root / model).exists():
-                _link_model(repository / model, root / model, config)
+                link_model_folder(repository / model, root / model, config, versions=False)
             else:  # the model's config may have changed since: the stale check then rebuilds
                 (root / model / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             builder = BuildPipeline(ModelRepository(root))
@@ -107,10 +97,7 @@ def score_candidate(candidate: Candidate, built: BuiltPair, model: str, p99_ms: 
     if not built.passed:
         return Score(goodput_rps=0.0, why=built.why)
     built_model = built.repository / model
-    raw = _raw_config(built.repository, model)
-    overlay = {**raw, **candidate.config_overlay(p99_ms)}
-    overlay["dynamic_batching"] = {**(raw.get("dynamic_batching") or {}),  # type: ignore[dict-item]
-                                   **overlay["dynamic_batching"]}  # type: ignore[dict-item]
+    overlay = merge_config(_raw_config(built.repository, model), candidate.config_overlay(p99_ms))
     batching = overlay["dynamic_batching"]
     assert isinstance(batching, dict)
     if "latency_target_ms" in batching:  # adaptive: the fixed batcher's knobs do not apply
@@ -122,9 +109,7 @@ def score_candidate(candidate: Candidate, built: BuiltPair, model: str, p99_ms: 
                                              if b <= candidate.max_batch_size]
     with tempfile.TemporaryDirectory(prefix="resserve-tune-") as tmp:
         root = Path(tmp) / "repo"
-        _link_model(built_model, root / model, overlay)
-        for version in ModelRepository(built.repository).versions(model):
-            (root / model / version).symlink_to((built_model / version).resolve(), target_is_directory=True)
+        link_model_folder(built_model, root / model, overlay)
         ModelRepository(root).config(model)  # a candidate that does not validate fails here, not in a server
         extra = ["--no-build-missing", "--workers", str(candidate.workers)]
         with server_process(root, *extra, log_dir=Path(tmp), log_level="warning") as server:
