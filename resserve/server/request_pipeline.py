@@ -163,21 +163,24 @@ class RequestPipeline:
         deadline = self.deadline(ticket, timeout_ms)
         served = ticket.served
         window = asyncio.Semaphore(self.threads)
-        rows: list[np.ndarray] = [np.empty(0)] * len(images)  # kept for a shadow
+        # The preprocessed rows outlive their batch only for a model with a shadow to feed.
+        rows: list[np.ndarray] | None = [np.empty(0)] * len(images) if self.shadow.wanted(served) else None
         submitted: list[float] = []
 
         async def one(index: int, data: bytes) -> np.ndarray:
             async with window:
                 tensor = await self._preprocess(served, data, deadline)
-            rows[index] = tensor[np.newaxis]
-            submitted.append(time.monotonic())
+            if rows is not None:
+                rows[index] = tensor[np.newaxis]
+                submitted.append(time.monotonic())
             return await self._submit(ticket, tensor[np.newaxis], deadline)
 
         async def every() -> np.ndarray:
             return np.concatenate(await _all_or_first_error([one(i, data) for i, data in enumerate(images)]))
 
         outputs = await self._observed(ticket, len(images), every())
-        self.shadow.mirror(ticket.served, lambda: np.concatenate(rows), outputs, time.monotonic() - min(submitted))
+        if rows is not None:
+            self.shadow.mirror(ticket.served, lambda: np.concatenate(rows), outputs, time.monotonic() - min(submitted))
         return outputs
 
     async def run_tensor(self, ticket: Ticket, batch: np.ndarray, timeout_ms: float | None) -> np.ndarray:

@@ -48,6 +48,13 @@ class Shadow:
         self.closed = False  # draining: no new shadow starts
         self.judging = False
 
+    def wanted(self, primary: ServedModel) -> bool:
+        """Whether requests to ``primary`` may be mirrored now (its model has a shadow still judged)."""
+        release = self.manager.releases.get(primary.name) if self.manager is not None else None
+        shadow = release.traffic.shadow if release is not None else None
+        return (not self.closed and release is not None and shadow is not None
+                and shadow.target != primary.version and shadow.target not in release.decided)
+
     def mirror(self, primary: ServedModel, rows: Callable[[], np.ndarray], outputs: np.ndarray,
                primary_s: float) -> None:
         """Run ``rows`` (made only when drawn) on the candidate in the background, if this request is
