@@ -18,10 +18,12 @@ from resserve.console import configure_logging, make_console
 from resserve.errors import ResserveError
 from resserve.perf.bench_commands import bench_app
 from resserve.perf.loadtest_commands import loadtest_app
+from resserve.perf.tune_commands import tune
 
 app = typer.Typer(help="Serve ResNet-family image classifiers fast.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(loadtest_app, name="loadtest")
+app.command()(tune)
 console = make_console()
 log = logging.getLogger("resserve")
 

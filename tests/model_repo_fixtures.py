@@ -57,6 +57,37 @@ def tiny_classifier(path: Path, seed: int = 0, props: dict[str, str] | None = No
     return path
 
 
+def near_tie_classifier(path: Path) -> Path:
+    """Two classes whose logits differ by 0.1%: fp32 always answers class 1, while int8 rounds both
+    to the same activation and answers class 0 on most images (a precision the gate must refuse)."""
+    def init(name: str, array: object) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+
+    initializers = [
+        init("stem_w", np.ones((4, 3, 1, 1)) * np.array([1, 0.5, 0.25, 2])[:, None, None, None]),
+        init("stem_b", np.zeros(4)),
+        init("head_w", np.array([[1.0] * 4, [1.001] * 4])[:, :, None, None]),
+        init("head_b", np.zeros(2)),
+    ]
+    nodes = [  # named: the int8 build keeps the stem (on the image) fp32 by name and quantizes the rest
+        helper.make_node("Conv", ["input", "stem_w", "stem_b"], ["stem"], name="stem"),
+        helper.make_node("Relu", ["stem"], ["stem_relu"], name="stem_relu"),
+        helper.make_node("Conv", ["stem_relu", "head_w", "head_b"], ["head"], name="head"),
+        helper.make_node("Relu", ["head"], ["head_relu"], name="head_relu"),
+        helper.make_node("GlobalAveragePool", ["head_relu"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["logits"], name="flatten"),
+    ]
+    graph = helper.make_graph(
+        nodes, "near_tie_classifier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
 def write_config(folder: Path, config: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.yaml"

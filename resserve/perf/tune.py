@@ -47,7 +47,7 @@ class BuiltPair(BaseModel):
     why: str = ""
 
 
-def _raw_config(repository: Path, model: str) -> dict[str, object]:
+def raw_config(repository: Path, model: str) -> dict[str, object]:
     raw = yaml.safe_load((repository / model / "config.yaml").read_text(encoding="utf-8")) or {}
     raw.pop("name", None)
     return raw
@@ -57,7 +57,7 @@ def build_pairs(repository: Path, model: str, pairs: Sequence[tuple[str, str]], 
                 min_top1_agreement: float) -> list[BuiltPair]:
     """Build ``model`` once per (engine, precision) under ``work``; a build that fails, or whose
     accuracy report is under ``min_top1_agreement``, is kept with the reason (it never serves)."""
-    raw = _raw_config(repository, model)
+    raw = raw_config(repository, model)
     built = []
     for engine, precision in pairs:
         root = work / f"{engine}-{precision}"
@@ -90,15 +90,10 @@ def build_pairs(repository: Path, model: str, pairs: Sequence[tuple[str, str]], 
     return built
 
 
-def score_candidate(candidate: Candidate, built: BuiltPair, model: str, p99_ms: float,
-                    payloads: list[Payload], high_rps: float, settings: MeasurementSettings,
-                    iterations: int = 4) -> Score:
-    """The candidate's goodput through a real server (its own workers) on 127.0.0.1."""
-    if not built.passed:
-        return Score(goodput_rps=0.0, why=built.why)
-    built_model = built.repository / model
-    overlay = merge_config(_raw_config(built.repository, model), candidate.config_overlay(p99_ms))
-    batching = overlay["dynamic_batching"]
+def candidate_config(raw: dict[str, object], candidate: Candidate, p99_ms: float) -> dict[str, object]:
+    """The model's config (``raw``, as read from its config.yaml) with ``candidate`` laid over it."""
+    config = merge_config(raw, candidate.config_overlay(p99_ms))
+    batching = config["dynamic_batching"]
     assert isinstance(batching, dict)
     if "latency_target_ms" in batching:  # adaptive: the fixed batcher's knobs do not apply
         batching.pop("max_queue_delay_ms", None)
@@ -107,6 +102,17 @@ def score_candidate(candidate: Candidate, built: BuiltPair, model: str, p99_ms: 
         batching.pop("latency_target_ms", None)
         batching["preferred_batch_sizes"] = [b for b in batching.get("preferred_batch_sizes", [])
                                              if b <= candidate.max_batch_size]
+    return config
+
+
+def score_candidate(candidate: Candidate, built: BuiltPair, model: str, p99_ms: float,
+                    payloads: list[Payload], high_rps: float, settings: MeasurementSettings,
+                    iterations: int = 4) -> Score:
+    """The candidate's goodput through a real server (its own workers) on 127.0.0.1."""
+    if not built.passed:
+        return Score(goodput_rps=0.0, why=built.why)
+    built_model = built.repository / model
+    overlay = candidate_config(raw_config(built.repository, model), candidate, p99_ms)
     with tempfile.TemporaryDirectory(prefix="resserve-tune-") as tmp:
         root = Path(tmp) / "repo"
         link_model_folder(built_model, root / model, overlay)
@@ -125,7 +131,9 @@ def score_candidate(candidate: Candidate, built: BuiltPair, model: str, p99_ms: 
                 server_s = sum(v for k, v in used.items() if k not in ("load generator", "idle"))
                 why = "" if found.max_rate_rps > 0 else "; ".join(p.why for p in found.probes[-1:])
                 return Score(goodput_rps=found.max_rate_rps, p99_ms=found.p99_ms,
-                             cpu_ms_per_image=server_s * 1000 / images if images else None, why=why)
+                             cpu_ms_per_image=server_s * 1000 / images if images else None, why=why,
+                             probes=[f"{p.rate_rps:.1f} req/s {'pass' if p.passed else 'fail'}: {p.why}"
+                                     for p in found.probes])
 
             return asyncio.run(search())
 

@@ -157,6 +157,7 @@ class Score(BaseModel):
     p99_ms: float | None = None
     cpu_ms_per_image: float | None = None
     why: str = ""  # why it lost, where it did (accuracy, p99, errors)
+    probes: list[str] = []  # the rate search's steps: "260.0 req/s fail: p99 312 ms > 250 ms"
 
     def key(self) -> tuple[float, float]:
         """Higher goodput first; at equal goodput, less CPU."""
@@ -170,11 +171,16 @@ class Rung(BaseModel):
     scores: dict[str, Score]
 
 
+class OutOfTime(Exception):
+    """Raised by a measurement when the tuner's time is spent: the search ends with what it has."""
+
+
 def successive_halving(candidates: Sequence[Candidate], measure: Callable[[Candidate, float], Score],
-                       first_s: float, budget_s: float, eta: int = 3) -> list[Rung]:
+                       first_s: float, budget_s: float, eta: int = 3, overhead_s: float = 0.0) -> list[Rung]:
     """Measure every candidate for ``first_s``, keep the best ``1/eta``, measure those ``eta``
-    times longer, until one is left or the next round would pass ``budget_s`` (the seconds of
-    measurement, not counting starts). The last rung's best is the winner."""
+    times longer, until one is left or the next round would pass ``budget_s`` (each measurement
+    costs its seconds plus ``overhead_s``, a server's start). The last rung's best is the winner.
+    A measurement that raises :class:`OutOfTime` ends the search; a rung it cut keeps what it had."""
     if eta < 2:
         raise ValueError("eta must be at least 2")
     alive = list(candidates)
@@ -182,10 +188,17 @@ def successive_halving(candidates: Sequence[Candidate], measure: Callable[[Candi
     spent = 0.0
     rungs: list[Rung] = []
     while alive:
-        if rungs and spent + seconds * len(alive) > budget_s:
+        if rungs and spent + (seconds + overhead_s) * len(alive) > budget_s:
             break
-        scores = {c.name: measure(c, seconds) for c in alive}
-        spent += seconds * len(alive)
+        scores: dict[str, Score] = {}
+        try:
+            for candidate in alive:
+                scores[candidate.name] = measure(candidate, seconds)
+        except OutOfTime:
+            if scores:
+                rungs.append(Rung(seconds=seconds, scores=scores))
+            return rungs
+        spent += (seconds + overhead_s) * len(alive)
         rungs.append(Rung(seconds=seconds, scores=scores))
         if len(alive) == 1:
             break
@@ -193,6 +206,24 @@ def successive_halving(candidates: Sequence[Candidate], measure: Callable[[Candi
         alive = ranked[:max(1, len(alive) // eta)]
         seconds *= eta
     return rungs
+
+
+def plan_cost(count: int, first_s: float, eta: int, overhead_s: float) -> float:
+    """Seconds successive halving takes over ``count`` candidates, down to one."""
+    total, seconds = 0.0, first_s
+    while True:
+        total += (seconds + overhead_s) * count
+        if count == 1:
+            return total
+        count, seconds = max(1, count // eta), seconds * eta
+
+
+def first_rung_size(available: int, first_s: float, eta: int, overhead_s: float, budget_s: float) -> int:
+    """The most candidates whose halving down to one fits ``budget_s`` (at least one)."""
+    count = available
+    while count > 1 and plan_cost(count, first_s, eta, overhead_s) > budget_s:
+        count -= 1
+    return count
 
 
 def winner(rungs: Sequence[Rung]) -> tuple[str, Score] | None:

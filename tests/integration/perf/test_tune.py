@@ -9,6 +9,7 @@ from pathlib import Path
 from resserve.perf.images import generate
 from resserve.perf.measure import MeasurementSettings
 from resserve.perf.tune import build_pairs, score_candidate
+from resserve.perf.tune_gate import gate
 from resserve.perf.tune_space import Candidate
 from tests.server_harness import write_model
 
@@ -34,3 +35,9 @@ def test_pairs_build_outside_the_repository_and_the_gate_keeps_reduced_answers_o
                             iterations=3)
     assert score.goodput_rps > 0 and score.p99_ms is not None and score.p99_ms <= 500, score
     assert score.cpu_ms_per_image is not None and score.cpu_ms_per_image > 0
+    # Without real images: the build's report gates the precision, fast preprocessing is refused and
+    # uint8 input (the same normalization, inside the model) takes its precision's verdict.
+    verdicts = {g.key: g for g in gate(built, "m", 1.01, (False, True), images=None)}
+    assert verdicts["onnxruntime-fp32"].passed and verdicts["onnxruntime-fp32 u8"].passed
+    assert not verdicts["onnxruntime-fp32 fast"].passed and "real images" in verdicts["onnxruntime-fp32 fast"].why
+    assert not verdicts["onnxruntime-int8"].passed and not verdicts["onnxruntime-int8 u8"].passed
