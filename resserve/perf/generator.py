@@ -65,6 +65,10 @@ def arrival_intervals(rate: float, arrival: Arrival, seed: int = 0) -> Iterator[
         raise ValueError(f"unknown arrival process {arrival!r}; choose constant or poisson")
 
 
+# Below every server keep-alive timeout we measure against (resserve and uvicorn: 5 s).
+CLIENT_KEEPALIVE_S = 2.0
+
+
 class LoadGenerator:
     """Sends payloads to one URL and records a :class:`Sample` per request.
 
@@ -89,8 +93,11 @@ class LoadGenerator:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> LoadGenerator:
+        # Idle connections are dropped by the client before any server's keep-alive closes them
+        # (resserve's and uvicorn's 5 s): reusing one the server is closing that instant fails the
+        # request as a connection error, and an overload probe leaves hundreds of them idle.
         connector = aiohttp.TCPConnector(limit=self.max_outstanding, limit_per_host=self.max_outstanding,
-                                         keepalive_timeout=60)
+                                         keepalive_timeout=CLIENT_KEEPALIVE_S)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             skip_auto_headers=("User-Agent",))

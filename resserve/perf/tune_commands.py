@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,10 @@ from resserve.console import make_console
 from resserve.errors import ResserveError
 
 console = make_console()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _workers(text: str) -> int | None:
@@ -41,9 +46,13 @@ def tune(
     write: Annotated[str | None, typer.Option(help="write the winner as a new model folder of this name")] = None,
     engines: Annotated[list[str] | None, typer.Option(help="only these engines (default: every one this machine "
                                                            "runs)")] = None,
+    precisions: Annotated[list[str] | None, typer.Option(help="only these precisions (default: every one the "
+                                                              "engines run here)")] = None,
     batch_sizes: Annotated[str, typer.Option(help="max batch sizes to try, comma-separated")] = "1,4,8,16,32",
     fast_preprocess: Annotated[bool, typer.Option(help="try fast preprocessing (through the accuracy gate)")] = True,
     first_seconds: Annotated[float, typer.Option(help="each candidate's first measurement, seconds")] = 10.0,
+    grid: Annotated[bool, typer.Option(help="measure every candidate the gate passes once, for --first-seconds, "
+                                            "no pruning: the exhaustive baseline the search is judged against")] = False,
     work: Annotated[Path | None, typer.Option(help="where the pairs are built (default: a folder under $TMPDIR)")] = None,
 ) -> None:
     """Search engine x precision x batching x instances x threads x workers x preprocessing for
@@ -56,6 +65,7 @@ def tune(
     settings = TuneSettings(model=model, p99_ms=p99_ms, min_top1_agreement=min_top1_agreement, images=images,
                             budget_minutes=budget_minutes, workers=_workers(workers),
                             engines=tuple(engines) if engines else None,
+                            precisions=tuple(precisions) if precisions else None, grid=grid,
                             batch_sizes=tuple(parse_batch_sizes(batch_sizes)), fast_preprocess=fast_preprocess,
                             first_seconds=first_seconds)
 
@@ -67,6 +77,7 @@ def tune(
     except ResserveError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # kill, or a CI job's timeout: as Ctrl-C
     try:
         state = tuner.run()
     except KeyboardInterrupt:
@@ -80,6 +91,8 @@ def tune(
         tuner.save()
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     report = write_report(state, out)
     say(f"wrote {report}")
     if state.winner is None:
@@ -92,4 +105,6 @@ def tune(
         except ResserveError as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1) from exc
-        say(f"wrote {folder}: build it with `resserve build {model_repo} --model {write}` or serve the repository")
+        workers_needed = next(m.candidate.workers for m in state.measured if m.candidate.name == state.winner)
+        say(f"wrote {folder}: build it with `resserve build {model_repo} --model {write}`, serve it with "
+            f"`resserve serve --model-repo {model_repo} --workers {workers_needed}`")

@@ -114,11 +114,13 @@ def predictions(candidates: Sequence[Candidate], curves: Sequence[EngineCurve], 
 
 def shortlist(candidates: Sequence[Candidate], predicted: dict[str, Prediction], count: int,
               floor: float = 0.5, seed: int = 0) -> list[Candidate]:
-    """The ``count`` most promising: predicted within ``floor`` of the best, highest first; equal
-    predictions (they differ in what the cheap stage cannot see: delay, instances, workers) in a
-    seeded shuffle, so the server runs cover those too."""
+    """The ``count`` most promising: predicted within ``floor`` of the best. Each engine x
+    precision within it first sends its best candidate (the prediction may misjudge an engine
+    as a whole; one run each says so), then the rest go highest first; equal predictions (they
+    differ in what the cheap stage cannot see: delay, instances, workers) in a seeded shuffle,
+    so the server runs cover those too."""
     feasible = [c for c in candidates if predicted[c.name].requests_per_s > 0]
-    if not feasible:
+    if not feasible or count < 1:
         return []
     best = max(predicted[c.name].requests_per_s for c in feasible)
     promising = [c for c in feasible if predicted[c.name].requests_per_s >= floor * best]
@@ -126,5 +128,10 @@ def shortlist(candidates: Sequence[Candidate], predicted: dict[str, Prediction],
     order = {c.name: rng.random() for c in promising}
     # Within 5% of each other is a tie: the prediction is not finer than that.
     promising.sort(key=lambda c: (-math.floor(math.log(predicted[c.name].requests_per_s, 1.05)), order[c.name]))
-    return promising[:count]
-
+    chosen: list[Candidate] = []
+    for candidate in promising:  # the best of each engine x precision, best pair first
+        if all((c.engine, c.precision) != (candidate.engine, candidate.precision) for c in chosen):
+            chosen.append(candidate)
+    chosen = chosen[:count]
+    chosen += [c for c in promising if c not in chosen][:count - len(chosen)]
+    return sorted(chosen, key=promising.index)

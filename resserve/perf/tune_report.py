@@ -91,7 +91,9 @@ def markdown(state: TuneState) -> str:
         lines += [f"**Winner**: `{winner.candidate.name}`: {best.score.goodput_rps:,.1f} req/s with p99 "
                   f"{_num(best.score.p99_ms, 0)} ms, {_num(best.score.cpu_ms_per_image, 2)} ms of server CPU per "
                   "image. Its config keys:", "", "```yaml",
-                  yaml.safe_dump(winner.candidate.config_overlay(s.p99_ms), sort_keys=False).rstrip(), "```", ""]
+                  yaml.safe_dump(winner.candidate.config_overlay(s.p99_ms), sort_keys=False).rstrip(), "```", "",
+                  f"Worker processes are the server's, not the model's: serve it with `resserve serve --workers "
+                  f"{winner.candidate.workers}`.", ""]
     else:
         lines += ["**No winner**: no candidate met the budget.", ""]
     lines += ["## Ranking (measured end to end through the server)", "",
@@ -195,6 +197,10 @@ def write_winner(state: TuneState, repository: Path, name: str) -> Path:
     if target.exists():
         raise ConfigError(f"{target} exists: --write needs a new model name")
     config = candidate_config(raw_config(repository, state.settings.model), candidate, state.settings.p99_ms)
+    if candidate.precision != "fp32":  # its build checks the floor the tuner was given, not the default
+        calibration = dict(config.get("calibration") or {})  # type: ignore[call-overload]
+        calibration["min_top1_agreement"] = state.settings.min_top1_agreement
+        config["calibration"] = calibration
     staging = repository / f".{name}.tune-staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -206,7 +212,9 @@ def write_winner(state: TuneState, repository: Path, name: str) -> Path:
                 shutil.copytree(entry, staging / entry.name, copy_function=_link_or_copy)
             else:
                 _link_or_copy(str(entry), str(staging / entry.name))
-        (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        header = (f"# resserve tune: {candidate.name}, p99 <= {state.settings.p99_ms:g} ms on {state.cpu}.\n"
+                  f"# Serve with --workers {candidate.workers} (a server setting, not a model's).\n")
+        (staging / "config.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -63,6 +63,8 @@ class TuneSettings(BaseModel):
     budget_minutes: float = Field(20.0, gt=0)
     workers: int | None = Field(None, ge=1)  # None: auto, 1 to the cores
     engines: tuple[str, ...] | None = None  # None: every engine this machine runs
+    precisions: tuple[str, ...] | None = None  # None: every precision those engines run here
+    grid: bool = False  # measure every candidate the gate passes, once, for first_seconds (a baseline)
     batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32)
     fast_preprocess: bool = True  # whether fast preprocessing is in the space (through the gate)
     first_seconds: float = Field(10.0, gt=0)
@@ -160,6 +162,13 @@ class Tuner:
                                   f"(this machine runs {', '.join(machine.engines)})")
             machine = machine.model_copy(update={"engines": {e: p for e, p in machine.engines.items()
                                                              if e in self.settings.engines}})
+        if self.settings.precisions is not None:
+            engines = {e: tuple(p for p in precisions if p in self.settings.precisions)
+                       for e, precisions in machine.engines.items()}
+            machine = machine.model_copy(update={"engines": {e: p for e, p in engines.items() if p}})
+            if not machine.engines:
+                raise ConfigError(f"--precisions: none of {', '.join(self.settings.precisions)} runs on the engines "
+                                  "chosen here")
         return machine
 
     def remaining_s(self) -> float:
@@ -239,9 +248,12 @@ class Tuner:
         state.predicted = predictions(candidates, state.curves, state.preprocess_ms, state.machine.cores,
                                       settings.p99_ms)
         feasible = sum(1 for c in candidates if state.predicted[c.name].requests_per_s > 0)
-        count = first_rung_size(max(1, feasible), settings.first_seconds, settings.eta, state.overhead_s(),
-                                self.remaining_s())
-        state.shortlist = shortlist(candidates, state.predicted, count)
+        if settings.grid:  # the baseline the search is judged against: everything, no prediction
+            state.shortlist = list(candidates)
+        else:
+            count = first_rung_size(max(1, feasible), settings.first_seconds, settings.eta, state.overhead_s(),
+                                    self.remaining_s())
+            state.shortlist = shortlist(candidates, state.predicted, count)
         self.say(f"{state.space} candidates: {sum(state.refused.values())} refused by the gate, "
                  f"{len(candidates) - feasible} whose batch cannot meet {settings.p99_ms:g} ms, "
                  f"{len(state.shortlist)} to measure through the server (the budget's share)")
@@ -281,8 +293,21 @@ class Tuner:
             self.say(f"[{seconds:g} s] {candidate.name}: {result}; {self.remaining_s() / 60:.1f} min left")
             return score
 
-        state.rungs = successive_halving(state.shortlist, measure, settings.first_seconds,
-                                         max(0.0, self.remaining_s()), settings.eta, state.overhead_s())
+        if settings.grid:
+            scores: dict[str, Score] = {}
+            try:
+                for candidate in state.shortlist:
+                    scores[candidate.name] = measure(candidate, settings.first_seconds)
+            except OutOfTime:
+                pass
+            state.rungs = [Rung(seconds=settings.first_seconds, scores=scores)] if scores else []
+        else:
+            # A resumed run replays the measurements it kept: give their cost back to the budget, so
+            # the replay makes the same cuts the first run made.
+            replayed = sum(m.seconds + state.overhead_s() for m in state.measured)
+            state.rungs = successive_halving(state.shortlist, measure, settings.first_seconds,
+                                             max(0.0, self.remaining_s()) + replayed, settings.eta,
+                                             state.overhead_s())
         best = winner(state.rungs)
         state.winner = best[0] if best and best[1].goodput_rps > 0 else None
         state.finished = not ran_out

@@ -12,7 +12,7 @@ import pytest
 from resserve.perf.server_process import free_port, server_process
 from resserve.perf.generator import CLIENT_OVERFLOW, CONNECTION_ERROR, LoadGenerator
 from resserve.perf.images import generate
-from resserve.perf.measure import MeasurementSettings, closed_point
+from resserve.perf.measure import MeasurementSettings, closed_point, open_point
 from resserve.perf.overhead import TRIVIAL_SERVER, measure_overhead
 
 PAYLOADS = generate(((64, 48), (96, 72)), per_size=2)
@@ -110,3 +110,15 @@ def test_generator_overhead_is_measured() -> None:
     result = measure_overhead(PAYLOADS, concurrency=4, settings=QUICK)
     assert result.requests_per_s > 0 and 0 < result.cpu_us_per_request < 1e5
     assert result.share_of_core(100) == pytest.approx(100 * result.cpu_us_per_request / 1e6)
+
+
+async def test_an_open_point_counts_what_its_schedule_sent_inside_the_window(trivial_url: str) -> None:
+    async with LoadGenerator(f"{trivial_url}/every/1000/500", PAYLOADS) as gen:
+        point = await open_point(gen, 200.0, QUICK, "poisson", seed=3)
+    scheduled = point.offered_rps * point.duration_s
+    # A trivial server keeps up: what was due inside the window was answered inside it (give or
+    # take the requests in flight at its two edges), whatever the Poisson count strayed to.
+    assert abs(scheduled - point.completed) <= 5, (scheduled, point.completed)
+    async with LoadGenerator(f"{trivial_url}/every/1000/500", PAYLOADS) as gen:
+        closed = await closed_point(gen, 1, QUICK)
+    assert closed.offered_rps is None

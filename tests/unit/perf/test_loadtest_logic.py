@@ -147,3 +147,9 @@ def test_max_rate_judge() -> None:
     passed, why = judge(_point(100, {"200": 100}, 80, 100), 250, 0.0, 0.95)
     assert not passed and "delivered" in why
     assert not judge(_point(None, {"504": 3}, 0, 100), 250, 1.0, 0.95)[0]
+    # Delivery is judged against what the schedule sent in the window, not the mean rate: a Poisson
+    # window that happened to hold 82 requests at 100/s, all answered, keeps up.
+    short = _point(100, {"200": 82}, 82, 100).model_copy(update={"offered_rps": 82.0})
+    assert judge(short, 250, 0.0, 0.95)[0]
+    behind = _point(100, {"200": 82}, 82, 100).model_copy(update={"offered_rps": 100.0})
+    assert judge(behind, 250, 0.0, 0.95) == (False, "delivered 82.0 img/s < 95% of 100.0 offered")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from resserve.errors import ConfigError
-from resserve.perf.tune_prune import EngineCurve, predict, shortlist
+from resserve.perf.tune_prune import EngineCurve, Prediction, predict, shortlist
 from resserve.perf.tune_report import markdown, pareto_front, ranking
 from resserve.perf.tune_run import Measured, TuneSettings, TuneState, load_state
 from resserve.perf.tune_space import (
@@ -113,3 +113,15 @@ def test_a_resume_must_ask_the_same_question(tmp_path: Path) -> None:
     (tmp_path / "tune.json").write_text("{}")
     with pytest.raises(ConfigError, match="not a resserve tune state"):
         load_state(tmp_path / "tune.json", longer)
+
+
+def test_every_promising_engine_and_precision_gets_a_server_run() -> None:
+    int8 = [candidate(precision="int8", max_queue_delay_ms=d, instances=i, intra_op_threads=2 // i)
+            for d in (0.0, 2.0, 5.0) for i in (1, 2)]
+    fp32 = [candidate(max_queue_delay_ms=d) for d in (0.0, 2.0)]
+    predicted = {c.name: Prediction(requests_per_s=100.0 if c.precision == "int8" else 60.0) for c in int8 + fp32}
+    chosen = shortlist(int8 + fp32, predicted, count=3)
+    assert [c.precision for c in chosen] == ["int8", "int8", "fp32"]  # best first; fp32 still measured once
+    assert [c.precision for c in shortlist(int8 + fp32, predicted, count=1)] == ["int8"]
+    slow = {**predicted, **{c.name: Prediction(requests_per_s=40.0) for c in fp32}}
+    assert {c.precision for c in shortlist(int8 + fp32, slow, count=3)} == {"int8"}  # under half the best: out
