@@ -152,16 +152,24 @@ def plot(state: TuneState, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     points = [(r.p99_ms or 0.0, r.goodput_rps, 1.0 if r.top1_agreement is None else r.top1_agreement) for r in rows]
-    front = sorted(pareto_front(points), key=lambda i: points[i][0])
+    front = pareto_front(points)
+    # The front on the two axes drawn (lower p99, higher goodput) as a step line; the points that
+    # only agreement keeps on the front are ringed.
+    flat = sorted(pareto_front([(p99, good, 1.0) for p99, good, _ in points]), key=lambda i: points[i][0])
     figure, axes = plt.subplots(figsize=(8, 5))
     scatter = axes.scatter([p[0] for p in points], [p[1] for p in points], c=[p[2] for p in points],
                            cmap="viridis", vmin=min(min(p[2] for p in points), state.settings.min_top1_agreement),
-                           vmax=1.0, edgecolors="black", linewidths=0.4)
-    axes.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", linewidth=1,
-              label="Pareto front")
+                           vmax=1.0, edgecolors="black", linewidths=0.4, zorder=3)
+    axes.step([points[i][0] for i in flat], [points[i][1] for i in flat], where="post", color="tab:red",
+              linewidth=1, label="Pareto front (p99, goodput)")
+    ringed = [i for i in front if i not in flat]
+    if ringed:
+        axes.scatter([points[i][0] for i in ringed], [points[i][1] for i in ringed], s=120, facecolors="none",
+                     edgecolors="tab:red", label="on the front by agreement", zorder=2)
     winner = next((i for i, r in enumerate(rows) if r.candidate == state.winner), None)
     if winner is not None:
-        axes.annotate(state.winner, points[winner][:2], textcoords="offset points", xytext=(6, 6), fontsize=8)
+        axes.annotate(f"winner: {state.winner}", points[winner][:2], textcoords="offset points", xytext=(-30, -30),
+                      fontsize=8, ha="right", arrowprops={"arrowstyle": "->", "linewidth": 0.8})
     axes.axvline(state.settings.p99_ms, color="grey", linestyle="--", linewidth=1, label="p99 budget")
     axes.set_xlabel("p99 at the goodput rate (ms)")
     axes.set_ylabel("goodput (requests/s under the budget, no errors)")
