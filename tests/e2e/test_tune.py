@@ -30,6 +30,14 @@ def measured(state_file: Path) -> list[dict]:
         return []
 
 
+def foreground_job() -> None:
+    """A session of its own with SIGINT at its default, as a terminal's foreground job has it: a
+    suite started in the background by a shell (``cmd &``) runs with SIGINT ignored, and children
+    inherit that."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -49,7 +57,7 @@ def test_tune_interrupted_resumed_written_and_confirmed_by_a_separate_loadtest(t
                str(tmp_path / "work")]
     log = tmp_path / "first.log"
     with log.open("wb") as sink:  # its own process group, as a terminal's foreground job
-        first = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        first = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=foreground_job)
     try:
         # Ctrl-C once a measurement is kept and the next one's server is up.
         assert wait_for(lambda: len(measured(out / "tune.json")) >= 1 or first.poll() is not None, 180, 0.2)
