@@ -82,8 +82,8 @@ def gate(pairs: Sequence[BuiltPair], model: str, min_top1_agreement: float, fast
             results += [_without_images(pair, mode, reference is None) for mode in modes]
             continue
         assert images is not None
+        version = ModelRepository(pair.repository).version(model)  # parses the ONNX file: once a pair
         for uint8 in sorted({u for _, u in modes}):
-            version = ModelRepository(pair.repository).version(model)
             pixels = PixelInput.from_contract(version.contract) if uint8 else None
             engine = open_engine(version.variant, version.config, version.folder, pixels)
             try:

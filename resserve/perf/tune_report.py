@@ -85,15 +85,16 @@ def markdown(state: TuneState) -> str:
         + f". {state.elapsed_s / 60:.1f} of {s.budget_minutes:g} minutes; {status}.",
         "",
     ]
-    winner = next((m for m in state.measured if m.candidate.name == state.winner), None)
-    if winner is not None:
-        best = max((m for m in state.measured if m.candidate.name == state.winner), key=lambda m: m.seconds)
-        lines += [f"**Winner**: `{winner.candidate.name}`: {best.score.goodput_rps:,.1f} req/s with p99 "
+    # The winner's longest run: the figures its place in the ranking comes from.
+    best = max((m for m in state.measured if m.candidate.name == state.winner), key=lambda m: m.seconds,
+               default=None)
+    if best is not None:
+        lines += [f"**Winner**: `{best.candidate.name}`: {best.score.goodput_rps:,.1f} req/s with p99 "
                   f"{_num(best.score.p99_ms, 0)} ms, {_num(best.score.cpu_ms_per_image, 2)} ms of server CPU per "
                   "image. Its config keys:", "", "```yaml",
-                  yaml.safe_dump(winner.candidate.config_overlay(s.p99_ms), sort_keys=False).rstrip(), "```", "",
+                  yaml.safe_dump(best.candidate.config_overlay(s.p99_ms), sort_keys=False).rstrip(), "```", "",
                   f"Worker processes are the server's, not the model's: serve it with `resserve serve --workers "
-                  f"{winner.candidate.workers}`.", ""]
+                  f"{best.candidate.workers}`.", ""]
     else:
         lines += ["**No winner**: no candidate met the budget.", ""]
     lines += ["## Ranking (measured end to end through the server)", "",

@@ -14,6 +14,7 @@ The budget (``budget_minutes``) counts every run on the same ``tune.json`` toget
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -243,7 +244,7 @@ class Tuner:
                  f"{', '.join(map(str, settings.batch_sizes))}, preprocessing cost per mode")
         state.curves = engine_curves(pairs, settings.model, settings.batch_sizes, state.machine.cores)
         modes = sorted({(c.fast_preprocess, c.uint8_input) for c in candidates})
-        images = [p.body for p in self.payloads()]
+        images = [p.body for p in self.payloads]
         state.preprocess_ms = preprocess_costs(pairs[0].repository, settings.model, images, modes)
         state.predicted = predictions(candidates, state.curves, state.preprocess_ms, state.machine.cores,
                                       settings.p99_ms)
@@ -261,13 +262,15 @@ class Tuner:
             self.say(f"  preprocessing (fast,u8)={key}: {ms:.2f} ms per image on one core")
         self.save()
 
+    @functools.cached_property
     def payloads(self) -> list[Payload]:
-        """What the load generator sends: ``--images``, else generated photos of common sizes."""
+        """What the load generator sends: ``--images``, else generated photos of common sizes (read
+        once: the cheap stage and every server run use the same)."""
         return load_folder(self.settings.images, limit=300) if self.settings.images else generate()
 
     def _halving(self) -> None:
         settings, state = self.settings, self.state
-        payloads = self.payloads()
+        payloads = self.payloads
         pairs = {(p.engine, p.precision): p for p in state.pairs}
         done = {(m.candidate.name, m.seconds): m for m in state.measured}
         ran_out: list[bool] = []
