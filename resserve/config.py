@@ -378,6 +378,10 @@ class ServerSettings(BaseSettings):
                                   "so clients reconnect and spread over new pods")
     models: list[str] | None = Field(None, description="load only these models (default: all)")
     preprocess_threads: int | None = Field(None, ge=1, description="default: the cores")
+    inline_preprocess_max_pixels: int = Field(
+        16384, ge=0,
+        description="images of at most this many pixels (header) and bytes are decoded on the event loop, not "
+                    "handed to a preprocessing thread: the hand-off costs more than such a decode; 0: never")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     # A progressive JPEG's decode cost grows with its scans, not its pixels: one 469 KiB 6000x6000

@@ -9,6 +9,7 @@ from resserve.preprocess.cpu import (
     decode_image,
     normalize_pixels,
     preprocess,
+    preprocess_small,
     preprocess_timed,
     resize_and_crop,
     resize_crop_window,
@@ -28,6 +29,6 @@ from resserve.preprocess.headers import (
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS", "SUPPORTED_MEDIA_TYPES", "DecodeOptions", "ImageHeader",
-    "check_media_type", "decode_image", "normalize_pixels", "preprocess", "preprocess_timed", "read_header",
+    "check_media_type", "decode_image", "normalize_pixels", "preprocess", "preprocess_small", "preprocess_timed", "read_header",
     "resize_and_crop", "resize_crop_window", "to_pixels", "to_tensor", "to_tensor_fused",
 ]

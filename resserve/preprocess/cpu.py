@@ -23,6 +23,7 @@ from resserve.errors import ImageTooLargeError, InvalidImageError, ResserveError
 from resserve.preprocess.headers import (
     DEFAULT_MAX_PIXELS,
     DecodeOptions,
+    ImageHeader,
     _checked_header,
     _orientation,
     _pillow_warnings_ignored,
@@ -108,24 +109,29 @@ def decode_image(
 ) -> Image.Image:
     """Untrusted bytes -> upright 8-bit RGB image, or a domain error; checks size before pixels."""
     with _pillow_warnings_ignored():
-        image, header = _checked_header(data, options)
-        fmt = header.format
-        try:
-            if options.fast_jpeg_draft and fmt == "JPEG":
-                _draft(image, contract)
-            image.load()  # GIF/WebP/TIFF: the first frame, which Pillow opens at
-            if _orientation(image) != 1:  # after load: a PNG's eXIf chunk may follow its pixels
-                try:
-                    image = ImageOps.exif_transpose(image)
-                except Exception:
-                    pass
-            if _is_wide_grey(image.mode):
-                image = _wide_grey_to_l(image)  # frees the wide samples before the RGB copy exists
-            return _to_rgb(image)
-        except ResserveError:
-            raise
-        except Exception as exc:
-            raise InvalidImageError(f"cannot decode {fmt} image: {exc}") from exc
+        return _decode_opened(*_checked_header(data, options), contract, options)
+
+
+def _decode_opened(image: Image.Image, header: ImageHeader, contract: PreprocessContract,
+                   options: DecodeOptions) -> Image.Image:
+    """The pixels of an image whose header passed :func:`_checked_header`."""
+    fmt = header.format
+    try:
+        if options.fast_jpeg_draft and fmt == "JPEG":
+            _draft(image, contract)
+        image.load()  # GIF/WebP/TIFF: the first frame, which Pillow opens at
+        if _orientation(image) != 1:  # after load: a PNG's eXIf chunk may follow its pixels
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:
+                pass
+        if _is_wide_grey(image.mode):
+            image = _wide_grey_to_l(image)  # frees the wide samples before the RGB copy exists
+        return _to_rgb(image)
+    except ResserveError:
+        raise
+    except Exception as exc:
+        raise InvalidImageError(f"cannot decode {fmt} image: {exc}") from exc
 
 
 def _center_crop(image: Image.Image, crop_wh: tuple[int, int]) -> Image.Image:
@@ -264,6 +270,27 @@ def preprocess_timed(
     """:func:`preprocess` plus (decode_seconds, transform_seconds) for the server's stage metrics."""
     start = time.perf_counter()
     image = decode_image(data, contract, options)
+    return _transform_timed(image, contract, options, start)
+
+
+def preprocess_small(
+    data: bytes, contract: PreprocessContract, options: DecodeOptions, max_pixels: int
+) -> tuple[np.ndarray, float, float] | None:
+    """:func:`preprocess_timed` for an image of at most ``max_pixels`` (its header says), else
+    None with nothing decoded. Such an image costs less to decode where it is than to hand to
+    another thread (the server decodes small images on its event loop)."""
+    start = time.perf_counter()
+    with _pillow_warnings_ignored():
+        image, header = _checked_header(data, options)
+        if header.width * header.height > max_pixels:
+            image.close()
+            return None
+        decoded = _decode_opened(image, header, contract, options)
+    return _transform_timed(decoded, contract, options, start)
+
+
+def _transform_timed(image: Image.Image, contract: PreprocessContract, options: DecodeOptions,
+                     start: float) -> tuple[np.ndarray, float, float]:
     decoded = time.perf_counter()
     resize = resize_crop_window if options.fast_transform else resize_and_crop
     cropped = resize(image, contract, max_pixels=options.max_pixels)

@@ -36,7 +36,7 @@ from resserve.errors import (
     TooManyImagesError,
 )
 from resserve.metrics import Metrics
-from resserve.preprocess import preprocess_timed
+from resserve.preprocess import preprocess_small, preprocess_timed
 from resserve.server.scores import model_scores
 from resserve.server.shadow import Shadow
 from resserve.serving.manager import ModelManager, ServedModel
@@ -78,6 +78,7 @@ class RequestPipeline:
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="preprocess",
                                        initializer=set_os_thread_name, initargs=(PREPROCESS_PREFIX,))
         self.parse_slots = asyncio.Semaphore(self.threads)
+        self.inline_max_pixels = settings.inline_preprocess_max_pixels
 
     def close(self) -> None:
         self.shadow.cancel()
@@ -162,21 +163,27 @@ class RequestPipeline:
         self.reserve(ticket, len(images))
         deadline = self.deadline(ticket, timeout_ms)
         served = ticket.served
-        window = asyncio.Semaphore(self.threads)
         # The preprocessed rows outlive their batch only for a model with a shadow to feed.
         rows: list[np.ndarray] | None = [np.empty(0)] * len(images) if self.shadow.wanted(served) else None
         submitted: list[float] = []
 
         async def one(index: int, data: bytes) -> np.ndarray:
-            async with window:
-                tensor = await self._preprocess(served, data, deadline)
+            tensor = await self._preprocess(served, data, deadline)
             if rows is not None:
                 rows[index] = tensor[np.newaxis]
                 submitted.append(time.monotonic())
             return await self._submit(ticket, tensor[np.newaxis], deadline)
 
         async def every() -> np.ndarray:
-            return np.concatenate(await _all_or_first_error([one(i, data) for i, data in enumerate(images)]))
+            if len(images) == 1:  # the common request: no window, no task group, no copy
+                return await one(0, images[0])
+            window = asyncio.Semaphore(self.threads)
+
+            async def windowed(index: int, data: bytes) -> np.ndarray:
+                async with window:
+                    return await one(index, data)
+
+            return np.concatenate(await _all_or_first_error([windowed(i, data) for i, data in enumerate(images)]))
 
         outputs = await self._observed(ticket, len(images), every())
         if rows is not None:
@@ -213,14 +220,22 @@ class RequestPipeline:
 
         The deadline bounds the wait as well as the decode: an image whose deadline passes while it
         waits for a preprocessing thread is answered 504 then and never decoded, and one whose
-        decode outlives it is answered at the deadline (the thread finishes it for nobody).
+        decode outlives it is answered at the deadline (the thread finishes it for nobody). A small
+        image (``inline_preprocess_max_pixels``) is decoded here, on the event loop: handing it to a
+        thread and back costs more CPU (thread wake-ups, the GIL passed back and forth) than its decode.
         """
-        loop = asyncio.get_running_loop()
         queued = time.perf_counter()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceededError(f"model {served.name}: deadline passed before the image was decoded")
-        work = loop.run_in_executor(self.pool, _timed, data, served, deadline)
+        if len(data) <= self.inline_max_pixels and served.gpu_decoder is None:
+            # At most as many bytes as pixels allowed: a small image, unless its header says otherwise.
+            small = preprocess_small(data, served.contract, served.decode_options, self.inline_max_pixels)
+            if small is not None:
+                tensor, decode_s, transform_s = small
+                served.observers.image_preprocessed(data, 0.0, decode_s, transform_s, queued)
+                return tensor
+        work = asyncio.get_running_loop().run_in_executor(self.pool, _timed, data, served, deadline)
         try:
             tensor, decode_s, transform_s, started = await asyncio.wait_for(work, remaining)
         except TimeoutError:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import time
 from contextlib import AbstractContextManager
+from functools import cached_property
+from typing import Any
 
 from PIL import Image
 
@@ -20,14 +22,44 @@ from resserve.tracing import Tracing, now_ns
 
 
 class PrometheusSink(Observer):
-    """The ``resserve_*`` metrics of one model version (names and labels: docs/metrics.md)."""
+    """The ``resserve_*`` metrics of one model version (names and labels: docs/metrics.md).
+
+    Each labelled series is looked up once, on its first event (``labels()`` hashes and locks on
+    every call, several times per request), and is exported from then on as before."""
 
     def __init__(self, metrics: Metrics, model: str, version: str) -> None:
         self.metrics = metrics
         self.labels = (model, version)
 
+    @cached_property
+    def _queue_depth(self) -> Any:
+        return self.metrics.queue_depth.labels(*self.labels)
+
+    @cached_property
+    def _queue_wait(self) -> Any:
+        return self.metrics.queue_wait.labels(*self.labels)
+
+    @cached_property
+    def _inference(self) -> Any:
+        return self.metrics.inference.labels(*self.labels)
+
+    @cached_property
+    def _batch_size(self) -> Any:
+        return self.metrics.batch_size.labels(*self.labels)
+
+    @cached_property
+    def _preprocess_stages(self) -> tuple[Any, Any, Any]:
+        model = self.labels[0]
+        return (self.metrics.preprocess_wait.labels(model), self.metrics.decode.labels(model),
+                self.metrics.preprocess.labels(model))
+
+    @cached_property
+    def _images(self) -> dict[tuple[str, bool], Any]:
+        """Images by protocol and outcome, each series made when first counted."""
+        return {}
+
     def queue_depth(self, rows: int) -> None:
-        self.metrics.queue_depth.labels(*self.labels).set(rows)
+        self._queue_depth.set(rows)
 
     def expired(self) -> None:
         self.metrics.expired.labels(*self.labels).inc()
@@ -37,13 +69,13 @@ class PrometheusSink(Observer):
         self.metrics.planned_wait.labels(*self.labels).observe(held_s)
 
     def batch_started(self, batch: BatchRun) -> None:
-        queue_wait = self.metrics.queue_wait.labels(*self.labels)
+        queue_wait = self._queue_wait
         for waited in batch.waited_s:
             queue_wait.observe(waited)
 
     def batch_done(self, batch: BatchRun) -> None:
-        self.metrics.inference.labels(*self.labels).observe(batch.elapsed_s)
-        self.metrics.batch_size.labels(*self.labels).observe(batch.total_rows)
+        self._inference.observe(batch.elapsed_s)
+        self._batch_size.observe(batch.total_rows)
 
     def batch_failed(self, batch: BatchRun, hung: bool) -> None:
         if hung:
@@ -52,16 +84,19 @@ class PrometheusSink(Observer):
 
     def image_preprocessed(self, image: bytes, wait_s: float, decode_s: float, transform_s: float,
                            started: float) -> None:
-        model = self.labels[0]
-        self.metrics.preprocess_wait.labels(model).observe(wait_s)
-        self.metrics.decode.labels(model).observe(decode_s)
-        self.metrics.preprocess.labels(model).observe(transform_s)
+        wait, decode, transform = self._preprocess_stages
+        wait.observe(wait_s)
+        decode.observe(decode_s)
+        transform.observe(transform_s)
 
     def request_done(self, ok: bool, seconds: float, images: int, protocol: str) -> None:
         if protocol == "shadow":  # no client's images: resserve_shadow_* counts them
             return
-        counter = self.metrics.grpc_images if protocol == "grpc" else self.metrics.images
-        counter.labels(self.labels[0], "ok" if ok else "error").inc(images)
+        series = self._images.get((protocol, ok))
+        if series is None:
+            counter = self.metrics.grpc_images if protocol == "grpc" else self.metrics.images
+            series = self._images[(protocol, ok)] = counter.labels(self.labels[0], "ok" if ok else "error")
+        series.inc(images)
 
 
 class StatisticsSink(Observer):

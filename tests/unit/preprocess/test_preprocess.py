@@ -30,6 +30,7 @@ from resserve.preprocess import (
     check_media_type,
     decode_image,
     preprocess,
+    preprocess_small,
     preprocess_timed,
     resize_and_crop,
     to_tensor,
@@ -455,3 +456,19 @@ def test_bench_preprocess_reports_every_mode_with_its_deviation() -> None:
     by_mode = {r.mode: r for r in results}
     assert by_mode["exact"].max_abs_deviation == 0.0
     assert 0 < by_mode["both"].mean_abs_deviation < 0.01 and all(r.ms_per_image > 0 for r in results)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_small_image_decoded_where_it_is_matches_the_threaded_path(fast: bool) -> None:
+    """``preprocess_small`` (the server's decode on its event loop) is the same decode as
+    ``preprocess_timed``; an image whose header says more pixels is left undecoded (None)."""
+    contract = PreprocessContract(resize_size=32, crop_size=28)
+    options = DecodeOptions(fast_jpeg_draft=fast, fast_transform=fast)
+    small, large = synthetic_jpegs(2, ((48, 36), (200, 150)))
+    inline = preprocess_small(small, contract, options, max_pixels=48 * 36)
+    assert inline is not None
+    np.testing.assert_array_equal(inline[0], preprocess_timed(small, contract, options)[0])
+    assert preprocess_small(large, contract, options, max_pixels=48 * 36) is None
+    assert preprocess_small(small, contract, options, max_pixels=48 * 36 - 1) is None
+    with pytest.raises(InvalidImageError):  # refused as on the threaded path
+        preprocess_small(b"not an image", contract, options, max_pixels=10_000)

@@ -154,3 +154,34 @@ async def test_parsing_takes_at_most_threads_workers_and_leaves_the_rest(pipelin
     assert await asyncio.gather(*parses) == [0, 1, 2, 3]
     assert most == 1
 
+
+
+async def test_small_images_are_decoded_on_the_loop_and_others_in_the_pool() -> None:
+    """A thread hand-off costs more CPU than a small image's decode (issue 33): an image of at most
+    ``inline_preprocess_max_pixels`` is decoded on the event loop, any other in the pool. The pool
+    is shut down here, so an image sent there fails."""
+    import time
+
+    from resserve.contract import PreprocessContract
+    from resserve.preprocess import DecodeOptions
+    from resserve.serving.observers import NO_OBSERVER
+    from resserve.synthetic import synthetic_jpegs
+
+    small, large = synthetic_jpegs(2, ((48, 36), (200, 150)))
+    served = served_model()
+    served.gpu_decoder, served.observers = None, NO_OBSERVER
+    served.contract, served.decode_options = PreprocessContract(resize_size=32, crop_size=32), DecodeOptions()
+    await served.queue.start()
+    for pixels, inline in ((16384, [True, False]), (0, [False, False])):
+        pipeline = RequestPipeline(ServerSettings(preprocess_threads=1, inline_preprocess_max_pixels=pixels),
+                                   Metrics(), None)  # type: ignore[arg-type]
+        pipeline.close()
+        for image, on_loop in zip((small, large), inline, strict=True):
+            with pipeline.admit(served, time.monotonic()) as ticket:
+                if on_loop:
+                    outputs = await pipeline.run_images(ticket, [image], timeout_ms=5000)
+                    assert outputs.shape == (1, 3, 32, 32)
+                else:
+                    with pytest.raises(RuntimeError, match="shutdown"):
+                        await pipeline.run_images(ticket, [image], timeout_ms=5000)
+    await served.queue.close()
