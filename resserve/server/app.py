@@ -32,6 +32,7 @@ from resserve.server.oip import http_routes as oip_routes
 from resserve.server.routes import canary, classify, control, health, statistics_route
 from resserve.server.access_policy import AccessPolicy
 from resserve.server.body_budget import BodyBudget
+from resserve.server.direct_routes import DirectRoutes
 from resserve.server.middleware.access import AccessMiddleware
 from resserve.server.error_responses import install_error_handlers
 from resserve.server.middleware.body_limits import BodyLimitMiddleware, HeaderLimitMiddleware
@@ -167,6 +168,8 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
     app.include_router(control.index_router)
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)
+    # Innermost: classify and infer reach their handlers without FastAPI's router (same handlers).
+    app.add_middleware(DirectRoutes, routes=[*classify.router.routes, *oip_routes.router.routes])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
                        budget=state.body_budget)
     if tracing.enabled:  # off: not installed, no cost per request
