@@ -72,3 +72,4 @@ async def test_requests_go_to_the_handler_or_on_to_fastapi(monkeypatch: pytest.M
     assert handled == [("classify", "m", {"top_k_": 3}), ("infer", "m", {"version": "2"}), ("infer", "m", {})]
     assert passed_on == ["GET /v2/models/m/classify?", "POST /v2/models/m/classify/?",
                          "POST /v2/models/m/classify?top_k=0", "POST /v2/models/m/stats?"]
+
