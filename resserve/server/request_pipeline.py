@@ -2,8 +2,8 @@
 
 An adapter (``classify``, OIP ``infer`` over HTTP or gRPC) turns its wire format into encoded images or
 a tensor, and turns the outputs back. Everything between is here, written once: admission by
-images, the per-request image limit, deadlines, preprocessing image by image, the batch queue,
-the image counters and scores.
+images, the per-request image limit, deadlines, preprocessing image by image, the batch queue
+and the image counters.
 
 Every adapter opens the same way (:meth:`RequestPipeline.request`: arrival time, model lookup,
 admission) and records nothing itself: the model's observers hear of every image and request.
@@ -37,7 +37,6 @@ from resserve.errors import (
 )
 from resserve.metrics import Metrics
 from resserve.preprocess import preprocess_small, preprocess_timed
-from resserve.server.scores import model_scores
 from resserve.server.shadow import Shadow
 from resserve.serving.manager import ModelManager, ServedModel
 from resserve.threads import PREPROCESS_PREFIX, set_os_thread_name
@@ -61,7 +60,7 @@ class Ticket:
 
 
 class RequestPipeline:
-    """Admission, preprocessing (a thread pool), batching and scores for every protocol.
+    """Admission, preprocessing (a thread pool), and batching for every protocol.
 
     Decoding and resizing run in a pool of threads (Pillow and numpy release the GIL) while the
     engine thread runs the previous batch: on 2 cores that overlap decides throughput.
@@ -209,11 +208,6 @@ class RequestPipeline:
             return outputs
         finally:
             ticket.served.observers.request_done(ok, time.monotonic() - ticket.received, images, ticket.protocol)
-
-    @staticmethod
-    def scores(served: ServedModel, outputs: np.ndarray) -> np.ndarray:
-        """Softmax probabilities, unless the model already ends in softmax."""
-        return model_scores(served, outputs)
 
     async def _preprocess(self, served: ServedModel, data: bytes, deadline: float) -> np.ndarray:
         """One encoded image to the model's input tensor (no batch axis), with stage metrics.

@@ -22,7 +22,7 @@ from resserve.preprocess import SUPPORTED_MEDIA_TYPES, check_media_type
 from resserve.server.body import content_encoding, read_body
 from resserve.server.disconnect import CancelOnDisconnect
 from resserve.server.request_pipeline import MAX_TIMEOUT_MS
-from resserve.server.scores import top_k
+from resserve.server.scores import top_k_classes
 from resserve.server.app_state import AppState, get_state, labelled
 
 router = APIRouter()
@@ -130,11 +130,10 @@ async def classify(
         async with CancelOnDisconnect(request.receive):
             outputs = await pipeline.run_images(ticket, images, timeout_ms)
     with pipeline.tracing.span("encode"):
-        scores = pipeline.scores(served, outputs)
         body = {
             "model_name": served.name,
             "model_version": served.version,
             "random_weights": served.random_weights,
-            "results": [{"predictions": preds} for preds in top_k(scores, top_k_, served.labels)],
+            "results": [{"predictions": preds} for preds in top_k_classes(served, outputs, top_k_)],
         }
         return Response(orjson.dumps(body), media_type="application/json")
