@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from opentelemetry.trace import TracerProvider
+from starlette.types import ASGIApp
 
 from resserve import __version__
 from resserve.config import ServerSettings
@@ -59,6 +60,24 @@ async def _heartbeat(state: AppState) -> None:
         publish_ready(state.worker, state.serving_everything)
         publish_alive(state.worker, beat)
         await asyncio.sleep(HEARTBEAT_S)
+
+
+class ResserveApp(FastAPI):
+    """FastAPI whose added middleware wraps FastAPI's own layers (its error, telemetry and body-size
+    middleware, exception handlers, router) instead of sitting inside them. resserve's middleware
+    answers its own refusals, and the innermost, :class:`DirectRoutes`, handles classify and infer
+    with their errors, so those requests never pass FastAPI's layers; a 500 from FastAPI's error
+    middleware now passes resserve's and carries a request id and a metric."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        edge, self.user_middleware = self.user_middleware, []
+        try:
+            app = super().build_middleware_stack()
+        finally:
+            self.user_middleware = edge
+        for cls, args, kwargs in reversed(edge):
+            app = cls(app, *args, **kwargs)
+        return app
 
 
 def _freeze_loaded_objects(_started: asyncio.Task[None]) -> None:
@@ -169,7 +188,7 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
             if heartbeat is not None:
                 heartbeat.cancel()
 
-    app = FastAPI(title="resserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = ResserveApp(title="resserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.resserve = state
     install_error_handlers(app)
     # statistics first: /v2/models/stats would otherwise be model "stats"'s metadata.

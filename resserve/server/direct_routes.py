@@ -77,7 +77,8 @@ def query_parameters(query_string: bytes, endpoint: str, versioned: bool) -> dic
 
 
 class DirectRoutes:
-    """POST classify and infer to their handlers; everything else to ``app`` (FastAPI's router).
+    """POST classify and infer to their handlers; everything else to ``app`` (FastAPI's stack).
+    Every error of a handled request is answered here, as FastAPI's handlers would answer it.
 
     ``routes``: the routes of the two endpoints (their routers' own), whose templates name the
     request's span (``scope["route"]``) as FastAPI's router would."""
@@ -114,4 +115,6 @@ class DirectRoutes:
             response = response_for(error)
         except ClientDisconnect:  # mid-upload: nobody reads this answer, and it is no server error
             response = response_for(ClientDisconnectedError("the client disconnected while sending the body"))
+        except Exception as unexpected:  # FastAPI's error layer is not around this: logged, 500 as there
+            response = response_for(unexpected)
         await response(scope, receive, send)

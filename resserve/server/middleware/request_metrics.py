@@ -21,6 +21,8 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # (model, version, endpoint, status) -> its two series, looked up once (labels() hashes and locks)
+        self._series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,7 +46,11 @@ class MetricsMiddleware:
             endpoint = path.rsplit("/", 1)[-1] if path.startswith("/v2/models/") else ""
             if endpoint in ("classify", "infer"):
                 state: dict[str, Any] = scope.get("state", {})
-                model, version = state.get("model", ""), state.get("version", "")
-                self.metrics.request_duration.labels(model, version, endpoint, str(status)).observe(
-                    time.perf_counter() - start)
-                self.metrics.requests.labels(model, endpoint, str(status)).inc()
+                key = (state.get("model", ""), state.get("version", ""), endpoint, str(status))
+                series = self._series.get(key)
+                if series is None:  # bounded: found models' names (never a request's), endpoints, statuses
+                    model, version, _, code = key
+                    series = self._series[key] = (self.metrics.request_duration.labels(model, version, endpoint, code),
+                                                  self.metrics.requests.labels(model, endpoint, code))
+                series[0].observe(time.perf_counter() - start)
+                series[1].inc()
