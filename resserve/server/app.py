@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -80,14 +79,6 @@ class ResserveApp(FastAPI):
         return app
 
 
-def _freeze_loaded_objects(_started: asyncio.Task[None]) -> None:
-    """Once the models are in: every object alive now (modules, engines, settings) leaves the
-    collector's generations for good, so its full collections no longer walk them per request
-    burst (the collector was about 3% of the server's CPU on cheap requests, perf, issue 33)."""
-    gc.collect()
-    gc.freeze()
-
-
 def create_app(settings: ServerSettings | None = None, metrics: Metrics | None = None,
                builds: BuildSource | None = None,
                tracer_provider: TracerProvider | None = None, worker: WorkerIdentity | None = None) -> FastAPI:
@@ -143,7 +134,6 @@ def create_app(settings: ServerSettings | None = None, metrics: Metrics | None =
         manager.lifecycle.expect(order)
         # The port opens now; models build and load behind it, each served once ready.
         starting = asyncio.create_task(start_models(state, order, builds), name="start-models")
-        starting.add_done_callback(_freeze_loaded_objects)
         log.info("resserve %s listening; starting %s", __version__, ", ".join(order))
         grpc_server = metrics_listener = None
         poller = RepositoryPoller(state, settings.models) if settings.repository_poll_s is not None else None

@@ -18,13 +18,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from resserve.errors import ClientDisconnectedError, ResserveError
-from resserve.server.error_responses import response_for
+from resserve.server.error_responses import error_response, response_for
 from resserve.server.middleware.access import route_path
 from resserve.server.oip.http_routes import infer
 from resserve.server.request_pipeline import MAX_TIMEOUT_MS
@@ -113,6 +114,8 @@ class DirectRoutes:
             response = await handler(request, match["name"], **query)
         except ResserveError as error:
             response = response_for(error)
+        except StarletteHTTPException as http_error:  # as FastAPI's handler answers one (none is raised today)
+            response = error_response(http_error.status_code, str(http_error.detail), dict(http_error.headers or {}))
         except ClientDisconnect:  # mid-upload: nobody reads this answer, and it is no server error
             response = response_for(ClientDisconnectedError("the client disconnected while sending the body"))
         except Exception as unexpected:  # FastAPI's error layer is not around this: logged, 500 as there

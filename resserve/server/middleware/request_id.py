@@ -3,8 +3,9 @@
 
 The id is the client's ``X-Request-ID`` when it is a sane token (printable, no spaces, at most
 128 characters: a log line or a header is never the place for a client's control characters),
-else a new one: 32 hex digits, this process's random 64-bit prefix and a counter (unique like a
-uuid4, without a ``getrandom`` system call per request). It is set in :data:`resserve.logs.request_id` for the request's task, so every
+else a new one: 32 hex digits, a counter hashed with this process's random key (unique like a
+uuid4, without a ``getrandom`` system call per request, and saying nothing of the traffic between
+two answers or of which worker gave them). It is set in :data:`resserve.logs.request_id` for the request's task, so every
 log record written while handling it carries it.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import hashlib
 import itertools
 import os
 import secrets
@@ -31,16 +33,16 @@ access = logging.getLogger("resserve.access")
 TRACE_SCOPE_KEY = "resserve.span_context"
 
 
-_PREFIX = ""
+_KEY = b""
 _COUNTER = itertools.count()
 
 
 def _reseed() -> None:
-    """A fresh prefix and counter start: at import, and in a forked child (workers are spawned,
-    but a fork must not repeat its parent's ids)."""
-    global _PREFIX, _COUNTER
-    _PREFIX = secrets.token_hex(8)
-    _COUNTER = itertools.count(int.from_bytes(secrets.token_bytes(4), "big"))
+    """A fresh key: at import, and in a forked child (workers are spawned, but a fork must not
+    repeat its parent's ids)."""
+    global _KEY, _COUNTER
+    _KEY = secrets.token_bytes(32)
+    _COUNTER = itertools.count()
 
 
 _reseed()
@@ -48,8 +50,8 @@ os.register_at_fork(after_in_child=_reseed)
 
 
 def new_request_id() -> str:
-    """32 hex digits: this process's random prefix, then a counter (from a random start)."""
-    return f"{_PREFIX}{next(_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
+    """32 hex digits: this process's counter under its random key (distinct counters, distinct ids)."""
+    return hashlib.blake2b(next(_COUNTER).to_bytes(16, "big"), key=_KEY, digest_size=16).hexdigest()
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:

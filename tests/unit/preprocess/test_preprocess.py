@@ -470,5 +470,13 @@ def test_a_small_image_decoded_where_it_is_matches_the_threaded_path(fast: bool)
     np.testing.assert_array_equal(inline[0], preprocess_timed(small, contract, options)[0])
     assert preprocess_small(large, contract, options, max_pixels=48 * 36) is None
     assert preprocess_small(small, contract, options, max_pixels=48 * 36 - 1) is None
-    with pytest.raises(InvalidImageError):  # refused as on the threaded path
-        preprocess_small(b"not an image", contract, options, max_pixels=10_000)
+    # Only a JPEG whose whole work is small: a PNG (chunks Pillow inflates and parses in Python)
+    # and a thin strip (a 5 x 3000 JPEG resizes to 32 x 19,200) go to the threads.
+    png, strip = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (48, 36)).save(png, format="PNG")
+    Image.new("RGB", (5, 3000)).save(strip, format="JPEG")
+    assert preprocess_small(png.getvalue(), contract, options, max_pixels=16384) is None
+    assert preprocess_small(strip.getvalue(), contract, options, max_pixels=16384) is None
+    assert preprocess_small(b"not an image", contract, options, max_pixels=10_000) is None
+    with pytest.raises(InvalidImageError):  # a JPEG's refusals are the threaded path's
+        preprocess_small(small[:200], contract, options, max_pixels=10_000)
