@@ -5,17 +5,17 @@ The id is the client's ``X-Request-ID`` when it is a sane token (printable, no s
 128 characters: a log line or a header is never the place for a client's control characters),
 else a new one: 32 hex digits, a counter hashed with this process's random key (unique like a
 uuid4, without a ``getrandom`` system call per request, and saying nothing of the traffic between
-two answers or of which worker gave them). It is set in :data:`resserve.logs.request_id` for the request's task, so every
-log record written while handling it carries it.
+two answers or of which worker gave them). It is set in :data:`resserve.logs.request_id` for the
+request's task, so every log record written while handling it carries it.
 """
 
 from __future__ import annotations
 
-import logging
-import re
 import hashlib
 import itertools
+import logging
 import os
+import re
 import secrets
 import time
 
