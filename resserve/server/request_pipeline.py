@@ -60,7 +60,7 @@ class Ticket:
 
 
 class RequestPipeline:
-    """Admission, preprocessing (a thread pool), and batching for every protocol.
+    """Admission, preprocessing (a thread pool) and batching for every protocol.
 
     Decoding and resizing run in a pool of threads (Pillow and numpy release the GIL) while the
     engine thread runs the previous batch: on 2 cores that overlap decides throughput.
@@ -215,15 +215,16 @@ class RequestPipeline:
         The deadline bounds the wait as well as the decode: an image whose deadline passes while it
         waits for a preprocessing thread is answered 504 then and never decoded, and one whose
         decode outlives it is answered at the deadline (the thread finishes it for nobody). A small
-        image (``inline_preprocess_max_pixels``) is decoded here, on the event loop: handing it to a
-        thread and back costs more CPU (thread wake-ups, the GIL passed back and forth) than its decode.
+        JPEG (``inline_preprocess_max_pixels``, :func:`~resserve.preprocess.preprocess_small`) is
+        decoded here, on the event loop: handing it to a thread and back costs more CPU (thread
+        wake-ups, the GIL passed back and forth) than its decode.
         """
         queued = time.perf_counter()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceededError(f"model {served.name}: deadline passed before the image was decoded")
         if len(data) <= self.inline_max_pixels and served.gpu_decoder is None:
-            # At most as many bytes as pixels allowed: a small image, unless its header says otherwise.
+            # At most as many bytes as pixels allowed: a small JPEG, unless its header says otherwise.
             small = preprocess_small(data, served.contract, served.decode_options, self.inline_max_pixels)
             if small is not None:
                 tensor, decode_s, transform_s = small
