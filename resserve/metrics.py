@@ -12,7 +12,10 @@ live workers' gauges are summed (in flight, queue depth), or their largest (batc
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 # 0.5 ms to 10 s, about 1.5x apart: fine enough for p50/p99 estimates at every stage.
 LATENCY_BUCKETS_S = (
@@ -20,6 +23,21 @@ LATENCY_BUCKETS_S = (
     0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
 )
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024)
+
+
+class SeriesCache:
+    """Labelled series looked up once: ``labels()`` hashes and takes a lock on every call, several
+    times per request on the hot path. A series is made on its first use, as ``labels()`` makes it;
+    the labels must come from a bounded set (found models, versions, endpoints, statuses)."""
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+
+    def __call__(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        series = self._series.get((metric, labels))
+        if series is None:
+            series = self._series[metric, labels] = metric.labels(*labels)
+        return series
 
 
 class Metrics:

@@ -281,10 +281,9 @@ def preprocess_small(
 ) -> tuple[np.ndarray, float, float] | None:
     """:func:`preprocess_timed` for a small JPEG, else None with nothing decoded. Such an image
     costs less to decode where it is than to hand to another thread (the server decodes it on
-    its event loop), so "small" must bound all of its work: a JPEG (other formats carry chunks
-    Pillow inflates and parses in Python: a 3.7 KB PNG's EXIF text took 26 ms), of at most
-    ``max_pixels`` by its header, whose resize is at most ``max_pixels`` or four crops (a 5x3051
-    strip resizes to 40 M pixels: 0.4 s)."""
+    its event loop), so "small" bounds all of its work: a JPEG (other formats carry chunks that
+    Pillow inflates and parses in Python), of at most ``max_pixels`` by its header, whose resize
+    is at most ``max_pixels`` or four crops (a thin strip resizes to millions of pixels)."""
     if not data.startswith(_JPEG_MAGIC):
         return None
     start = time.perf_counter()

@@ -86,14 +86,7 @@ class DirectRoutes:
 
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
         self.app = app
-        self.routes = routes
-        self._route_of: dict[str, BaseRoute] = {}
-
-    def _route(self, template: str) -> BaseRoute | None:
-        if not self._route_of:
-            self._route_of = {path: route for route in self.routes
-                              if (path := getattr(route, "path", None)) in _TEMPLATES.values()}
-        return self._route_of.get(template)
+        self._route_of = {path: route for route in routes if (path := getattr(route, "path", None)) in _TEMPLATES.values()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or (match := _PATH.fullmatch(route_path(scope))) is None:
@@ -105,7 +98,7 @@ class DirectRoutes:
             await self.app(scope, receive, send)
             return
         handler: Handler = classify if endpoint == "classify" else infer
-        scope["route"] = self._route(_TEMPLATES[endpoint, version is not None])
+        scope["route"] = self._route_of.get(_TEMPLATES[endpoint, version is not None])
         scope["path_params"] = {"name": match["name"], **({"version": version} if version is not None else {})}
         if version is not None:
             query["version"] = version

@@ -77,7 +77,6 @@ class RequestPipeline:
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="preprocess",
                                        initializer=set_os_thread_name, initargs=(PREPROCESS_PREFIX,))
         self.parse_slots = asyncio.Semaphore(self.threads)
-        self.inline_max_pixels = settings.inline_preprocess_max_pixels
 
     def close(self) -> None:
         self.shadow.cancel()
@@ -223,9 +222,10 @@ class RequestPipeline:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceededError(f"model {served.name}: deadline passed before the image was decoded")
-        if len(data) <= self.inline_max_pixels and served.gpu_decoder is None:
+        inline_max = self.settings.inline_preprocess_max_pixels
+        if len(data) <= inline_max and served.gpu_decoder is None:
             # At most as many bytes as pixels allowed: a small JPEG, unless its header says otherwise.
-            small = preprocess_small(data, served.contract, served.decode_options, self.inline_max_pixels)
+            small = preprocess_small(data, served.contract, served.decode_options, inline_max)
             if small is not None:
                 tensor, decode_s, transform_s = small
                 served.observers.image_preprocessed(data, 0.0, decode_s, transform_s, queued)

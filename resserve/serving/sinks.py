@@ -10,93 +10,60 @@ from __future__ import annotations
 import io
 import time
 from contextlib import AbstractContextManager
-from functools import cached_property
-from typing import Any
 
 from PIL import Image
 
-from resserve.metrics import Metrics
+from resserve.metrics import Metrics, SeriesCache
 from resserve.serving.observers import BatchRun, Observer
 from resserve.serving.statistics import ModelStatistics
 from resserve.tracing import Tracing, now_ns
 
 
 class PrometheusSink(Observer):
-    """The ``resserve_*`` metrics of one model version (names and labels: docs/metrics.md).
-
-    Each labelled series is looked up once, on its first event (``labels()`` hashes and locks on
-    every call, several times per request), and is exported from then on as before."""
+    """The ``resserve_*`` metrics of one model version (names and labels: docs/metrics.md); each
+    series looked up once (:class:`~resserve.metrics.SeriesCache`)."""
 
     def __init__(self, metrics: Metrics, model: str, version: str) -> None:
         self.metrics = metrics
         self.labels = (model, version)
-
-    @cached_property
-    def _queue_depth(self) -> Any:
-        return self.metrics.queue_depth.labels(*self.labels)
-
-    @cached_property
-    def _queue_wait(self) -> Any:
-        return self.metrics.queue_wait.labels(*self.labels)
-
-    @cached_property
-    def _inference(self) -> Any:
-        return self.metrics.inference.labels(*self.labels)
-
-    @cached_property
-    def _batch_size(self) -> Any:
-        return self.metrics.batch_size.labels(*self.labels)
-
-    @cached_property
-    def _preprocess_stages(self) -> tuple[Any, Any, Any]:
-        model = self.labels[0]
-        return (self.metrics.preprocess_wait.labels(model), self.metrics.decode.labels(model),
-                self.metrics.preprocess.labels(model))
-
-    @cached_property
-    def _images(self) -> dict[tuple[str, bool], Any]:
-        """Images by protocol and outcome, each series made when first counted."""
-        return {}
+        self.series = SeriesCache()
 
     def queue_depth(self, rows: int) -> None:
-        self._queue_depth.set(rows)
+        self.series(self.metrics.queue_depth, *self.labels).set(rows)
 
     def expired(self) -> None:
-        self.metrics.expired.labels(*self.labels).inc()
+        self.series(self.metrics.expired, *self.labels).inc()
 
     def batch_planned(self, cap: int, held_s: float) -> None:
-        self.metrics.batch_cap.labels(*self.labels).set(cap)
-        self.metrics.planned_wait.labels(*self.labels).observe(held_s)
+        self.series(self.metrics.batch_cap, *self.labels).set(cap)
+        self.series(self.metrics.planned_wait, *self.labels).observe(held_s)
 
     def batch_started(self, batch: BatchRun) -> None:
-        queue_wait = self._queue_wait
+        queue_wait = self.series(self.metrics.queue_wait, *self.labels)
         for waited in batch.waited_s:
             queue_wait.observe(waited)
 
     def batch_done(self, batch: BatchRun) -> None:
-        self._inference.observe(batch.elapsed_s)
-        self._batch_size.observe(batch.total_rows)
+        self.series(self.metrics.inference, *self.labels).observe(batch.elapsed_s)
+        self.series(self.metrics.batch_size, *self.labels).observe(batch.total_rows)
 
     def batch_failed(self, batch: BatchRun, hung: bool) -> None:
         if hung:
-            self.metrics.engine_hangs.labels(*self.labels).inc()
-        self.metrics.engine_failures.labels(*self.labels).inc()
+            self.series(self.metrics.engine_hangs, *self.labels).inc()
+        self.series(self.metrics.engine_failures, *self.labels).inc()
 
     def image_preprocessed(self, image: bytes, wait_s: float, decode_s: float, transform_s: float,
                            started: float) -> None:
-        wait, decode, transform = self._preprocess_stages
-        wait.observe(wait_s)
-        decode.observe(decode_s)
-        transform.observe(transform_s)
+        model = self.labels[0]
+        self.series(self.metrics.preprocess_wait, model).observe(wait_s)
+        self.series(self.metrics.decode, model).observe(decode_s)
+        self.series(self.metrics.preprocess, model).observe(transform_s)
 
     def request_done(self, ok: bool, seconds: float, images: int, protocol: str) -> None:
         if protocol == "shadow":  # no client's images: resserve_shadow_* counts them
             return
-        series = self._images.get((protocol, ok))
-        if series is None:
-            counter = self.metrics.grpc_images if protocol == "grpc" else self.metrics.images
-            series = self._images[(protocol, ok)] = counter.labels(self.labels[0], "ok" if ok else "error")
-        series.inc(images)
+        counter = self.metrics.grpc_images if protocol == "grpc" else self.metrics.images
+        self.series(counter, self.labels[0], "ok" if ok else "error").inc(images)
 
 
 class StatisticsSink(Observer):

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from resserve.metrics import Metrics
+from resserve.metrics import Metrics, SeriesCache
 
 
 class MetricsMiddleware:
@@ -21,8 +21,7 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        # (model, version, endpoint, status) -> its two series, looked up once (labels() hashes and locks)
-        self._series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self.series = SeriesCache()  # labels from found models only, never a request's own words
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,11 +45,7 @@ class MetricsMiddleware:
             endpoint = path.rsplit("/", 1)[-1] if path.startswith("/v2/models/") else ""
             if endpoint in ("classify", "infer"):
                 state: dict[str, Any] = scope.get("state", {})
-                key = (state.get("model", ""), state.get("version", ""), endpoint, str(status))
-                series = self._series.get(key)
-                if series is None:  # bounded: found models' names (never a request's), endpoints, statuses
-                    model, version, _, code = key
-                    series = self._series[key] = (self.metrics.request_duration.labels(model, version, endpoint, code),
-                                                  self.metrics.requests.labels(model, endpoint, code))
-                series[0].observe(time.perf_counter() - start)
-                series[1].inc()
+                model, version, code = state.get("model", ""), state.get("version", ""), str(status)
+                self.series(self.metrics.request_duration, model, version, endpoint, code).observe(
+                    time.perf_counter() - start)
+                self.series(self.metrics.requests, model, endpoint, code).inc()
