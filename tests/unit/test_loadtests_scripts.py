@@ -103,7 +103,7 @@ def test_bench_variants_summary_has_a_row_per_model_and_workers_with_every_run()
                 "preprocess_ms_one_core": 2.0, "bound_img_s": 100.0, "latency_ms": {"p99_ms": 300.0},
                 "mean_batch_size": 6.0, "cores_used": {"engine threads": 1.5, "event loops": 0.2, "idle": 0.1},
                 "cpu_ms_per_image": {"engine threads": engine_ms, "event loops": 2.0}}
-        return {"model": model, "workers": workers, "engine_img_s": 120.0, "sizes": [size]}
+        return {"model": model, "workers": workers, "engine_img_s": 120.0, "cores": 2, "sizes": [size]}
 
     # a, 1 worker: windows 72, 80, 75.6, 84 -> median 77.8
     text = summary([run("a", 1, 0.8, 15.0), run("a", 2, 0.9, 14.0), run("a", 1, 0.84, 17.0), run("b", 1, 1.0, 9.0)])
@@ -112,7 +112,31 @@ def test_bench_variants_summary_has_a_row_per_model_and_workers_with_every_run()
     assert "| a | 2 | 1 | 120.0 | 2.00 | 100.0 | 85.5 | 0.90 | 300 | 6.0 |" in rows
     # The CPU table: cores busy, CPU ms per image in brackets, medians over a row's runs.
     assert "| a | 1 | 1.50 (16.00) | 0.20 (2.00) | 0.10 |" in rows
-    assert text.startswith("### 500x375") and len(rows) == 6
+    assert text.startswith("### 500x375") and len(rows) == 9  # and a gap row per (model, workers)
+
+
+def test_bench_variants_gap_splits_the_time_per_image_beyond_the_bound() -> None:
+    bench_variants = _import("bench_variants")
+    # 2 cores; the bare engine 400 img/s (5 ms of the machine per image), preprocessing 1.5 ms on
+    # one core: the bound's 6.5 ms. The engine threads ran 1.1 cores at 5.5 ms an image: 200 img/s
+    # served, so the machine spent 10 ms per image.
+    size = {"label": "photos", "e2e_img_s_windows": [200.0], "ratio": 0.65, "preprocess_ms_one_core": 1.5,
+            "bound_img_s": 307.7, "latency_ms": {}, "mean_batch_size": 8.0,
+            "cores_used": {"engine threads": 1.1, "preprocessing threads": 0.34, "event loops": 0.14,
+                           "load generator": 0.06, "idle": 0.1},
+            "cpu_ms_per_image": {"engine threads": 5.5, "preprocessing threads": 1.7, "event loops": 0.7,
+                                 "load generator": 0.3}}
+    run = {"model": "m", "workers": 1, "engine_img_s": 400.0, "cores": 2, "sizes": [size]}
+    gap = bench_variants.gap(run, size)
+    assert gap is not None
+    assert gap["spent ms/img"] == pytest.approx(10.0) and gap["bound/spent"] == pytest.approx(0.65)
+    assert gap["engine over bare"] == pytest.approx(0.5) and gap["idle"] == pytest.approx(0.5)
+    # What no column names (other processes, rounding) is the rest, so the columns add up to spent.
+    assert gap["rest"] == pytest.approx(10.0 - 6.5 - (0.5 + 0.2 + 0.7 + 0.3 + 0.5))
+    rows = [line for line in bench_variants.summary([run]).splitlines() if line.startswith("| m | 1 | 6.50")]
+    assert rows == ["| m | 1 | 6.50 | 10.00 | 0.65 | 0.50 | 0.20 | 0.70 | 0.30 | 0.50 | 1.30 |"]
+    # A run read without the server's CPU by thread has no gap to show.
+    assert bench_variants.gap(run, {**size, "cpu_ms_per_image": {}, "cores_used": {}}) is None
 
 
 def test_the_tiny_repository_for_the_loop_cost_is_a_servable_model(tmp_path: Path) -> None:
@@ -121,3 +145,17 @@ def test_the_tiny_repository_for_the_loop_cost_is_a_servable_model(tmp_path: Pat
     repo = _import("scaling_costs").tiny_model_repo(tmp_path)
     config = ModelRepository(repo).config("tiny")
     assert config.preprocess.crop_wh == (32, 32) and config.max_batch_size == 16
+
+
+def test_bench_variants_compare_puts_each_model_before_and_after_side_by_side() -> None:
+    compare = _import("bench_variants").compare
+
+    def run(model: str, ratio: float, rate: float, loop_ms: float) -> dict:
+        size = {"label": "500x375", "ratio": ratio, "e2e_img_s": rate, "cpu_ms_per_image": {"event loops": loop_ms}}
+        return {"model": model, "workers": 1, "sizes": [size]}
+
+    text = compare([run("a", 0.70, 200.0, 1.2), run("a", 0.74, 210.0, 1.0), run("b", 0.9, 50.0, 0.8)],
+                   [run("a", 0.80, 240.0, 0.7)])
+    # Medians over each side's runs; a model measured on one side only has no row.
+    assert "| a | 1 | 2 / 1 | 0.72 -> 0.80 | 205.0 -> 240.0 | 1.10 -> 0.70 |" in text.splitlines()
+    assert "| b |" not in text and text.startswith("### 500x375: before -> after")
