@@ -30,6 +30,12 @@ def _fmt(values: list[float], digits: int = 2) -> str:
     return ", ".join(f"{v:.{digits}f}" for v in values)
 
 
+def _measured(runs: list[dict[str, Any]], model: str, workers: int, label: str) -> list[tuple[dict, dict]]:
+    """(run, image set) for every run of ``model`` with ``workers`` that measured ``label``."""
+    return [(run, size) for run in runs if run["model"] == model and run["workers"] == workers
+            for size in run["sizes"] if size["label"] == label]
+
+
 def summary(runs: list[dict[str, Any]]) -> str:
     """Markdown: per image set, one row per (model, workers) with every run's figures."""
     out: list[str] = []
@@ -82,10 +88,6 @@ def compare(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
     labels = list(dict.fromkeys(size["label"] for run in after for size in run["sizes"]))
     keys = list(dict.fromkeys((run["model"], run["workers"]) for run in after))
 
-    def sizes(runs: list[dict[str, Any]], model: str, workers: int, label: str) -> list[dict[str, Any]]:
-        return [size for run in runs if run["model"] == model and run["workers"] == workers
-                for size in run["sizes"] if size["label"] == label]
-
     def median(values: list[float], digits: int) -> str:
         return f"{statistics.median(values):.{digits}f}" if values else "-"
 
@@ -93,7 +95,7 @@ def compare(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
         out += [f"### {label}: before -> after", "",
                 "| model | workers | runs | e2e/bound | e2e img/s | event loops ms/img |", "|---|---|---|---|---|---|"]
         for model, workers in keys:
-            pair = [sizes(before, model, workers, label), sizes(after, model, workers, label)]
+            pair = [[size for _, size in _measured(side, model, workers, label)] for side in (before, after)]
             if not all(pair):
                 continue
             ratio = " -> ".join(median([s["ratio"] for s in side], 2) for side in pair)
@@ -114,10 +116,10 @@ def gap(run: dict[str, Any], size: dict[str, Any]) -> dict[str, float] | None:
     the engine's threads over the bare engine's share, preprocessing threads over one core's cost,
     the event loops, the load generator, idle cores and the rest (other processes, rounding)."""
     cpu, cores_used = size.get("cpu_ms_per_image", {}), size.get("cores_used", {})
-    busy = [g for g in cpu if cpu[g] > 0 and cores_used.get(g, 0) > 0]
-    if not busy:
+    busy = next((g for g in cpu if cpu[g] > 0 and cores_used.get(g, 0) > 0), None)
+    if busy is None:
         return None
-    rate = 1000.0 * cores_used[busy[0]] / cpu[busy[0]]  # images served per second over the windows
+    rate = 1000.0 * cores_used[busy] / cpu[busy]  # images served per second over the windows
     cores = run["cores"]
     engine_bare = cores * 1000.0 / run["engine_img_s"]
     preprocess = size["preprocess_ms_one_core"]
@@ -137,8 +139,7 @@ def gap(run: dict[str, Any], size: dict[str, Any]) -> dict[str, float] | None:
 def _gap_table(label: str, runs: list[dict[str, Any]], keys: list[tuple[str, int]]) -> list[str]:
     rows = []
     for model, workers in keys:
-        gaps = [g for run in runs if run["model"] == model and run["workers"] == workers
-                for size in run["sizes"] if size["label"] == label and (g := gap(run, size))]
+        gaps = [g for run, size in _measured(runs, model, workers, label) if (g := gap(run, size))]
         if gaps:
             cells = [f"{statistics.median(g[c] for g in gaps):.2f}" for c in GAP_COLUMNS]
             rows.append(f"| {model} | {workers} | " + " | ".join(cells) + " |")
